@@ -1,0 +1,3 @@
+"""segcrit: self-hosted Segment -> Criteo sync."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,368 @@
+"""The configuration file: its schema, `${ENV}` resolution, and every problem with its key path.
+
+`load_config(path)` reads YAML, replaces `${NAME}` from the environment, validates against the
+schema (unknown keys are errors) and raises ConfigError listing *every* problem found, each as
+`key.path: message`. Secrets are `SecretStr`: they print as '**********'.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from segcrit.errors import ConfigError
+
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+DEFAULT_CONFIG_NAME = "segcrit.yaml"
+
+IdentifierKind = Literal["email", "madid", "gum", "identityLink", "phoneNumber"]
+EmailHash = Literal["sha256", "md5", "sha256_md5", "none"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+    max_request_bytes: int = Field(500_000, ge=1024, description="decompressed body limit")
+    max_message_bytes: int = Field(32_768, ge=256)
+    max_batch_messages: int = Field(2_500, ge=1)
+
+
+class SourceConfig(_Model):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    type: Literal["tracking_api", "webhook"]
+    write_key: SecretStr | None = None
+    shared_secret: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SourceConfig:
+        if self.type == "tracking_api" and not self.write_key:
+            raise ValueError("a tracking_api source needs write_key")
+        if self.type == "webhook" and not self.shared_secret:
+            raise ValueError("a webhook source needs shared_secret")
+        return self
+
+
+class CriteoConfig(_Model):
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    advertiser_id: str = Field(pattern=r"^[0-9]+$")
+    api_url: str = "https://api.criteo.com"
+    api_version: str = Field("2026-07", pattern=r"^(\d{4}-\d{2}|preview)$")
+    events_url: str = "https://widget.criteo.com/m/event?version=s2s_v0"
+    partner_id: str | None = None
+    caller_id: str | None = None
+    gum_caller_id: int | None = None
+    rate_limit_per_minute: int = Field(250, ge=1, le=100_000)
+    timeout_secs: float = Field(30.0, gt=0)
+
+    @field_validator("api_url", "events_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if "?" not in value else value
+
+
+class IdentityConfig(_Model):
+    send: list[IdentifierKind] = Field(default_factory=lambda: ["email", "madid"], min_length=1)
+    email_hash: EmailHash = "sha256"
+    # Merge limits: how many identifiers of one kind a profile may hold, so that one shared value
+    # (a family tablet, a support desk email) cannot glue thousands of people together.
+    max_per_profile: dict[str, int] = Field(
+        default_factory=lambda: {
+            "user_id": 1,
+            "email": 5,
+            "phone": 5,
+            "anonymous_id": 100,
+            "madid": 10,
+            "gum": 20,
+            "identity_link": 5,
+        }
+    )
+
+
+class ConsentConfig(_Model):
+    category: str = Field("Advertising", min_length=1)
+    when_missing: Literal["allow", "deny"] = "allow"
+
+
+class AudienceConfig(_Model):
+    segment_id: str | None = Field(None, pattern=r"^[0-9]+$")
+    auto_create: bool = True
+    description: str | None = None
+
+
+class AudienceSyncFlow(_Model):
+    type: Literal["audience_sync"]
+    auto_create: bool = True
+    entered_event: str = "Audience Entered"
+    exited_event: str = "Audience Exited"
+    # Optional renaming: Engage audience key -> our audience name.
+    audiences: dict[str, str] = Field(default_factory=dict)
+
+
+class ConversionsFlow(_Model):
+    type: Literal["conversions"]
+    events: list[str] = Field(
+        default_factory=lambda: ["Order Completed", "Lead Submitted", "Subscription Started"]
+    )
+    mapping: dict[str, str] = Field(default_factory=dict)
+
+
+class SuppressionFlow(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    type: Literal["suppression"]
+    on: list[str] = Field(default_factory=lambda: ["Order Completed"], min_length=1)
+    remove_from: list[str] | Literal["all"] = Field(default_factory=list)
+    add_to: str | None = None
+    for_days: float = Field(30, gt=0)
+
+
+class ProductSignalsFlow(_Model):
+    type: Literal["product_signals"]
+    mapping: dict[str, str] = Field(default_factory=dict)
+
+
+class CatalogFlow(_Model):
+    type: Literal["catalog"]
+    merchant_id: str = Field(pattern=r"^[0-9]+$")
+
+
+class LookalikeConfig(_Model):
+    name: str = Field(min_length=1)
+    target_size: int = Field(gt=0)
+
+
+class LookalikeSeedFlow(_Model):
+    type: Literal["lookalike_seed"]
+    audience: str = Field(min_length=1)
+    when: str = Field(min_length=1)
+    every_minutes: float = Field(60, gt=0)
+    lookalike: LookalikeConfig | None = None
+
+
+class LifecycleFlow(_Model):
+    type: Literal["lifecycle"]
+    stages: dict[str, str] = Field(min_length=1)
+    dormant_after_days: float | None = Field(None, gt=0)
+    dormant: str | None = None
+
+
+Flow = Annotated[
+    AudienceSyncFlow
+    | ConversionsFlow
+    | SuppressionFlow
+    | ProductSignalsFlow
+    | CatalogFlow
+    | LookalikeSeedFlow
+    | LifecycleFlow,
+    Field(discriminator="type"),
+]
+
+
+class IngestConfig(_Model):
+    dedupe_hours: float = Field(24, ge=0)
+    max_backlog: int = Field(1_000_000, ge=1)
+
+
+class DeliveryConfig(_Model):
+    max_wait_secs: float = Field(2, ge=0)
+    retry_window_hours: float = Field(24, gt=0)
+    backoff_initial_secs: float = Field(1, gt=0)
+    backoff_max_secs: float = Field(300, gt=0)
+
+
+class Config(_Model):
+    store: str = "sqlite:///segcrit.db"
+    server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
+    sources: list[SourceConfig] = Field(min_length=1)
+    criteo: CriteoConfig
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    consent: ConsentConfig = Field(default_factory=ConsentConfig)  # type: ignore[arg-type]
+    audiences: dict[str, AudienceConfig] = Field(default_factory=dict)
+    flows: list[Flow] = Field(default_factory=list)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)  # type: ignore[arg-type]
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)  # type: ignore[arg-type]
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB")
+        return value
+
+    @field_validator("audiences", mode="before")
+    @classmethod
+    def _null_audiences(cls, value: Any) -> Any:
+        # `name: {}` and a bare `name:` (null in YAML) both mean "find or create by name".
+        if isinstance(value, dict):
+            return {k: ({} if v is None else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        problems: list[str] = []
+        names = [s.name for s in self.sources]
+        for name in {n for n in names if names.count(n) > 1}:
+            problems.append(f"sources: the name {name!r} is used twice")
+        if "gum" in self.identity.send and self.criteo.gum_caller_id is None:
+            problems.append("criteo.gum_caller_id: required when identity.send includes gum")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def source(self, name: str) -> SourceConfig | None:
+        return next((s for s in self.sources if s.name == name), None)
+
+    def flows_of(self, kind: type[Any]) -> list[Any]:
+        return [f for f in self.flows if isinstance(f, kind)]
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def substitute_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Replace `${NAME}` in every string of a YAML tree; a missing variable is a problem."""
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return ENV_PATTERN.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: substitute_env(v, env, _join(path, str(k)), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {
+            "audience_sync",
+            "conversions",
+            "suppression",
+            "product_signals",
+            "catalog",
+            "lookalike_seed",
+            "lifecycle",
+        } and out.endswith("]"):
+            continue  # pydantic names the union branch; users think in list positions
+        else:
+            out = _join(out, str(part))
+    return out or "<root>"
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for item in error.errors():
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        loc = tuple(item["loc"])
+        path = _loc_to_path(loc)
+        for line in message.split("\n"):
+            # Cross-field checks on the root model already name their key path.
+            problems.append(line if not loc and ": " in line else f"{path}: {line}")
+    return problems
+
+
+def parse_config(
+    text: str, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> Config:
+    """Parse and validate config text; raise ConfigError with every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "YAML"
+        raise ConfigError([f"<file>: not valid YAML ({where})"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["<root>: the config must be a mapping of keys"])
+    problems: list[str] = []
+    resolved = substitute_env(raw, os.environ if env is None else env, "", problems)
+    try:
+        config = Config.model_validate(resolved)
+    except ValidationError as exc:
+        problems.extend(format_validation_error(exc))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return _resolve_store_path(config, base_dir)
+
+
+def _resolve_store_path(config: Config, base_dir: Path | None) -> Config:
+    """A relative sqlite path is relative to the config file's folder (SPEC §4)."""
+    prefix = "sqlite:///"
+    if base_dir is None or not config.store.startswith(prefix):
+        return config
+    path = config.store[len(prefix) :]
+    if path in {"", ":memory:"} or Path(path).is_absolute():
+        return config
+    return config.model_copy(update={"store": prefix + str((base_dir / path).resolve())})
+
+
+def config_path(explicit: str | None) -> Path:
+    """--config, else $SEGCRIT_CONFIG, else ./segcrit.yaml."""
+    return Path(explicit or os.environ.get("SEGCRIT_CONFIG") or DEFAULT_CONFIG_NAME)
+
+
+def load_config(explicit: str | None = None) -> Config:
+    path = config_path(explicit)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"<file>: {path} not found (use --config or SEGCRIT_CONFIG)"]) from None
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+    return parse_config(text, base_dir=path.resolve().parent)
+
+
+def audience_names(config: Config) -> set[str]:
+    """Every audience the config names (listed or referenced by a flow)."""
+    names = set(config.audiences)
+    for flow in config.flows:
+        if isinstance(flow, SuppressionFlow):
+            if isinstance(flow.remove_from, list):
+                names.update(flow.remove_from)
+            if flow.add_to:
+                names.add(flow.add_to)
+        elif isinstance(flow, LookalikeSeedFlow):
+            names.add(flow.audience)
+        elif isinstance(flow, LifecycleFlow):
+            names.update(flow.stages.values())
+            if flow.dormant:
+                names.add(flow.dormant)
+    return names

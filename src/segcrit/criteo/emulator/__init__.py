@@ -1,0 +1,1 @@
+"""segcrit.criteo.emulator"""
