@@ -1,0 +1,241 @@
+"""The `segcrit` command line: parse, call, print. A user mistake is one line on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from segcrit import __version__
+from segcrit.config import Config, audience_names, load_config
+from segcrit.errors import ConfigError, SegcritError, UserError
+from segcrit.logs import setup_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+config_option = click.option(
+    "--config", "config_file", default=None, metavar="FILE", help="Config file (default: $SEGCRIT_CONFIG or ./segcrit.yaml)."
+)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="segcrit")
+def cli() -> None:
+    """segcrit: Segment in, Criteo out: audiences, conversions, signals, catalog."""
+
+
+# ---------------------------------------------------------------------------------------- serve
+
+
+@cli.command()
+@config_option
+def serve(config_file: str | None) -> None:
+    """HTTP ingest, delivery workers and scheduler in one process."""
+    import uvicorn
+
+    from segcrit.app import create_app
+    from segcrit.store import open_store
+
+    config = load_config(config_file)
+    setup_logging()
+    store = open_store(config.store)
+    app = create_app(config, store)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=8,
+        )
+    )
+    try:
+        server.run()
+    finally:
+        store.close()
+    if not server.started:
+        raise UserError(f"could not listen on {config.server.host}:{config.server.port}")
+
+
+# ---------------------------------------------------------------------------------------- check
+
+
+@cli.command()
+@config_option
+@click.option("--online", is_flag=True, help="Also get a Criteo token and resolve each audience.")
+def check(config_file: str | None, online: bool) -> None:
+    """Validate the config; list every problem with its key path."""
+    config = load_config(config_file)
+    for warning in config_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
+    if online:
+        asyncio.run(_check_online(config))
+    click.echo("config ok" + (" (Criteo reachable, audiences resolved)" if online else ""))
+
+
+def config_warnings(config: Config) -> list[str]:
+    warnings = []
+    if config.identity.email_hash == "none":
+        warnings.append(
+            "identity.email_hash: none would need raw emails, which segcrit never stores; sha256 is sent instead"
+        )
+    return warnings
+
+
+async def _check_online(config: Config) -> None:
+    from segcrit.clock import SystemClock
+    from segcrit.metrics import Metrics
+    from segcrit.runtime import build_criteo_client
+
+    client, http = build_criteo_client(config, SystemClock(), Metrics())
+    problems: list[str] = []
+    try:
+        await client.token()
+        for name in sorted(audience_names(config)):
+            configured = config.audiences.get(name)
+            if configured is not None and configured.segment_id:
+                continue
+            found = await client.find_segment(name)
+            if found is None and configured is not None and not configured.auto_create:
+                problems.append(f"audiences.{name}: no Criteo segment of that name and auto_create is false")
+    except SegcritError as exc:
+        problems.append(f"criteo: {exc}")
+    finally:
+        await http.aclose()
+    if problems:
+        raise ConfigError(problems)
+
+
+# ---------------------------------------------------------------------------------------- emulator
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8099, show_default=True, type=int)
+@click.option("--faults", default=None, metavar="SPEC", help="e.g. 5xx=0.1,429_burst=3,latency_ms=50,token_ttl=60")
+def emulator(host: str, port: int, faults: str | None) -> None:
+    """A local emulator of the Criteo API."""
+    from segcrit.criteo.emulator.server import serve as serve_emulator
+
+    setup_logging()
+    serve_emulator(host, port, faults)
+
+
+# ---------------------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary folder (database and config).")
+def demo(keep: bool) -> None:
+    """Emulator + server + sample shop traffic, then what Criteo received."""
+    from segcrit.demo import run_demo
+
+    run_demo(keep=keep)
+
+
+# ---------------------------------------------------------------------------------------- status
+
+
+@cli.command()
+@config_option
+def status(config_file: str | None) -> None:
+    """Backlog, delivery lag, audiences (desired vs acknowledged), dead letters."""
+    from segcrit.status import collect_status, render_status
+    from segcrit.store import open_store
+
+    config = load_config(config_file)
+    store = open_store(config.store)
+    try:
+        render_status(collect_status(store))
+    finally:
+        store.close()
+
+
+@cli.command()
+@config_option
+@click.option("--audience", default=None, help="Only this audience's dead letters.")
+def replay(config_file: str | None, audience: str | None) -> None:
+    """Put dead letters back on the delivery queue."""
+    import time
+
+    from segcrit.store import open_store
+
+    config = load_config(config_file)
+    store = open_store(config.store)
+    try:
+        count = store.replay_dead_letters(audience, time.time())
+    finally:
+        store.close()
+    click.echo(f"{count} dead letter(s) put back on the delivery queue")
+
+
+@cli.command()
+@click.argument("identifier")
+@config_option
+def forget(identifier: str, config_file: str | None) -> None:
+    """Erase one person (userId, anonymousId or email) and remove them from every audience."""
+    from segcrit.clock import SystemClock
+    from segcrit.engine import Processor
+    from segcrit.metrics import Metrics
+    from segcrit.store import open_store
+
+    config = load_config(config_file)
+    store = open_store(config.store)
+    try:
+        erased = Processor(store, config, SystemClock(), Metrics()).forget(identifier)
+    finally:
+        store.close()
+    if erased == 0:
+        click.echo("no profile matched; a tombstone was recorded so older events will not bring them back")
+    else:
+        click.echo(f"erased {erased} profile(s); their removal from Criteo is queued")
+
+
+@cli.command()
+@click.argument("event_file", type=click.Path(dir_okay=False, path_type=Path))
+@config_option
+def preview(event_file: Path, config_file: str | None) -> None:
+    """Dry run: which flows match, how the profile changes, which Criteo requests would follow."""
+    from segcrit.preview import preview_event
+
+    config = load_config(config_file)
+    try:
+        text = event_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {event_file}: {exc.strerror}") from None
+    click.echo(preview_event(config, text))
+
+
+# ---------------------------------------------------------------------------------------- entry
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
+    try:
+        cli.main(args=argv, prog_name="segcrit", standalone_mode=False)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"config error: {problem}", err=True)
+        sys.exit(2)
+    except SegcritError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+logging.getLogger("segcrit").addHandler(logging.NullHandler())

@@ -1,0 +1,106 @@
+"""The Criteo facts segcrit depends on, pinned in one place.
+
+Paths, limits, enums and error codes come from Criteo's OpenAPI document (2026-07) and the notes in
+`shared/reference/criteo-api.md`; the client and the emulator both import them from here so that the
+two can never disagree about the outside world.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+# --- Versions and hosts -------------------------------------------------------------------------
+
+API_URL_DEFAULT: Final = "https://api.criteo.com"
+API_VERSION_DEFAULT: Final = "2026-07"
+# Criteo names versions YYYY-MM (January and July releases) plus "preview"; the emulator accepts any.
+API_VERSION_PATTERN: Final = r"\d{4}-\d{2}|preview"
+
+# --- Paths (append to the API URL; `{version}` is the API version, `{segment_id}` a numeric id) -------
+
+TOKEN_PATH: Final = "/oauth2/token"  # unversioned, unlike every business path
+AUDIENCE_SEGMENTS_PATH: Final = "/{version}/marketing-solutions/audience-segments"
+SEARCH_SEGMENTS_PATH: Final = AUDIENCE_SEGMENTS_PATH + "/search"
+CREATE_SEGMENTS_PATH: Final = AUDIENCE_SEGMENTS_PATH + "/create"
+DELETE_SEGMENTS_PATH: Final = AUDIENCE_SEGMENTS_PATH + "/delete"
+CONTACT_LIST_PATH: Final = AUDIENCE_SEGMENTS_PATH + "/{segment_id}/contact-list"
+CONTACT_LIST_STATISTICS_PATH: Final = CONTACT_LIST_PATH + "/statistics"
+
+# --- Authentication -----------------------------------------------------------------------------
+
+TOKEN_LIFETIME_SECS: Final = 900  # "expires_in": 900 on every client_credentials token
+GRANT_TYPE_CLIENT_CREDENTIALS: Final = "client_credentials"
+
+# --- Limits -------------------------------------------------------------------------------------
+
+MAX_IDENTIFIERS_PER_CALL: Final = 50_000  # per contact-list PATCH (RudderStack + Criteo docs)
+RATE_LIMIT_PER_MINUTE_DEFAULT: Final = 250  # client-credentials apps, token calls included
+RATE_LIMIT_WINDOW_SECS: Final = 60
+SEARCH_LIMIT_DEFAULT: Final = 50
+SEARCH_LIMIT_MAX: Final = 100
+
+# --- Enums --------------------------------------------------------------------------------------
+
+IdentifierType = Literal["email", "madid", "identityLink", "gum", "phoneNumber"]
+IDENTIFIER_TYPES: Final[tuple[IdentifierType, ...]] = ("email", "madid", "identityLink", "gum", "phoneNumber")
+
+Operation = Literal["add", "remove"]
+OPERATIONS: Final[tuple[Operation, ...]] = ("add", "remove")
+
+SegmentType = Literal[
+    "Unknown", "InMarket", "Prospecting", "ContactList", "Location", "Behavioral", "Retargeting", "Lookalike"
+]
+SEGMENT_TYPES: Final[tuple[SegmentType, ...]] = (
+    "Unknown",
+    "InMarket",
+    "Prospecting",
+    "ContactList",
+    "Location",
+    "Behavioral",
+    "Retargeting",
+    "Lookalike",
+)
+
+# `type` of an AudienceError (contact-list endpoints) and of a CommonProblem (segment endpoints,
+# which add "unknown").
+AudienceErrorType = Literal[
+    "access-control", "authentication", "authorization", "availability", "deprecation", "quota", "validation"
+]
+ProblemType = Literal[
+    "unknown",
+    "access-control",
+    "authentication",
+    "authorization",
+    "availability",
+    "deprecation",
+    "quota",
+    "validation",
+]
+
+# --- Entity type names used in request/response envelopes -----------------------------------------
+
+CONTACTLIST_AMENDMENT_TYPE: Final = "ContactlistAmendment"
+AUDIENCE_SEGMENT_TYPE: Final = "AudienceSegment"
+AUDIENCE_CONTACTLIST_TYPE: Final = "AudienceContactlist"
+CONTACT_LIST_STATISTICS_TYPE: Final = "ContactListStatistics"
+
+# --- Error codes (errors[].code) ----------------------------------------------------------------
+
+CODE_TOKEN_INVALID: Final = "authorization-token-invalid"
+CODE_TOKEN_EXPIRED: Final = "authorization-token-expired"
+CODE_AUDIENCE_INVALID: Final = "audience-invalid"  # 404 on contact-list calls for an unknown segment
+CODE_NAME_MUST_BE_UNIQUE: Final = "name-must-be-unique"
+CODE_NAME_MUST_NOT_BE_EMPTY: Final = "name-must-not-be-empty"
+CODE_SEGMENT_NOT_FOUND: Final = "segment-not-found"
+CODE_REQUIRED_FIELD: Final = "required-field"
+CODE_INVALID: Final = "invalid"
+CODE_INVALID_RANGED: Final = "invalid-ranged"
+CODE_FORBIDDEN: Final = "forbidden"
+CODE_RATE_LIMITED: Final = "rate-limited"
+CODE_INTERNAL_ERROR: Final = "internal-error"
+
+# --- Rate-limit response headers ----------------------------------------------------------------
+
+HEADER_RATELIMIT_LIMIT: Final = "x-ratelimit-limit"
+HEADER_RATELIMIT_REMAINING: Final = "x-ratelimit-remaining"
+HEADER_RATELIMIT_RESET: Final = "x-ratelimit-reset"  # unix seconds when a call may be made again

@@ -1,0 +1,143 @@
+"""Keeping every call to Criteo's API under `criteo.rate_limit_per_minute` in any 60 s window.
+
+`RateLimiter` is the seam: `acquire()` before each call (token calls included), `observe()` after
+it with what Criteo said. `SlidingWindowLimiter` keeps the window in memory for one process; a
+PostgreSQL implementation shares it between processes through the store with the same two methods
+(both async so that one may do I/O).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from segcrit.clock import Clock
+from segcrit.criteo.constants import (
+    HEADER_RATELIMIT_REMAINING,
+    HEADER_RATELIMIT_RESET,
+    RATE_LIMIT_WINDOW_SECS,
+)
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+# Our stamp is taken before the request leaves; Criteo counts on arrival. Calls spaced exactly
+# one window apart could arrive closer together, so we keep a little more than a window.
+DEFAULT_MARGIN_SECS = 1.0
+# A 429 without `x-ratelimit-reset`: hold 1 s, 2 s, 4 s ... never longer than one window.
+HOLD_INITIAL_SECS = 1.0
+# `x-ratelimit-reset` is documented as unix seconds; a small number can only be a delta.
+_EPOCH_THRESHOLD = 1_000_000_000.0
+
+
+class RateLimiter(Protocol):
+    async def acquire(self) -> None:
+        """Return when one more call may be made; counts that call."""
+        ...
+
+    async def observe(self, status: int, headers: Mapping[str, str], now: float) -> None:
+        """Learn from a response: its status and `x-ratelimit-*` headers, received at `now`."""
+        ...
+
+
+def reset_at(headers: Mapping[str, str], now: float) -> float | None:
+    """`x-ratelimit-reset` as unix seconds, or None when absent or unreadable."""
+    raw = headers.get(HEADER_RATELIMIT_RESET)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    if value != value or value < 0:  # NaN or negative: not a time
+        return None
+    return value if value >= _EPOCH_THRESHOLD else now + value
+
+
+def remaining_calls(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get(HEADER_RATELIMIT_REMAINING)
+    if raw is None:
+        return None
+    try:
+        return int(float(raw))
+    except ValueError:
+        return None
+
+
+class SlidingWindowLimiter:
+    """At most `limit_per_minute` calls in any window of `window_secs` (+ margin), per process.
+
+    Waiters queue on one lock, so they are served in arrival order. `sleep` is injected: tests
+    pass one that advances a FakeClock instead of waiting.
+    """
+
+    def __init__(
+        self,
+        limit_per_minute: int,
+        clock: Clock,
+        sleep: Sleep = asyncio.sleep,
+        *,
+        window_secs: float = RATE_LIMIT_WINDOW_SECS,
+        margin_secs: float = DEFAULT_MARGIN_SECS,
+    ) -> None:
+        if limit_per_minute < 1:
+            raise ValueError("limit_per_minute must be >= 1")
+        self.limit = limit_per_minute
+        self._clock = clock
+        self._sleep = sleep
+        self._span = window_secs + margin_secs
+        self._window_secs = window_secs
+        self._calls: collections.deque[float] = collections.deque()
+        self._hold_until = 0.0
+        self._unexplained_429s = 0
+        self._lock = asyncio.Lock()
+
+    @property
+    def hold_until(self) -> float:
+        """Unix seconds before which no call is made (0 when not holding)."""
+        return self._hold_until
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock.now()
+                wait_until = self._next_free(now)
+                if wait_until <= now:
+                    self._calls.append(now)
+                    return
+                await self._sleep(wait_until - now)
+
+    def _next_free(self, now: float) -> float:
+        while self._calls and self._calls[0] <= now - self._span:
+            self._calls.popleft()
+        free_at = self._hold_until
+        if len(self._calls) >= self.limit:
+            # The oldest call in the window must leave it first (strictly: a call exactly
+            # `span` later would share a closed window with it).
+            free_at = max(free_at, self._calls[len(self._calls) - self.limit] + self._span)
+        return free_at
+
+    async def observe(self, status: int, headers: Mapping[str, str], now: float) -> None:
+        reset = reset_at(headers, now)
+        if reset is not None:
+            # Never trust a reset further than one window away (clock skew, a bad header).
+            reset = min(reset, now + self._window_secs)
+        if status == 429:
+            if reset is not None and reset > now:
+                self._hold(reset)
+            else:
+                hold = min(HOLD_INITIAL_SECS * 2.0**self._unexplained_429s, self._window_secs)
+                self._unexplained_429s = min(self._unexplained_429s + 1, 16)
+                self._hold(now + hold)
+            log.warning("criteo rate limited", extra={"hold_until": self._hold_until})
+            return
+        self._unexplained_429s = 0
+        if remaining_calls(headers) == 0 and reset is not None and reset > now:
+            self._hold(reset)
+
+    def _hold(self, until: float) -> None:
+        self._hold_until = max(self._hold_until, until)

@@ -1,0 +1,180 @@
+"""The contact-list delivery worker: pending changes -> batched PATCH calls -> acknowledgements.
+
+One `drain_once()` reads the due changes (desired != acknowledged), groups them per
+(audience, operation, identifier type), and sends each group whose oldest change has waited
+`delivery.max_wait_secs` (or that is full) in calls of at most 50,000 identifiers. What Criteo
+acknowledges is committed; what fails is retried with backoff, re-resolved, or dead-lettered as
+`segcrit.criteo.errors` decides. A crash between a call and its commit only resends the same
+identifiers, which Criteo treats as a no-op (add is a set union, remove a set difference).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from segcrit.clock import Clock
+from segcrit.config import Config
+from segcrit.criteo.client import CriteoClient
+from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL
+from segcrit.criteo.errors import (
+    AudienceInvalidError,
+    CredentialsError,
+    PermanentError,
+    RetryableError,
+)
+from segcrit.delivery.backoff import Backoff
+from segcrit.errors import CriteoError
+from segcrit.metrics import Metrics
+from segcrit.store.base import AudienceRecord, PendingChange, TargetKey
+from segcrit.store.sqlite import SqliteStore
+
+log = logging.getLogger("segcrit.delivery")
+
+SCAN_LIMIT = 4 * MAX_IDENTIFIERS_PER_CALL  # changes read per round; the oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKey:
+    audience: str
+    add: bool
+    id_type: str
+
+    @property
+    def operation(self) -> str:
+        return "add" if self.add else "remove"
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        store: SqliteStore,
+        config: Config,
+        client: CriteoClient,
+        clock: Clock,
+        metrics: Metrics,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.client = client
+        self.clock = clock
+        self.metrics = metrics
+        self.backoff = backoff or Backoff.from_config(config.delivery)
+
+    async def drain_once(self, *, force: bool = False) -> int:
+        """Send every group that is due (all of them with `force`); returns the calls made."""
+        now = self.clock.now()
+        groups: dict[GroupKey, list[PendingChange]] = defaultdict(list)
+        for change in self.store.due_changes(now, SCAN_LIMIT):
+            groups[GroupKey(change.key.audience, change.add, change.key.id_type)].append(change)
+        calls = 0
+        for key, changes in groups.items():
+            if not force and not self._due(changes, now):
+                continue
+            for start in range(0, len(changes), MAX_IDENTIFIERS_PER_CALL):
+                calls += 1
+                if not await self._send(key, changes[start : start + MAX_IDENTIFIERS_PER_CALL]):
+                    break  # the rest of this group would meet the same failure
+        return calls
+
+    def _due(self, changes: Sequence[PendingChange], now: float) -> bool:
+        if len(changes) >= MAX_IDENTIFIERS_PER_CALL:
+            return True
+        if any(c.attempts for c in changes):
+            return True  # a retry is already late
+        return now - min(c.since for c in changes) >= self.config.delivery.max_wait_secs
+
+    # ------------------------------------------------------------------ one call
+
+    async def _send(self, key: GroupKey, changes: Sequence[PendingChange]) -> bool:
+        keys = [c.key for c in changes]
+        try:
+            segment_id = await self._segment_for(key.audience)
+            await self.client.patch_contact_list(segment_id, key.operation, key.id_type, [k.id_value for k in keys])
+        except AudienceInvalidError as error:
+            await self._re_resolve(key.audience, error)
+            return False
+        except (RetryableError, CredentialsError) as error:
+            self._retry(key, changes, error)
+            return False
+        except PermanentError as error:
+            self._dead_letter(key, keys, error.status, _describe(error), "criteo_rejected")
+            return True
+        except CriteoError as error:
+            self._retry(key, changes, error)
+            return False
+        now = self.clock.now()
+        self.store.ack_changes(keys, key.add, now)
+        for change in changes:
+            self.metrics.delivery_latency.observe(max(0.0, now - change.since))
+        return True
+
+    async def _segment_for(self, audience: str) -> str:
+        record = self.store.audience(audience)
+        configured = self.config.audiences.get(audience)
+        if configured is not None and configured.segment_id:
+            if record is None or record.segment_id != configured.segment_id:
+                self.store.save_audience(AudienceRecord(audience, configured.segment_id, False, False))
+            return configured.segment_id
+        if record is not None and record.segment_id:
+            return record.segment_id
+        auto_create = record.auto_create if record is not None else True
+        if configured is not None:
+            auto_create = configured.auto_create
+        # Resolved once by name and kept in the store: no search on the hot path.
+        segment_id = await self.client.find_or_create_segment(audience, auto_create=auto_create)
+        created = record is not None and record.created_by_us
+        self.store.save_audience(AudienceRecord(audience, segment_id, auto_create, created or auto_create))
+        log.info("audience resolved", extra={"audience": audience, "segment_id": segment_id})
+        return segment_id
+
+    async def _re_resolve(self, audience: str, error: AudienceInvalidError) -> None:
+        """The segment is gone: find or recreate it, then resend the whole membership."""
+        configured = self.config.audiences.get(audience)
+        now = self.clock.now()
+        if configured is not None and configured.segment_id:
+            # A segment the user named by id cannot be recreated under that id: that is theirs to fix.
+            pending = [c.key for c in self.store.due_changes(now, SCAN_LIMIT) if c.key.audience == audience]
+            if pending:
+                self.store.dead_letter(
+                    pending, True, error.status, f"audiences.{audience}.segment_id: {error}", now
+                )
+                self.metrics.dead_lettered.labels("segment_missing").inc()
+            return
+        record = self.store.audience(audience)
+        auto_create = record.auto_create if record is not None else True
+        self.store.save_audience(AudienceRecord(audience, None, auto_create, False))
+        self.store.reset_audience_acks(audience, now)
+        log.warning("audience segment invalid, re-resolving", extra={"audience": audience})
+
+    def _retry(self, key: GroupKey, changes: Sequence[PendingChange], error: BaseException) -> None:
+        now = self.clock.now()
+        attempts = max(c.attempts for c in changes)
+        first_failure = min((c.first_failure_at for c in changes if c.first_failure_at is not None), default=now)
+        keys = [c.key for c in changes]
+        if now - first_failure >= self.config.delivery.retry_window_hours * 3600:
+            status = getattr(error, "status", None)
+            self._dead_letter(key, keys, status, f"retry window exhausted: {error}", "retry_window")
+            return
+        delay = self.backoff.delay(error, attempts, now)
+        self.store.defer_changes(keys, now + delay, now)
+        log.info("delivery deferred", extra={"audience": key.audience, "delay_secs": round(delay, 2)})
+
+    def _dead_letter(
+        self, key: GroupKey, keys: Sequence[TargetKey], status: int | None, error: str, reason: str
+    ) -> None:
+        self.store.dead_letter(keys, key.add, status, error, self.clock.now())
+        self.metrics.dead_lettered.labels(reason).inc()
+        log.warning("delivery dead-lettered", extra={"audience": key.audience, "status": status})
+
+
+def _describe(error: PermanentError) -> str:
+    """The dead letter's reason: our message plus Criteo's own error object."""
+    if error.problem:
+        return f"{error} {orjson.dumps(error.problem).decode()}"
+    return str(error)

@@ -1,0 +1,167 @@
+"""The processor: accepted events -> identity -> consent -> flows -> desired targets.
+
+It takes events from the inbox in chunks; each chunk is one transaction, so a crash replays the
+chunk, and replay is harmless because every decision is "latest timestamp wins" on desired state.
+The decisions themselves are pure functions (identity.graph, consent, flows, membership); this
+module only moves data between them and the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from segcrit.clock import Clock
+from segcrit.config import AudienceSyncFlow, Config
+from segcrit.consent import consent_in_message
+from segcrit.flows.audience_sync import membership_changes
+from segcrit.identity.graph import TOMBSTONE_KINDS, extract_identifiers, plan_resolution
+from segcrit.identity.normalize import email_hashes, normalize_email
+from segcrit.membership import desired_targets
+from segcrit.metrics import Metrics
+from segcrit.store.base import Identifier, InboxEvent
+from segcrit.store.sqlite import SqliteStore, SqliteTx
+
+log = logging.getLogger("segcrit.engine")
+
+CHUNK_EVENTS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What processing one event did (for preview and counters)."""
+
+    profile_id: int | None
+    skipped: str | None = None
+    targets_changed: int = 0
+    memberships: tuple[tuple[str, bool], ...] = ()
+
+
+def event_time(message: Mapping[str, Any], fallback: float) -> float:
+    meta = message.get("_segcrit")
+    if isinstance(meta, dict) and isinstance(meta.get("ts"), int | float):
+        return float(meta["ts"])
+    return fallback
+
+
+class Processor:
+    def __init__(self, store: SqliteStore, config: Config, clock: Clock, metrics: Metrics) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics
+        self._audience_flows = config.flows_of(AudienceSyncFlow)
+
+    def drain_once(self, limit: int = CHUNK_EVENTS) -> int:
+        """Process up to `limit` waiting events in one transaction; returns how many."""
+        events = self.store.claim_events(limit)
+        if not events:
+            return 0
+        now = self.clock.now()
+        outcomes: list[Outcome] = []
+        with self.store.transaction() as tx:
+            for event in events:
+                outcomes.append(self.process(tx, event, now))
+            tx.delete_events([e.seq for e in events])
+        self.metrics.events_processed.inc(len(events))
+        for outcome in outcomes:
+            if outcome.skipped:
+                self.metrics.events_skipped.labels(outcome.skipped).inc()
+        return len(events)
+
+    def drain(self, max_rounds: int = 1_000_000) -> int:
+        total = 0
+        for _ in range(max_rounds):
+            n = self.drain_once()
+            total += n
+            if n == 0:
+                break
+        return total
+
+    # ------------------------------------------------------------------ one event
+
+    def process(self, tx: SqliteTx, event: InboxEvent, now: float) -> Outcome:
+        message = event.message
+        ts = event_time(message, event.received_at)
+        if message.get("type") == "delete":
+            return self._delete(tx, message, ts, now)
+        ids = extract_identifiers(message)
+        if ids.alias_previous:
+            # previousId is a known userId, or else the anonymous id the person had before.
+            previous = ("user_id", ids.alias_previous)
+            kind = "user_id" if tx.find_profiles([previous]) else "anonymous_id"
+            ids.identifiers.append(Identifier(kind, ids.alias_previous))
+        keys = ids.keys()
+        if not keys:
+            return Outcome(None, skipped="no_identifier")
+        if tx.tombstoned_since([k for k in keys if k[0] in TOMBSTONE_KINDS], ts):
+            return Outcome(None, skipped="deleted")
+
+        owners = tx.find_profiles(keys)
+        counts = {pid: tx.identifier_counts(pid) for pid in set(owners.values())}
+        resolution = plan_resolution(ids.identifiers, owners, counts, self.config.identity.max_per_profile)
+        profile_id = resolution.primary if resolution.primary is not None else tx.create_profile(now)
+        changed = resolution.primary is None
+        for other in resolution.merge:
+            tx.merge_profiles(profile_id, other)
+            changed = True
+        for ident in resolution.attach:
+            tx.attach_identifier(profile_id, ident, ts)
+            changed = True
+        for madid, tracking in ids.ad_tracking.items():
+            changed |= tx.set_identifier_active("madid", madid, tracking, ts)
+
+        consent = consent_in_message(message, self.config.consent.category)
+        if consent is not None:
+            changed |= tx.set_consent(profile_id, consent, ts)
+
+        memberships: list[tuple[str, bool]] = []
+        for flow in self._audience_flows:
+            for change in membership_changes(message, flow):
+                tx.ensure_audience(change.audience, self._auto_create(change.audience, flow))
+                memberships.append((change.audience, change.member))
+                changed |= tx.set_membership(profile_id, change.audience, change.member, ts)
+        tx.touch_profile(profile_id, ts)
+
+        targets_changed = self._refresh_targets(tx, profile_id, now) if changed else 0
+        return Outcome(profile_id, None, targets_changed, tuple(memberships))
+
+    def _auto_create(self, audience: str, flow: AudienceSyncFlow) -> bool:
+        configured = self.config.audiences.get(audience)
+        return configured.auto_create if configured is not None else flow.auto_create
+
+    def _refresh_targets(self, tx: SqliteTx, profile_id: int, now: float) -> int:
+        profile = tx.load_profile(profile_id)
+        if profile is None:
+            return 0
+        desired = desired_targets(profile, self.config.identity, self.config.consent)
+        return tx.set_targets(profile_id, desired, now)
+
+    # ------------------------------------------------------------------ deletion
+
+    def _delete(self, tx: SqliteTx, message: Mapping[str, Any], ts: float, now: float) -> Outcome:
+        keys = [k for k in extract_identifiers(message).keys() if k[0] in TOMBSTONE_KINDS]
+        if not keys:
+            return Outcome(None, skipped="no_identifier")
+        for profile_id in set(tx.find_profiles(keys).values()):
+            tx.erase_profile(profile_id, ts, set(TOMBSTONE_KINDS))
+        for kind, value in keys:
+            tx.add_tombstone(kind, value, ts)
+        return Outcome(None)
+
+    def forget(self, identifier: str) -> int:
+        """Erase everyone known by this userId, anonymousId or email; returns profiles erased."""
+        keys = [("user_id", identifier), ("anonymous_id", identifier)]
+        email = normalize_email(identifier)
+        if email:
+            keys.append(("email", email_hashes(email)[0]))
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            profiles = set(tx.find_profiles(keys).values())
+            for profile_id in profiles:
+                tx.erase_profile(profile_id, now, set(TOMBSTONE_KINDS))
+            for kind, value in keys:
+                tx.add_tombstone(kind, value, now)
+        return len(profiles)

@@ -1,0 +1,61 @@
+"""audience_sync: Segment Engage audience messages -> membership changes, pure (SPEC §5).
+
+Two forms count, whichever source they arrive through:
+- `track` "Audience Entered" / "Audience Exited" with `properties.audience_key`;
+- `identify` / `track` whose `context.personas.computation_class` is `audience` or `journey_step`
+  and whose `traits` / `properties` hold `computation_key: true|false` (or "true"/"false").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from segcrit.config import AudienceSyncFlow
+
+AUDIENCE_CLASSES = frozenset({"audience", "journey_step"})
+MAX_AUDIENCE_KEY = 200
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    audience: str
+    member: bool
+
+
+def _boolean(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    return None
+
+
+def _key(value: Any) -> str | None:
+    if isinstance(value, str) and 0 < len(value.strip()) <= MAX_AUDIENCE_KEY:
+        return value.strip()
+    return None
+
+
+def membership_changes(message: Mapping[str, Any], flow: AudienceSyncFlow) -> list[MembershipChange]:
+    kind = message.get("type")
+    properties = message.get("properties") if isinstance(message.get("properties"), dict) else {}
+    traits = message.get("traits") if isinstance(message.get("traits"), dict) else {}
+    context = message.get("context") if isinstance(message.get("context"), dict) else {}
+    personas = context.get("personas") if isinstance(context.get("personas"), dict) else {}
+    assert isinstance(properties, dict) and isinstance(traits, dict) and isinstance(personas, dict)
+
+    found: dict[str, bool] = {}
+    if kind == "track" and message.get("event") in (flow.entered_event, flow.exited_event):
+        key = _key(properties.get("audience_key")) or _key(personas.get("computation_key"))
+        if key:
+            explicit = _boolean(properties.get(key))
+            found[key] = explicit if explicit is not None else message.get("event") == flow.entered_event
+    if kind in ("identify", "track") and personas.get("computation_class") in AUDIENCE_CLASSES:
+        key = _key(personas.get("computation_key"))
+        holder = traits if kind == "identify" else properties
+        value = _boolean(holder.get(key)) if key else None
+        if key and value is not None:
+            found[key] = value
+    return [MembershipChange(flow.audiences.get(k, k), v) for k, v in found.items()]

@@ -1,0 +1,148 @@
+"""The running service's moving parts: the processor thread, the delivery thread, housekeeping.
+
+Ingest runs on the HTTP server's event loop; processing and delivery each run on a thread of
+their own (delivery with its own event loop), so a slow Criteo call or a large processing chunk
+never delays an ingest acknowledgement. Tests do not start these threads: they build a
+Processor and a DeliveryWorker and step them with `drain_once()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from segcrit.clock import Clock, SystemClock
+from segcrit.config import Config
+from segcrit.criteo.client import CriteoClient
+from segcrit.delivery.backoff import Backoff
+from segcrit.delivery.ratelimit import SlidingWindowLimiter
+from segcrit.delivery.worker import DeliveryWorker
+from segcrit.engine import Processor
+from segcrit.metrics import Metrics
+from segcrit.store.sqlite import SqliteStore
+
+log = logging.getLogger("segcrit.runtime")
+
+IDLE_WAIT_SECS = 0.05  # processor: how long to wait for a wake-up before looking again
+HOUSEKEEPING_EVERY_SECS = 600.0
+SHUTDOWN_FLUSH_SECS = 5.0
+
+
+def build_criteo_client(
+    config: Config, clock: Clock, metrics: Metrics, transport: httpx.AsyncBaseTransport | None = None
+) -> tuple[CriteoClient, httpx.AsyncClient]:
+    http = httpx.AsyncClient(timeout=config.criteo.timeout_secs, transport=transport, follow_redirects=False)
+    limiter = SlidingWindowLimiter(config.criteo.rate_limit_per_minute, clock)
+    return CriteoClient(config.criteo, http, limiter, clock, metrics), http
+
+
+@dataclass
+class _Thread:
+    thread: threading.Thread
+    stop: threading.Event
+
+
+class Runtime:
+    """Starts and stops the background workers of `segcrit serve`."""
+
+    def __init__(self, store: SqliteStore, config: Config, metrics: Metrics, clock: Clock | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock or SystemClock()
+        self.processor = Processor(store, config, self.clock, metrics)
+        self._wake = threading.Event()
+        self._threads: list[_Thread] = []
+        self.failed: str | None = None
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self._spawn("segcrit-processor", self._process_loop)
+        self._spawn("segcrit-delivery", self._delivery_thread)
+
+    def stop(self, timeout: float = SHUTDOWN_FLUSH_SECS + 2) -> None:
+        for t in self._threads:
+            t.stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.thread.join(timeout=timeout)
+        self._threads.clear()
+
+    def wake(self) -> None:
+        """Ingest calls this after a commit so the processor starts at once."""
+        self._wake.set()
+
+    def alive(self) -> bool:
+        return bool(self._threads) and all(t.thread.is_alive() for t in self._threads) and self.failed is None
+
+    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        stop = threading.Event()
+        thread = threading.Thread(target=self._guard(name, target), args=(stop,), name=name, daemon=True)
+        self._threads.append(_Thread(thread, stop))
+        thread.start()
+
+    def _guard(self, name: str, target: Callable[[threading.Event], None]) -> Callable[[threading.Event], None]:
+        def run(stop: threading.Event) -> None:
+            try:
+                target(stop)
+            except Exception:
+                self.failed = name
+                log.exception("worker stopped", extra={"worker": name})
+
+        return run
+
+    # ------------------------------------------------------------------ processor
+
+    def _process_loop(self, stop: threading.Event) -> None:
+        last_housekeeping = self.clock.monotonic()
+        while not stop.is_set():
+            try:
+                processed = self.processor.drain_once()
+            except Exception:
+                # One bad chunk must not stop the service; it stays in the inbox for the next round.
+                log.exception("processing failed")
+                processed = 0
+                stop.wait(1.0)
+            if processed == 0:
+                self._wake.wait(IDLE_WAIT_SECS)
+                self._wake.clear()
+            if self.clock.monotonic() - last_housekeeping > HOUSEKEEPING_EVERY_SECS:
+                last_housekeeping = self.clock.monotonic()
+                self.housekeeping()
+
+    def housekeeping(self) -> None:
+        horizon = self.clock.now() - self.config.ingest.dedupe_hours * 3600
+        pruned = self.store.prune_seen(horizon)
+        log.info("housekeeping", extra={"seen_pruned": pruned})
+
+    # ------------------------------------------------------------------ delivery
+
+    def _delivery_thread(self, stop: threading.Event) -> None:
+        asyncio.run(self._delivery_loop(stop))
+
+    async def _delivery_loop(self, stop: threading.Event) -> None:
+        client, http = build_criteo_client(self.config, self.clock, self.metrics)
+        worker = DeliveryWorker(self.store, self.config, client, self.clock, self.metrics, Backoff.from_config(self.config.delivery, random.Random()))
+        poll = max(0.02, min(0.25, self.config.delivery.max_wait_secs / 4))
+        try:
+            while not stop.is_set():
+                try:
+                    await worker.drain_once()
+                except Exception:
+                    log.exception("delivery round failed")
+                    await asyncio.sleep(1.0)
+                await asyncio.sleep(poll)
+            # Shutting down: send what is pending now rather than after max_wait, within a bound.
+            try:
+                await asyncio.wait_for(worker.drain_once(force=True), SHUTDOWN_FLUSH_SECS)
+            except (TimeoutError, Exception):
+                log.warning("shutdown flush incomplete")
+        finally:
+            await http.aclose()

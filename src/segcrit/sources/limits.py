@@ -1,0 +1,125 @@
+"""Bounds on what an outsider can make us read: body size, gzip expansion and JSON depth (SPEC §8).
+
+    read_body(request, max_bytes)   the (decompressed) body, never buffering more than max_bytes
+    json_depth_ok(body, max_depth)  a cheap pre-parse check of how deeply `[`/`{` nest
+
+`read_body` raises a `LimitError` subclass: `BodyTooLarge`, `BadEncoding`. A gzip bomb is just
+a body that is too large: decompression stops one byte past the limit, whatever the ratio.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Final
+
+from starlette.requests import ClientDisconnect, Request
+
+MAX_JSON_DEPTH: Final = 32
+
+_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
+_ESCAPED_BACKSLASH: Final = b"\\\\"
+_ESCAPED_QUOTE: Final = b'\\"'
+# Everything but quotes and brackets is deleted before the depth count (bytes.translate is C).
+_NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b'"[]{}')
+_STRING: Final = re.compile(rb'"[^"]*"')
+_INNERMOST_PAIR: Final = re.compile(rb"[\[{][\]}]")
+
+
+class LimitError(Exception):
+    """A request body breaks one of our bounds; `limit` says which, for the 400 body."""
+
+    def __init__(self, message: str, limit: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.limit = limit
+
+
+class BodyTooLarge(LimitError):
+    """The body (after decompression) is longer than max_request_bytes."""
+
+
+class BadEncoding(LimitError):
+    """Unsupported Content-Encoding, or a gzip stream that is broken or truncated."""
+
+
+class Disconnected(Exception):
+    """The client went away before sending its whole body."""
+
+
+def too_large(max_bytes: int) -> BodyTooLarge:
+    return BodyTooLarge("request too large", f"request body exceeds {max_bytes} bytes")
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, gunzipped if so declared, raising as soon as it passes `max_bytes`."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in {"gzip", "x-gzip"}:
+        decoder: zlib._Decompress | None = zlib.decompressobj(_GZIP_WBITS)
+    elif encoding in {"", "identity"}:
+        decoder = None
+    else:
+        raise BadEncoding("unsupported Content-Encoding (use gzip or none)")
+
+    declared = request.headers.get("content-length")
+    # A gzip body larger than the decompressed limit is nonsense for JSON, so one bound serves both.
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(max_bytes)
+
+    body = bytearray()
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise too_large(max_bytes)
+            if decoder is None:
+                body += chunk
+                continue
+            body += _inflate(decoder, chunk, max_bytes - len(body))
+            if len(body) > max_bytes:
+                raise too_large(max_bytes)
+    except ClientDisconnect:
+        raise Disconnected from None
+    if decoder is not None:
+        _finish_gzip(decoder, body, max_bytes)
+    return bytes(body)
+
+
+def _inflate(decoder: zlib._Decompress, chunk: bytes, room: int) -> bytes:
+    """Decompress at most room + 1 bytes: one byte past the limit proves the body is too large."""
+    if decoder.eof:
+        raise BadEncoding("invalid gzip body (data after the end of the stream)")
+    try:
+        return decoder.decompress(chunk, room + 1)
+    except zlib.error:
+        raise BadEncoding("invalid gzip body") from None
+
+
+def _finish_gzip(decoder: zlib._Decompress, body: bytearray, max_bytes: int) -> None:
+    try:
+        body += decoder.flush(max_bytes - len(body) + 1)
+    except zlib.error:
+        raise BadEncoding("invalid gzip body") from None
+    if len(body) > max_bytes:
+        raise too_large(max_bytes)
+    if not decoder.eof or decoder.unused_data:
+        raise BadEncoding("invalid gzip body (truncated or trailing data)")
+
+
+def json_depth_ok(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """True when no `[`/`{` in the JSON text nests deeper than `max_depth`.
+
+    Runs before parsing, with C-speed byte operations only: drop escaped quotes, keep only quotes
+    and brackets, drop string contents, then peel innermost bracket pairs once per level. Invalid
+    JSON may pass; the parser rejects it next.
+    """
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return True
+    structure = body.replace(_ESCAPED_BACKSLASH, b"").replace(_ESCAPED_QUOTE, b"")
+    structure = _STRING.sub(b"", structure.translate(None, _NOT_STRUCTURE))
+    for _ in range(max_depth):
+        structure, peeled = _INNERMOST_PAIR.subn(b"", structure)
+        if not structure or not peeled:
+            break
+    return not _INNERMOST_PAIR.search(structure)

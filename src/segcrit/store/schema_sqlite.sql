@@ -1,0 +1,110 @@
+-- segcrit's SQLite schema. Every statement is idempotent: it runs at every start.
+-- Timestamps are float seconds since the epoch.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Accepted events not yet processed. AUTOINCREMENT keeps seq monotonic across deletes, so
+-- the backlog is max(seq) - min(seq) + 1, read from the primary key without a scan.
+CREATE TABLE IF NOT EXISTS inbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    source      TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    body        BLOB NOT NULL
+);
+
+-- (source, messageId) seen within ingest.dedupe_hours.
+CREATE TABLE IF NOT EXISTS seen (
+    source     TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    seen_at    REAL NOT NULL,
+    PRIMARY KEY (source, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_time ON seen (seen_at);
+
+CREATE TABLE IF NOT EXISTS profiles (
+    id           INTEGER PRIMARY KEY,
+    created_at   REAL NOT NULL,
+    last_seen_at REAL NOT NULL,
+    consent      INTEGER,          -- NULL: never seen consent information
+    consent_ts   REAL
+);
+
+-- kind: user_id, anonymous_id, email, phone, madid, gum, identity_link.
+-- email/phone values are sha256 hex of the normalised value; extra holds the md5 hex.
+CREATE TABLE IF NOT EXISTS identifiers (
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    profile_id INTEGER NOT NULL,
+    extra      TEXT,
+    active     INTEGER NOT NULL DEFAULT 1,
+    active_ts  REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identifiers_by_profile ON identifiers (profile_id);
+
+-- Deleted people: events older than deleted_at carrying these identifiers are dropped.
+CREATE TABLE IF NOT EXISTS tombstones (
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    deleted_at REAL NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+
+-- Desired membership of one profile in one audience, as the flows decided; latest ts wins.
+CREATE TABLE IF NOT EXISTS memberships (
+    profile_id INTEGER NOT NULL,
+    audience   TEXT NOT NULL,
+    member     INTEGER NOT NULL,
+    ts         REAL NOT NULL,
+    PRIMARY KEY (profile_id, audience)
+) WITHOUT ROWID;
+
+-- One identifier as Criteo should hold it in one audience (desired) and as Criteo acknowledged
+-- it (acked). A row with desired != acked is a pending change; dead_letter_id parks it.
+CREATE TABLE IF NOT EXISTS targets (
+    audience       TEXT NOT NULL,
+    id_type        TEXT NOT NULL,
+    id_value       TEXT NOT NULL,
+    profile_id     INTEGER,
+    desired        INTEGER NOT NULL,
+    acked          INTEGER NOT NULL DEFAULT 0,
+    since          REAL NOT NULL,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    next_at        REAL NOT NULL DEFAULT 0,
+    first_failure  REAL,
+    dead_letter_id INTEGER,
+    PRIMARY KEY (audience, id_type, id_value)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS targets_by_profile ON targets (profile_id);
+CREATE INDEX IF NOT EXISTS targets_pending ON targets (since)
+    WHERE desired != acked AND dead_letter_id IS NULL;
+CREATE INDEX IF NOT EXISTS targets_dead ON targets (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS audiences (
+    name          TEXT PRIMARY KEY,
+    segment_id    TEXT,
+    auto_create   INTEGER NOT NULL DEFAULT 1,
+    created_by_us INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    audience    TEXT NOT NULL,
+    operation   TEXT NOT NULL,
+    id_type     TEXT NOT NULL,
+    count       INTEGER NOT NULL,
+    status      INTEGER,
+    error       TEXT NOT NULL,
+    replayed_at REAL
+);
+
+-- Named leases: which process runs a job (scheduler leader) until when.
+CREATE TABLE IF NOT EXISTS leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;

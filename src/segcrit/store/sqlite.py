@@ -1,0 +1,609 @@
+"""SQLite implementation of the store: one process, WAL, durable commits.
+
+Threads: ingest hands messages to one writer thread that commits many requests in one
+transaction (group commit) and wakes each request after the fsync; the processor and the delivery
+worker each use their own connection. Every write transaction starts with BEGIN IMMEDIATE so two
+writers queue on the lock instead of failing on an upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from segcrit.errors import StoreError
+from segcrit.store.base import (
+    AcceptResult,
+    AudienceRecord,
+    AudienceStats,
+    DeadLetter,
+    Identifier,
+    InboxEvent,
+    PendingChange,
+    ProfileState,
+    TargetKey,
+)
+
+BUSY_TIMEOUT_MS = 30_000
+GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: the WAL is fsynced at every commit, so an acknowledged event survives power loss.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+@dataclass(slots=True)
+class _AcceptRequest:
+    source: str
+    messages: Sequence[dict[str, Any]]
+    received_at: float
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[AcceptResult]
+
+
+class SqliteStore:
+    """The store on one SQLite file (see the module docstring for threads and transactions)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        schema = resources.files("segcrit.store").joinpath("schema_sqlite.sql").read_text()
+        self._conn().executescript(schema)
+        self._writer_queue: queue.SimpleQueue[_AcceptRequest | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ connections
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer_queue.put(None)
+            self._writer.join(timeout=10)
+        with self._conns_lock:
+            for conn in self._conns:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:  # closed from another thread already
+                    pass
+            self._conns.clear()
+
+    def ping(self) -> bool:
+        try:
+            self._conn().execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ ingest
+
+    async def accept(
+        self, source: str, messages: Sequence[dict[str, Any]], received_at: float
+    ) -> AcceptResult:
+        if self._closed:
+            raise StoreError("store is closed")
+        if self._writer is None:
+            self._start_writer()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AcceptResult] = loop.create_future()
+        self._writer_queue.put(_AcceptRequest(source, messages, received_at, loop, future))
+        return await future
+
+    def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
+        """The same as `accept` for callers without an event loop (import, tests)."""
+        with self._write() as conn:
+            return self._insert_messages(conn, source, messages, received_at)
+
+    def _start_writer(self) -> None:
+        with self._conns_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._writer_loop, name="segcrit-ingest-writer", daemon=True)
+                self._writer.start()
+
+    def _writer_loop(self) -> None:
+        while True:
+            first = self._writer_queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < GROUP_COMMIT_MAX:
+                try:
+                    item = self._writer_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit_group(batch)
+            if stop:
+                return
+
+    def _commit_group(self, batch: list[_AcceptRequest]) -> None:
+        results: list[AcceptResult] = []
+        try:
+            with self._write() as conn:
+                for request in batch:
+                    results.append(self._insert_messages(conn, request.source, request.messages, request.received_at))
+        except Exception as exc:  # the whole group failed: every request gets the error, none is acked
+            error = StoreError(f"commit failed: {exc.__class__.__name__}")
+            for request in batch:
+                request.loop.call_soon_threadsafe(_set_exception, request.future, error)
+            return
+        for request, result in zip(batch, results, strict=True):
+            request.loop.call_soon_threadsafe(_set_result, request.future, result)
+
+    @staticmethod
+    def _insert_messages(
+        conn: sqlite3.Connection, source: str, messages: Sequence[dict[str, Any]], received_at: float
+    ) -> AcceptResult:
+        stored = duplicates = 0
+        for message in messages:
+            message_id = str(message.get("messageId") or "")
+            if message_id:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO seen (source, message_id, seen_at) VALUES (?, ?, ?)",
+                    (source, message_id, received_at),
+                )
+                if cursor.rowcount == 0:
+                    duplicates += 1
+                    continue
+            conn.execute(
+                "INSERT INTO inbox (source, received_at, body) VALUES (?, ?, ?)",
+                (source, received_at, orjson.dumps(message)),
+            )
+            stored += 1
+        return AcceptResult(stored=stored, duplicates=duplicates)
+
+    def backlog(self) -> int:
+        row = self._conn().execute("SELECT min(seq), max(seq) FROM inbox").fetchone()
+        if row is None or row[0] is None:
+            return 0
+        return int(row[1]) - int(row[0]) + 1
+
+    def prune_seen(self, older_than: float) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM seen WHERE seen_at < ?", (older_than,)).rowcount
+
+    # ------------------------------------------------------------------ processing
+
+    def claim_events(self, limit: int) -> list[InboxEvent]:
+        rows = self._conn().execute(
+            "SELECT seq, source, received_at, body FROM inbox ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [InboxEvent(seq=r[0], source=r[1], received_at=r[2], message=orjson.loads(r[3])) for r in rows]
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteTx]:
+        with self._write() as conn:
+            yield SqliteTx(conn)
+
+    # ------------------------------------------------------------------ delivery
+
+    def due_changes(self, now: float, limit: int) -> list[PendingChange]:
+        rows = self._conn().execute(
+            "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
+            "WHERE desired != acked AND dead_letter_id IS NULL AND next_at <= ? "
+            "ORDER BY since LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [
+            PendingChange(TargetKey(r[0], r[1], r[2]), add=bool(r[3]), since=r[4], attempts=r[5], first_failure_at=r[6])
+            for r in rows
+        ]
+
+    def next_change_at(self) -> float | None:
+        """When the earliest pending change becomes due (its retry time), or None."""
+        row = self._conn().execute(
+            "SELECT min(next_at) FROM targets WHERE desired != acked AND dead_letter_id IS NULL"
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def oldest_pending_since(self) -> float | None:
+        row = self._conn().execute(
+            "SELECT min(since) FROM targets WHERE desired != acked AND dead_letter_id IS NULL"
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def pending_count(self) -> int:
+        row = self._conn().execute(
+            "SELECT count(*) FROM targets WHERE desired != acked AND dead_letter_id IS NULL"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def ack_changes(self, keys: Iterable[TargetKey], add: bool, now: float) -> None:
+        """Criteo holds (add) or no longer holds (remove) these identifiers."""
+        acked = int(add)
+        with self._write() as conn:
+            # An upsert: the row may have gone while the call was in flight (the person was erased
+            # or left); Criteo holds the identifier all the same, so a new row makes it pending removal.
+            conn.executemany(
+                "INSERT INTO targets (audience, id_type, id_value, desired, acked, since) VALUES (?, ?, ?, 0, ?, ?) "
+                "ON CONFLICT (audience, id_type, id_value) DO UPDATE SET acked = excluded.acked, attempts = 0, "
+                "next_at = 0, first_failure = NULL, "
+                "since = CASE WHEN targets.desired != excluded.acked THEN excluded.since ELSE targets.since END",
+                [(k.audience, k.id_type, k.id_value, acked, now) for k in keys],
+            )
+            # Rows that are neither wanted nor held carry no information any more.
+            if not add:
+                conn.executemany(
+                    "DELETE FROM targets WHERE audience = ? AND id_type = ? AND id_value = ? "
+                    "AND desired = 0 AND acked = 0",
+                    [(k.audience, k.id_type, k.id_value) for k in keys],
+                )
+
+    def defer_changes(self, keys: Iterable[TargetKey], next_at: float, now: float) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE targets SET attempts = attempts + 1, next_at = ?, "
+                "first_failure = coalesce(first_failure, ?) "
+                "WHERE audience = ? AND id_type = ? AND id_value = ?",
+                [(next_at, now, k.audience, k.id_type, k.id_value) for k in keys],
+            )
+
+    def dead_letter(
+        self, keys: Sequence[TargetKey], add: bool, status: int | None, error: str, now: float
+    ) -> int:
+        if not keys:
+            raise ValueError("a dead letter needs at least one change")
+        first = keys[0]
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO dead_letters (created_at, audience, operation, id_type, count, status, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (now, first.audience, "add" if add else "remove", first.id_type, len(keys), status, error[:4000]),
+            )
+            letter_id = int(cursor.lastrowid or 0)
+            conn.executemany(
+                "UPDATE targets SET dead_letter_id = ? WHERE audience = ? AND id_type = ? AND id_value = ?",
+                [(letter_id, k.audience, k.id_type, k.id_value) for k in keys],
+            )
+        return letter_id
+
+    def replay_dead_letters(self, audience: str | None, now: float) -> int:
+        where, params = ("AND audience = ?", (audience,)) if audience else ("", ())
+        with self._write() as conn:
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM dead_letters WHERE replayed_at IS NULL {where}", params)]
+            for letter_id in ids:
+                conn.execute(
+                    "UPDATE targets SET dead_letter_id = NULL, attempts = 0, next_at = 0, first_failure = NULL, "
+                    "since = ? WHERE dead_letter_id = ?",
+                    (now, letter_id),
+                )
+                conn.execute("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", (now, letter_id))
+        return len(ids)
+
+    def dead_letters(self, limit: int = 100, include_replayed: bool = False) -> list[DeadLetter]:
+        where = "" if include_replayed else "WHERE replayed_at IS NULL"
+        rows = self._conn().execute(
+            "SELECT id, created_at, audience, operation, id_type, count, status, error, replayed_at "
+            f"FROM dead_letters {where} ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [DeadLetter(*r) for r in rows]
+
+    def dead_letter_count(self) -> int:
+        row = self._conn().execute("SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------ audiences
+
+    def audience(self, name: str) -> AudienceRecord | None:
+        row = self._conn().execute(
+            "SELECT name, segment_id, auto_create, created_by_us FROM audiences WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else AudienceRecord(row[0], row[1], bool(row[2]), bool(row[3]))
+
+    def audiences(self) -> list[AudienceRecord]:
+        rows = self._conn().execute(
+            "SELECT name, segment_id, auto_create, created_by_us FROM audiences ORDER BY name"
+        ).fetchall()
+        return [AudienceRecord(r[0], r[1], bool(r[2]), bool(r[3])) for r in rows]
+
+    def save_audience(self, record: AudienceRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO audiences (name, segment_id, auto_create, created_by_us) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET segment_id = excluded.segment_id, "
+                "auto_create = excluded.auto_create, created_by_us = excluded.created_by_us",
+                (record.name, record.segment_id, int(record.auto_create), int(record.created_by_us)),
+            )
+
+    def reset_audience_acks(self, name: str, now: float) -> None:
+        """The segment was replaced: nothing counts as acknowledged; resend the whole membership."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM targets WHERE audience = ? AND desired = 0", (name,))
+            conn.execute(
+                "UPDATE targets SET acked = 0, since = ?, attempts = 0, next_at = 0, first_failure = NULL "
+                "WHERE audience = ?",
+                (now, name),
+            )
+
+    def audience_stats(self) -> list[AudienceStats]:
+        rows = self._conn().execute(
+            "SELECT t.audience, a.segment_id, sum(t.desired), sum(t.acked), "
+            "sum(t.desired != t.acked AND t.dead_letter_id IS NULL), sum(t.dead_letter_id IS NOT NULL) "
+            "FROM targets t LEFT JOIN audiences a ON a.name = t.audience GROUP BY t.audience ORDER BY t.audience"
+        ).fetchall()
+        seen = {r[0] for r in rows}
+        stats = [AudienceStats(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
+        stats += [AudienceStats(a.name, a.segment_id, 0, 0, 0, 0) for a in self.audiences() if a.name not in seen]
+        return sorted(stats, key=lambda s: s.name)
+
+    def acknowledged_members(self, audience: str) -> dict[str, set[str]]:
+        """What Criteo acknowledged for one audience: identifier type -> values."""
+        out: dict[str, set[str]] = {}
+        for id_type, id_value in self._conn().execute(
+            "SELECT id_type, id_value FROM targets WHERE audience = ? AND acked = 1", (audience,)
+        ):
+            out.setdefault(id_type, set()).add(id_value)
+        return out
+
+    # ------------------------------------------------------------------ leases
+
+    def try_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        """Take or renew a named lease; True when `holder` holds it until now + ttl."""
+        with self._write() as conn:
+            row = conn.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            conn.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                (name, holder, now + ttl),
+            )
+        return True
+
+
+def _set_result(future: asyncio.Future[AcceptResult], result: AcceptResult) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[AcceptResult], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class SqliteTx:
+    """The unit of work the processor uses for one chunk of events (all inside one transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def delete_events(self, seqs: Sequence[int]) -> None:
+        self.conn.executemany("DELETE FROM inbox WHERE seq = ?", [(s,) for s in seqs])
+
+    # ---- identity
+
+    def find_profiles(self, idents: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        found: dict[tuple[str, str], int] = {}
+        for kind, value in idents:
+            row = self.conn.execute(
+                "SELECT profile_id FROM identifiers WHERE kind = ? AND value = ?", (kind, value)
+            ).fetchone()
+            if row is not None:
+                found[(kind, value)] = int(row[0])
+        return found
+
+    def identifier_counts(self, profile_id: int) -> dict[str, int]:
+        rows = self.conn.execute(
+            "SELECT kind, count(*) FROM identifiers WHERE profile_id = ? GROUP BY kind", (profile_id,)
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def create_profile(self, now: float) -> int:
+        cursor = self.conn.execute("INSERT INTO profiles (created_at, last_seen_at) VALUES (?, ?)", (now, now))
+        return int(cursor.lastrowid or 0)
+
+    def touch_profile(self, profile_id: int, seen_at: float) -> None:
+        self.conn.execute(
+            "UPDATE profiles SET last_seen_at = max(last_seen_at, ?) WHERE id = ?", (seen_at, profile_id)
+        )
+
+    def attach_identifier(self, profile_id: int, ident: Identifier, ts: float) -> None:
+        self.conn.execute(
+            "INSERT INTO identifiers (kind, value, profile_id, extra, active, active_ts) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (kind, value) DO NOTHING",
+            (ident.kind, ident.value, profile_id, ident.extra, int(ident.active), ts),
+        )
+
+    def set_identifier_active(self, kind: str, value: str, active: bool, ts: float) -> bool:
+        """Record ad tracking on/off for an identifier; the latest timestamp wins. True if changed."""
+        cursor = self.conn.execute(
+            "UPDATE identifiers SET active = ?, active_ts = ? WHERE kind = ? AND value = ? "
+            "AND active_ts <= ? AND active != ?",
+            (int(active), ts, kind, value, ts, int(active)),
+        )
+        if cursor.rowcount == 0:
+            self.conn.execute(
+                "UPDATE identifiers SET active_ts = ? WHERE kind = ? AND value = ? AND active_ts < ?",
+                (ts, kind, value, ts),
+            )
+        return cursor.rowcount > 0
+
+    def merge_profiles(self, into: int, other: int) -> None:
+        """Move everything of `other` to `into`; per audience and for consent the latest ts wins."""
+        self.conn.execute("UPDATE identifiers SET profile_id = ? WHERE profile_id = ?", (into, other))
+        self.conn.execute(
+            "INSERT INTO memberships (profile_id, audience, member, ts) "
+            "SELECT ?, audience, member, ts FROM memberships WHERE profile_id = ? "
+            "ON CONFLICT (profile_id, audience) DO UPDATE SET member = excluded.member, ts = excluded.ts "
+            "WHERE excluded.ts > memberships.ts",
+            (into, other),
+        )
+        self.conn.execute("DELETE FROM memberships WHERE profile_id = ?", (other,))
+        row = self.conn.execute("SELECT consent, consent_ts, created_at, last_seen_at FROM profiles WHERE id = ?", (other,)).fetchone()
+        if row is not None and row[1] is not None:
+            self.set_consent(into, bool(row[0]), float(row[1]))
+        if row is not None:
+            self.conn.execute(
+                "UPDATE profiles SET created_at = min(created_at, ?), last_seen_at = max(last_seen_at, ?) WHERE id = ?",
+                (row[2], row[3], into),
+            )
+        self.conn.execute("UPDATE targets SET profile_id = ? WHERE profile_id = ?", (into, other))
+        self.conn.execute("DELETE FROM profiles WHERE id = ?", (other,))
+
+    def set_consent(self, profile_id: int, consent: bool, ts: float) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE profiles SET consent = ?, consent_ts = ? WHERE id = ? AND (consent_ts IS NULL OR consent_ts <= ?)",
+            (int(consent), ts, profile_id, ts),
+        )
+        return cursor.rowcount > 0
+
+    def set_membership(self, profile_id: int, audience: str, member: bool, ts: float) -> bool:
+        """Upsert when newer (ties: the later arrival wins). True if the row changed."""
+        cursor = self.conn.execute(
+            "INSERT INTO memberships (profile_id, audience, member, ts) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (profile_id, audience) DO UPDATE SET member = excluded.member, ts = excluded.ts "
+            "WHERE excluded.ts >= memberships.ts",
+            (profile_id, audience, int(member), ts),
+        )
+        return cursor.rowcount > 0
+
+    def load_profile(self, profile_id: int) -> ProfileState | None:
+        row = self.conn.execute("SELECT consent, consent_ts FROM profiles WHERE id = ?", (profile_id,)).fetchone()
+        if row is None:
+            return None
+        idents = [
+            Identifier(kind=r[0], value=r[1], extra=r[2], active=bool(r[3]))
+            for r in self.conn.execute(
+                "SELECT kind, value, extra, active FROM identifiers WHERE profile_id = ?", (profile_id,)
+            )
+        ]
+        memberships = {
+            r[0]: (bool(r[1]), float(r[2]))
+            for r in self.conn.execute("SELECT audience, member, ts FROM memberships WHERE profile_id = ?", (profile_id,))
+        }
+        consent = None if row[0] is None else bool(row[0])
+        return ProfileState(profile_id, idents, consent, row[1], memberships)
+
+    def set_targets(self, profile_id: int, desired: set[TargetKey], now: float) -> int:
+        """Make the profile's targets equal `desired`; returns how many rows changed desire."""
+        current = {
+            TargetKey(r[0], r[1], r[2]): bool(r[3])
+            for r in self.conn.execute(
+                "SELECT audience, id_type, id_value, desired FROM targets WHERE profile_id = ?", (profile_id,)
+            )
+        }
+        changed = 0
+        for key, was in current.items():
+            if was and key not in desired:
+                changed += 1
+                self.conn.execute(
+                    "UPDATE targets SET desired = 0, since = ?, attempts = 0, next_at = 0, first_failure = NULL "
+                    "WHERE audience = ? AND id_type = ? AND id_value = ?",
+                    (now, key.audience, key.id_type, key.id_value),
+                )
+        self.conn.execute(
+            "DELETE FROM targets WHERE profile_id = ? AND desired = 0 AND acked = 0 AND dead_letter_id IS NULL",
+            (profile_id,),
+        )
+        for key in desired:
+            if current.get(key):
+                continue
+            changed += 1
+            # A row may exist without this profile (an erased person's identifier seen again).
+            self.conn.execute(
+                "INSERT INTO targets (audience, id_type, id_value, profile_id, desired, since) VALUES (?, ?, ?, ?, 1, ?) "
+                "ON CONFLICT (audience, id_type, id_value) DO UPDATE SET desired = 1, profile_id = excluded.profile_id, "
+                "since = excluded.since, attempts = 0, next_at = 0, first_failure = NULL",
+                (key.audience, key.id_type, key.id_value, profile_id, now),
+            )
+        return changed
+
+    def ensure_audience(self, name: str, auto_create: bool) -> None:
+        self.conn.execute(
+            "INSERT INTO audiences (name, auto_create) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, int(auto_create)),
+        )
+
+    # ---- deletion
+
+    def tombstoned_since(self, idents: Iterable[tuple[str, str]], ts: float) -> bool:
+        """True if any identifier belongs to a person deleted at or after `ts`."""
+        return any(
+            self.conn.execute(
+                "SELECT 1 FROM tombstones WHERE kind = ? AND value = ? AND deleted_at >= ?", (kind, value, ts)
+            ).fetchone()
+            for kind, value in idents
+        )
+
+    def erase_profile(self, profile_id: int, deleted_at: float, tombstone_kinds: set[str]) -> None:
+        """Forget the person: tombstone their ids, drop identity and memberships, keep targets
+        (as desired = 0, without a profile) only until Criteo acknowledges the removal."""
+        for kind, value in self.conn.execute(
+            "SELECT kind, value FROM identifiers WHERE profile_id = ?", (profile_id,)
+        ).fetchall():
+            if kind in tombstone_kinds:
+                self.conn.execute(
+                    "INSERT INTO tombstones (kind, value, deleted_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (kind, value) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)",
+                    (kind, value, deleted_at),
+                )
+        self.conn.execute(
+            "DELETE FROM targets WHERE profile_id = ? AND acked = 0 AND dead_letter_id IS NULL", (profile_id,)
+        )
+        self.conn.execute(
+            "UPDATE targets SET desired = 0, profile_id = NULL, since = ?, attempts = 0, next_at = 0 "
+            "WHERE profile_id = ?",
+            (deleted_at, profile_id),
+        )
+        self.conn.execute("DELETE FROM identifiers WHERE profile_id = ?", (profile_id,))
+        self.conn.execute("DELETE FROM memberships WHERE profile_id = ?", (profile_id,))
+        self.conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
+
+    def add_tombstone(self, kind: str, value: str, deleted_at: float) -> None:
+        self.conn.execute(
+            "INSERT INTO tombstones (kind, value, deleted_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (kind, value) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)",
+            (kind, value, deleted_at),
+        )
+
+
+def open_sqlite(url: str) -> SqliteStore:
+    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+    return SqliteStore(path or ":memory:")
