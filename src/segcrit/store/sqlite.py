@@ -221,6 +221,16 @@ class SqliteStore:
         with self._write() as conn:
             yield SqliteTx(conn)
 
+    @contextmanager
+    def dry_run(self) -> Iterator[SqliteTx]:
+        """A transaction that is always rolled back (preview: decide everything, keep nothing)."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield SqliteTx(conn)
+        finally:
+            conn.execute("ROLLBACK")
+
     # ------------------------------------------------------------------ delivery
 
     def due_changes(self, now: float, limit: int) -> list[PendingChange]:
@@ -554,6 +564,15 @@ class SqliteTx:
                 (key.audience, key.id_type, key.id_value, profile_id, now),
             )
         return changed
+
+    def pending_of_profile(self, profile_id: int) -> list[tuple[TargetKey, bool]]:
+        """The profile's changes waiting for delivery: (target, add?)."""
+        rows = self.conn.execute(
+            "SELECT audience, id_type, id_value, desired FROM targets WHERE profile_id = ? "
+            "AND desired != acked AND dead_letter_id IS NULL ORDER BY audience, id_type",
+            (profile_id,),
+        ).fetchall()
+        return [(TargetKey(r[0], r[1], r[2]), bool(r[3])) for r in rows]
 
     def ensure_audience(self, name: str, auto_create: bool) -> None:
         self.conn.execute(

@@ -1,0 +1,98 @@
+"""`segcrit preview EVENT.json`: what one event would do, computed for real and rolled back.
+
+The event runs through the same validation, sanitising, identity, consent and flows as live
+traffic, inside a transaction on the configured store that is always rolled back, so the answer
+reflects the profiles segcrit already knows and nothing is kept or sent.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from segcrit.clock import SystemClock
+from segcrit.config import Config
+from segcrit.criteo.constants import CONTACT_LIST_PATH
+from segcrit.criteo.models import ContactlistAmendmentRequest
+from segcrit.engine import Processor
+from segcrit.errors import UserError
+from segcrit.metrics import Metrics
+from segcrit.sources.validate import MessageRules, prepare_messages
+from segcrit.store.base import InboxEvent, TargetKey
+from segcrit.store.sqlite import SqliteStore
+
+PREVIEW_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias", "delete"})
+
+
+def _messages(text: str) -> list[Any]:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise UserError("the event file is not valid JSON") from None
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and isinstance(data.get("batch"), list):
+        return list(data["batch"])
+    return [data]
+
+
+def _open_for_preview(config: Config) -> tuple[SqliteStore, tempfile.TemporaryDirectory[str] | None]:
+    path = config.store.removeprefix("sqlite:///")
+    if config.store.startswith("sqlite:///") and Path(path).exists():
+        return SqliteStore(path), None
+    scratch = tempfile.TemporaryDirectory(prefix="segcrit-preview-")
+    return SqliteStore(str(Path(scratch.name) / "preview.db")), scratch
+
+
+def preview_event(config: Config, text: str) -> str:
+    now = time.time()
+    prepared = prepare_messages(
+        _messages(text), MessageRules(PREVIEW_TYPES, config.server.max_message_bytes), received_at=now
+    )
+    lines: list[str] = [f"rejected message {r['index']}: {r['reason']}" for r in prepared.rejected]
+    store, scratch = _open_for_preview(config)
+    try:
+        processor = Processor(store, config, SystemClock(), Metrics())
+        with store.dry_run() as tx:
+            for index, message in enumerate(prepared.messages):
+                outcome = processor.process(tx, InboxEvent(0, "preview", message, now), now)
+                lines.append(f"message {index}: {message.get('type')} {message.get('event') or ''}".rstrip())
+                if outcome.skipped:
+                    lines.append(f"  skipped: {outcome.skipped}")
+                    continue
+                lines.append(f"  profile: #{outcome.profile_id}")
+                if not outcome.memberships:
+                    lines.append("  flows: none matched (no audience change)")
+                for audience, member in outcome.memberships:
+                    lines.append(f"  audience_sync: {'enter' if member else 'exit'} {audience}")
+                pending = tx.pending_of_profile(outcome.profile_id) if outcome.profile_id else []
+                lines.extend(_requests(config, store, pending))
+    finally:
+        store.close()
+        if scratch is not None:
+            scratch.cleanup()
+    return "\n".join(lines)
+
+
+def _requests(config: Config, store: SqliteStore, pending: list[tuple[TargetKey, bool]]) -> list[str]:
+    if not pending:
+        return ["  criteo: nothing to send"]
+    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for key, add in pending:
+        groups[(key.audience, "add" if add else "remove", key.id_type)].append(key.id_value)
+    lines = []
+    for (audience, operation, id_type), values in sorted(groups.items()):
+        record = store.audience(audience)
+        configured = config.audiences.get(audience)
+        segment = (configured.segment_id if configured else None) or (record.segment_id if record else None)
+        path = CONTACT_LIST_PATH.format(version=config.criteo.api_version, segment_id=segment or "{segment of " + audience + "}")
+        gum = config.criteo.gum_caller_id if id_type == "gum" else None
+        body = ContactlistAmendmentRequest.build(operation, id_type, sorted(values), gum_caller_id=gum)  # type: ignore[arg-type]
+        lines.append(f"  criteo: PATCH {config.criteo.api_url}{path}")
+        lines.append("    " + orjson.dumps(body.to_json()).decode())
+    return lines
