@@ -444,7 +444,7 @@ class AudienceSegmentSearchMetadataV1(CriteoModel):
 
 
 class AudienceSegmentSearchResponse(AudienceSegmentEntityV1ListResponse):
-    """Response of search (Criteo's name: AudienceSegmentEntityV1AudienceSegmentSearchMetadataV1ListResponse)."""
+    """Response of search: segments plus paging `meta` (Criteo's long name is in criteo_schema)."""
 
     criteo_schema: ClassVar[str] = "AudienceSegmentEntityV1AudienceSegmentSearchMetadataV1ListResponse"
 

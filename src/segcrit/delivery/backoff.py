@@ -41,6 +41,7 @@ def retry_delay(
     error: BaseException,
     attempt: int,
     now: float,
+    *,
     initial_secs: float = DEFAULT_INITIAL_SECS,
     max_secs: float = DEFAULT_MAX_SECS,
     rng: random.Random | None = None,
@@ -72,4 +73,6 @@ class Backoff:
         return cls(config.backoff_initial_secs, config.backoff_max_secs, rng or random.Random())
 
     def delay(self, error: BaseException, attempt: int, now: float) -> float:
-        return retry_delay(error, attempt, now, self.initial_secs, self.max_secs, self.rng)
+        return retry_delay(
+            error, attempt, now, initial_secs=self.initial_secs, max_secs=self.max_secs, rng=self.rng
+        )

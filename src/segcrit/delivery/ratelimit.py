@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
@@ -53,7 +54,7 @@ def reset_at(headers: Mapping[str, str], now: float) -> float | None:
         value = float(raw)
     except ValueError:
         return None
-    if value != value or value < 0:  # NaN or negative: not a time
+    if not math.isfinite(value) or value < 0:
         return None
     return value if value >= _EPOCH_THRESHOLD else now + value
 

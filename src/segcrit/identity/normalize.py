@@ -18,6 +18,7 @@ import hashlib
 import re
 from typing import Any, Final
 
+import orjson
 import phonenumbers
 
 RESERVED_KEY: Final = "_segcrit"
@@ -93,54 +94,68 @@ def sanitize_message(message: dict[str, Any], *, phone_region: str | None = None
     """
     out = dict(message)
     out.pop(RESERVED_KEY, None)
-    emails: list[dict[str, str]] = []
-    phones: list[dict[str, str]] = []
-    seen: set[str] = set()
-    person_traits = out.get("type") != "group"
-
+    found = _Identifiers(phone_region)
     traits = out.get("traits")
     if isinstance(traits, dict):
-        out["traits"] = _strip_identifiers(traits, person_traits, phone_region, emails, phones, seen)
+        out["traits"] = found.take(traits, hash_them=out.get("type") != "group")
     context = out.get("context")
     if isinstance(context, dict):
         context = dict(context)
         context_traits = context.get("traits")
         if isinstance(context_traits, dict):
-            context["traits"] = _strip_identifiers(context_traits, True, phone_region, emails, phones, seen)
-        out["context"] = _redact(context, 0)
+            context["traits"] = found.take(context_traits)
+        out["context"] = _redact_tree(context)
     properties = out.get("properties")
     if isinstance(properties, dict):
-        out["properties"] = _strip_identifiers(properties, True, phone_region, emails, phones, seen)
-
-    out[RESERVED_KEY] = {"emails": emails, "phones": phones}
+        out["properties"] = found.take(properties)
+    out[RESERVED_KEY] = {"emails": found.emails, "phones": found.phones}
     return out
 
 
-def _strip_identifiers(
-    container: dict[str, Any],
-    hash_them: bool,
-    phone_region: str | None,
-    emails: list[dict[str, str]],
-    phones: list[dict[str, str]],
-    seen: set[str],
-) -> Any:
-    """Remove email/phone from one object (hashing them into the lists), then redact the rest."""
-    if "email" in container or "phone" in container:
-        container = dict(container)
-        raw_email = container.pop("email", None)
-        raw_phone = container.pop("phone", None)
-        if hash_them:
-            email = normalize_email(raw_email)
-            if email is not None and email not in seen:
-                seen.add(email)
-                sha256, md5 = email_hashes(email)
-                emails.append({"sha256": sha256, "md5": md5})
-            phone = normalize_phone(raw_phone, phone_region)
-            if phone is not None and phone not in seen:
-                seen.add(phone)
-                sha256, md5 = phone_hashes(phone)
-                phones.append({"sha256": sha256, "md5": md5})
-    return _redact(container, 0)
+class _Identifiers:
+    """Collects the hashed emails and phones of one message, each once, in the order found."""
+
+    __slots__ = ("_phone_region", "_seen", "emails", "phones")
+
+    def __init__(self, phone_region: str | None) -> None:
+        self._phone_region = phone_region
+        self._seen: set[str] = set()
+        self.emails: list[dict[str, str]] = []
+        self.phones: list[dict[str, str]] = []
+
+    def take(self, container: dict[str, Any], *, hash_them: bool = True) -> Any:
+        """`container` without email/phone (hashed here when `hash_them`), the rest redacted."""
+        if "email" in container or "phone" in container:
+            container = dict(container)
+            raw_email = container.pop("email", None)
+            raw_phone = container.pop("phone", None)
+            if hash_them:
+                self._add_email(normalize_email(raw_email))
+                self._add_phone(normalize_phone(raw_phone, self._phone_region))
+        return _redact_tree(container)
+
+    def _add_email(self, email: str | None) -> None:
+        if email is not None and email not in self._seen:
+            self._seen.add(email)
+            sha256, md5 = email_hashes(email)
+            self.emails.append({"sha256": sha256, "md5": md5})
+
+    def _add_phone(self, phone: str | None) -> None:
+        # E.164 numbers start with "+" and emails hold an "@": one set serves both without clashes.
+        if phone is not None and phone not in self._seen:
+            self._seen.add(phone)
+            sha256, md5 = phone_hashes(phone)
+            self.phones.append({"sha256": sha256, "md5": md5})
+
+
+def _redact_tree(value: Any) -> Any:
+    """`_redact` behind a C-speed pre-check: most objects hold no "@" at all."""
+    try:
+        if b"@" not in orjson.dumps(value):
+            return value
+    except (orjson.JSONEncodeError, TypeError):
+        pass  # not JSON-serialisable (a caller outside ingest): walk it
+    return _redact(value, 0)
 
 
 def _redact(value: Any, depth: int) -> Any:

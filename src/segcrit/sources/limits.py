@@ -1,18 +1,28 @@
 """Bounds on what an outsider can make us read: body size, gzip expansion and JSON depth (SPEC §8).
 
     read_body(request, max_bytes)   the (decompressed) body, never buffering more than max_bytes
-    json_depth_ok(body, max_depth)  a cheap pre-parse check of how deeply `[`/`{` nest
+    parse_json(body, max_depth)     orjson, after a cheap check of how deeply `[`/`{` nest
+    json_depth_ok(body, max_depth)  that check alone
 
-`read_body` raises a `LimitError` subclass: `BodyTooLarge`, `BadEncoding`. A gzip bomb is just
-a body that is too large: decompression stops one byte past the limit, whatever the ratio.
+Errors, each answered with a 400-class status and a JSON body built from `code`/`message`/`limit`:
+
+    RequestError
+    +-- BodyTooLarge    over max_request_bytes after decompression (a gzip bomb is just this)
+    +-- BadEncoding     unsupported Content-Encoding, broken or truncated gzip
+    +-- InvalidJson     not JSON
+    +-- TooDeep         JSON nested deeper than max_depth
+
+Decompression stops one byte past the limit whatever the compression ratio, so memory stays
+bounded by max_request_bytes.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
-from typing import Final
+from typing import Any, Final
 
+import orjson
 from starlette.requests import ClientDisconnect, Request
 
 MAX_JSON_DEPTH: Final = 32
@@ -22,12 +32,14 @@ _ESCAPED_BACKSLASH: Final = b"\\\\"
 _ESCAPED_QUOTE: Final = b'\\"'
 # Everything but quotes and brackets is deleted before the depth count (bytes.translate is C).
 _NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b'"[]{}')
-_STRING: Final = re.compile(rb'"[^"]*"')
 _INNERMOST_PAIR: Final = re.compile(rb"[\[{][\]}]")
 
 
-class LimitError(Exception):
-    """A request body breaks one of our bounds; `limit` says which, for the 400 body."""
+class RequestError(Exception):
+    """A request body we refuse; `code` names the reason, `limit` the bound it broke (if any)."""
+
+    code = "invalid_request"
+    status = 400
 
     def __init__(self, message: str, limit: str | None = None) -> None:
         super().__init__(message)
@@ -35,12 +47,20 @@ class LimitError(Exception):
         self.limit = limit
 
 
-class BodyTooLarge(LimitError):
-    """The body (after decompression) is longer than max_request_bytes."""
+class BodyTooLarge(RequestError):
+    code = "request_too_large"
 
 
-class BadEncoding(LimitError):
-    """Unsupported Content-Encoding, or a gzip stream that is broken or truncated."""
+class BadEncoding(RequestError):
+    code = "bad_encoding"
+
+
+class InvalidJson(RequestError):
+    code = "invalid_json"
+
+
+class TooDeep(RequestError):
+    code = "json_too_deep"
 
 
 class Disconnected(Exception):
@@ -59,7 +79,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     elif encoding in {"", "identity"}:
         decoder = None
     else:
-        raise BadEncoding("unsupported Content-Encoding (use gzip or none)")
+        raise BadEncoding("unsupported Content-Encoding (use gzip or none)", "Content-Encoding: gzip")
 
     declared = request.headers.get("content-length")
     # A gzip body larger than the decompressed limit is nonsense for JSON, so one bound serves both.
@@ -70,6 +90,8 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     received = 0
     try:
         async for chunk in request.stream():
+            if not chunk:
+                continue  # Starlette ends the stream with an empty chunk
             received += len(chunk)
             if received > max_bytes:
                 raise too_large(max_bytes)
@@ -107,17 +129,31 @@ def _finish_gzip(decoder: zlib._Decompress, body: bytearray, max_bytes: int) -> 
         raise BadEncoding("invalid gzip body (truncated or trailing data)")
 
 
+def parse_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The parsed body; raises TooDeep or InvalidJson."""
+    if not json_depth_ok(body, max_depth):
+        raise TooDeep("JSON too deeply nested", f"JSON nesting exceeds {max_depth} levels")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidJson("invalid JSON") from None
+
+
 def json_depth_ok(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
     """True when no `[`/`{` in the JSON text nests deeper than `max_depth`.
 
-    Runs before parsing, with C-speed byte operations only: drop escaped quotes, keep only quotes
-    and brackets, drop string contents, then peel innermost bracket pairs once per level. Invalid
-    JSON may pass; the parser rejects it next.
+    Runs before parsing, with C-speed byte operations only (about 0.1 ms for 100 KB): drop escaped
+    quotes, keep only quotes and brackets, drop string contents, then peel innermost bracket pairs
+    once per level. Invalid JSON may pass; the parser rejects it next.
     """
-    if body.count(b"[") + body.count(b"{") <= max_depth:
-        return True
-    structure = body.replace(_ESCAPED_BACKSLASH, b"").replace(_ESCAPED_QUOTE, b"")
-    structure = _STRING.sub(b"", structure.translate(None, _NOT_STRUCTURE))
+    if b"\\" in body:
+        body = body.replace(_ESCAPED_BACKSLASH, b"").replace(_ESCAPED_QUOTE, b"")
+    # Dropping two adjacent quotes keeps every other byte's inside/outside-a-string parity, so
+    # this removes every string without brackets in one C pass; then, with escaped quotes gone,
+    # every other piece between the remaining quotes is a string's content.
+    structure = body.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in structure:
+        structure = b"".join(structure.split(b'"')[::2])
     for _ in range(max_depth):
         structure, peeled = _INNERMOST_PAIR.subn(b"", structure)
         if not structure or not peeled:

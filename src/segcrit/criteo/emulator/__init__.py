@@ -1,1 +1,42 @@
-"""segcrit.criteo.emulator"""
+"""segcrit.criteo.emulator: a local stand-in for the parts of Criteo's API that segcrit calls.
+
+    state = EmulatorState(clock=FakeClock(), faults="5xx=0.1,seed=7")
+    with running_emulator(state) as base_url:   # uvicorn on a free loopback port, in a thread
+        ...                                     # point the client at base_url
+        state.members("cart_abandoners")        # what Criteo now holds
+
+Modules: `state` (what it remembers), `gateway` (auth, rate limit, faults, call log), `oauth` and
+`audience_segments` (the endpoints), `faults`, `ratelimit`, `identifiers`, `problems`, `app`,
+`server` (`serve()` for `segcrit emulator`, `running_emulator()` for tests).
+"""
+
+from segcrit.criteo.emulator.app import create_emulator_app
+from segcrit.criteo.emulator.faults import Faults, FaultSpecError, parse_faults
+from segcrit.criteo.emulator.gateway import Endpoint
+from segcrit.criteo.emulator.server import running_emulator, serve
+from segcrit.criteo.emulator.state import (
+    DEMO_ADVERTISER_ID,
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    CallRecord,
+    ClientApp,
+    EmulatorState,
+    Segment,
+)
+
+__all__ = [
+    "DEMO_ADVERTISER_ID",
+    "DEMO_CLIENT_ID",
+    "DEMO_CLIENT_SECRET",
+    "CallRecord",
+    "ClientApp",
+    "EmulatorState",
+    "Endpoint",
+    "FaultSpecError",
+    "Faults",
+    "Segment",
+    "create_emulator_app",
+    "parse_faults",
+    "running_emulator",
+    "serve",
+]

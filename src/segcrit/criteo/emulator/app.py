@@ -1,0 +1,137 @@
+"""The emulator as a Starlette app: Criteo's routes behind the gateway, plus `/_emulator/` controls.
+
+Control routes (no auth, not counted, not rate limited: a local tool for tests and the demo):
+
+    GET  /_emulator/state[?members=0]   segments with members, call counts by endpoint, faults
+    POST /_emulator/faults              {"spec": "5xx=0.2,..."} or {"5xx": 0.2, ...}: replace the faults
+    POST /_emulator/config              {"duplicate_name_mode", "rate_limit_per_minute", "match_rate"}
+    POST /_emulator/reset               forget segments, tokens, calls; faults back to the start ones
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from segcrit.criteo.constants import (
+    CONTACT_LIST_PATH,
+    CONTACT_LIST_STATISTICS_PATH,
+    CREATE_SEGMENTS_PATH,
+    DELETE_SEGMENTS_PATH,
+    SEARCH_SEGMENTS_PATH,
+    TOKEN_PATH,
+)
+from segcrit.criteo.emulator import audience_segments, oauth
+from segcrit.criteo.emulator.faults import FaultSpecError, faults_from_mapping, parse_faults
+from segcrit.criteo.emulator.gateway import Auth, Endpoint, Handler, criteo_endpoint
+from segcrit.criteo.emulator.problems import error_response, problem
+from segcrit.criteo.emulator.state import DUPLICATE_NAME_MODES, EmulatorState
+
+
+def _route_path(template: str) -> str:
+    # The shared templates name the segment `{segment_id}` and the version `{version}`: Starlette's syntax.
+    return template.format(version="{version}", segment_id="{segment_id}")
+
+
+def create_emulator_app(state: EmulatorState) -> Starlette:
+    """A Criteo emulator serving `state` (read it from the test while the app runs)."""
+
+    def criteo(
+        template: str, endpoint: Endpoint, handler: Handler, method: str, auth: Auth = "bearer"
+    ) -> Route:
+        return Route(
+            _route_path(template),
+            criteo_endpoint(state, endpoint, handler, auth),
+            methods=[method],
+            name=endpoint.value,
+        )
+
+    routes = [
+        criteo(TOKEN_PATH, Endpoint.TOKEN, oauth.token, "POST", auth="form"),
+        criteo(SEARCH_SEGMENTS_PATH, Endpoint.SEARCH, audience_segments.search_segments, "POST"),
+        criteo(CREATE_SEGMENTS_PATH, Endpoint.CREATE, audience_segments.create_segments, "POST"),
+        criteo(DELETE_SEGMENTS_PATH, Endpoint.DELETE, audience_segments.delete_segments, "POST"),
+        criteo(CONTACT_LIST_PATH, Endpoint.CONTACT_LIST_PATCH, audience_segments.patch_contact_list, "PATCH"),
+        criteo(
+            CONTACT_LIST_PATH, Endpoint.CONTACT_LIST_DELETE, audience_segments.delete_contact_list, "DELETE"
+        ),
+        criteo(
+            CONTACT_LIST_STATISTICS_PATH,
+            Endpoint.STATISTICS,
+            audience_segments.contact_list_statistics,
+            "GET",
+        ),
+        *_control_routes(state),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+def _control_routes(state: EmulatorState) -> list[Route]:
+    async def get_state(request: Request) -> Response:
+        include_members = request.query_params.get("members", "1") not in ("0", "false")
+        return JSONResponse(state.snapshot(include_members))
+
+    async def set_faults(request: Request) -> Response:
+        try:
+            body = await _json_object(request)
+            spec = body.get("spec")
+            state.set_faults(parse_faults(spec) if isinstance(spec, str) else faults_from_mapping(body))
+        except (ValueError, FaultSpecError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"faults": state.faults.to_json()})
+
+    async def set_config(request: Request) -> Response:
+        try:
+            body = await _json_object(request)
+            _apply_config(state, body)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({key: v for key, v in state.snapshot(False).items() if key != "segments"})
+
+    async def reset(request: Request) -> Response:
+        state.reset()
+        return JSONResponse({"reset": True})
+
+    return [
+        Route("/_emulator/state", get_state, methods=["GET"]),
+        Route("/_emulator/faults", set_faults, methods=["POST"]),
+        Route("/_emulator/config", set_config, methods=["POST"]),
+        Route("/_emulator/reset", reset, methods=["POST"]),
+    ]
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    value = await request.json() if body.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError("the body must be a JSON object")
+    return value
+
+
+def _apply_config(state: EmulatorState, body: dict[str, Any]) -> None:
+    known = {"duplicate_name_mode", "rate_limit_per_minute", "match_rate"}
+    if unknown := set(body) - known:
+        raise ValueError(f"unknown settings {sorted(unknown)} (known: {sorted(known)})")
+    mode = body.get("duplicate_name_mode", state.duplicate_name_mode)
+    if mode not in DUPLICATE_NAME_MODES:
+        raise ValueError(f"duplicate_name_mode must be one of {DUPLICATE_NAME_MODES}")
+    limit = body.get("rate_limit_per_minute", state.rate_limit_per_minute)
+    rate = body.get("match_rate", state.match_rate)
+    if not isinstance(limit, int) or limit < 0 or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        raise ValueError("rate_limit_per_minute is an integer >= 0, match_rate a number in 0..1")
+    with state.lock:
+        state.duplicate_name_mode = mode
+        state.rate_limit_per_minute = limit
+        state.match_rate = float(rate)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answered in Criteo's shape rather than Starlette's plain text."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code, title = ("not-found", "Resource not found") if status == 404 else ("not-supported", "Not supported")
+    return error_response(status, problem("validation", code, title, request.url.path))

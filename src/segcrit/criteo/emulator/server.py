@@ -1,0 +1,77 @@
+"""Running the emulator: `serve()` in the foreground (the CLI), `running_emulator()` in a thread (tests).
+
+`running_emulator` binds a free loopback port itself, so the URL is known before uvicorn starts, and
+waits on an event set when uvicorn has finished starting: no fixed sleep, a deadline instead.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from segcrit.criteo.emulator.app import create_emulator_app
+from segcrit.criteo.emulator.state import EmulatorState
+
+START_TIMEOUT_SECS = 10.0
+STOP_TIMEOUT_SECS = 10.0
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8099,
+    faults: str | None = None,
+    *,
+    state: EmulatorState | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve the emulator until SIGINT/SIGTERM. A bad `faults` spec raises FaultSpecError (a UserError)."""
+    if state is None:
+        state = EmulatorState(faults=faults)
+    elif faults is not None:
+        state.set_faults(faults)
+    config = uvicorn.Config(
+        create_emulator_app(state), host=host, port=port, log_level=log_level, lifespan="off"
+    )
+    uvicorn.Server(config).run()
+
+
+class _ThreadedServer(uvicorn.Server):
+    """A uvicorn server that tells another thread when it is up (or has failed to come up)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.ready.set()
+
+
+@contextmanager
+def running_emulator(state: EmulatorState | None = None, *, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `state` on a free port of `host` in a background thread; yields the base URL."""
+    state = state if state is not None else EmulatorState()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, 0))
+    port = listener.getsockname()[1]
+    config = uvicorn.Config(create_emulator_app(state), log_level="warning", lifespan="off")
+    server = _ThreadedServer(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [listener]}, name=f"criteo-emulator:{port}", daemon=True
+    )
+    thread.start()
+    try:
+        if not server.ready.wait(START_TIMEOUT_SECS) or not server.started:
+            raise RuntimeError(f"the Criteo emulator did not start on {host}:{port}")
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(STOP_TIMEOUT_SECS)
+        listener.close()  # uvicorn closes it on a clean shutdown; this covers a failed start

@@ -1,0 +1,364 @@
+"""Everything the Criteo emulator remembers, behind one lock.
+
+The app runs on uvicorn's event loop while a test reads the same state from its own thread, so every
+public method takes the lock and the accessors hand out copies. Time comes from an injected Clock:
+with a FakeClock a test expires tokens and empties the rate-limit window without sleeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from segcrit.clock import Clock, SystemClock
+from segcrit.criteo.constants import RATE_LIMIT_PER_MINUTE_DEFAULT, TOKEN_LIFETIME_SECS, IdentifierType
+from segcrit.criteo.emulator.faults import FaultInjector, Faults, parse_faults
+from segcrit.criteo.emulator.ratelimit import RateDecision, SlidingWindowLimiter
+
+DuplicateNameMode = Literal["warning", "error"]
+DUPLICATE_NAME_MODES: tuple[DuplicateNameMode, ...] = ("warning", "error")
+SegmentKind = Literal["ContactList", "Lookalike"]
+TokenStatus = Literal["valid", "expired", "invalid"]
+
+DEMO_CLIENT_ID = "demo-client"
+DEMO_CLIENT_SECRET = "demo-secret"
+DEMO_ADVERTISER_ID = "12345"
+CALL_LOG_SIZE = 10_000  # the log keeps the latest calls; counters count them all
+FIRST_SEGMENT_ID = 1001
+
+
+@dataclass(frozen=True)
+class ClientApp:
+    """A Criteo application: its credentials and the advertisers it has consent for."""
+
+    client_id: str
+    client_secret: str
+    advertiser_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    at: float
+    method: str
+    path: str
+    endpoint: str
+    status: int
+    client_id: str | None
+    request: Any  # the JSON body (or token form, secret masked); None when there was none
+
+
+@dataclass
+class Segment:
+    """A segment as the emulator keeps it; `members` only for contact lists, per identifier type."""
+
+    id: str
+    advertiser_id: str
+    name: str
+    kind: SegmentKind
+    created_at: float
+    updated_at: float
+    description: str | None = None
+    seed_segment_id: str | None = None
+    target_size: int | None = None
+    members: dict[IdentifierType, set[str]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(len(values) for values in self.members.values())
+
+    def copy(self) -> Segment:
+        return replace(self, members={kind: set(values) for kind, values in self.members.items()})
+
+    def to_json(self, include_members: bool = True) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "advertiserId": self.advertiser_id,
+            "name": self.name,
+            "type": self.kind,
+            "description": self.description,
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+            "size": self.size,
+        }
+        if self.kind == "Lookalike":
+            body["lookalike"] = {"seedSegmentId": self.seed_segment_id, "targetSize": self.target_size}
+        if include_members:
+            body["members"] = {kind: sorted(values) for kind, values in self.members.items()}
+        return body
+
+
+@dataclass
+class _Token:
+    client_id: str
+    expires_at: float
+
+
+def iso(timestamp: float) -> str:
+    """ISO-8601 UTC, as Criteo writes createdAt/updatedAt."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+class EmulatorState:
+    """Clients, tokens, segments with their members, the call log, rate limit and faults."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        clients: Iterable[ClientApp] | None = None,
+        faults: Faults | str | None = None,
+        rate_limit_per_minute: int = RATE_LIMIT_PER_MINUTE_DEFAULT,
+        duplicate_name_mode: DuplicateNameMode = "warning",
+        match_rate: float = 1.0,
+        decommissioned_versions: Iterable[str] = (),
+    ) -> None:
+        self.lock = threading.RLock()
+        self.clock: Clock = clock or SystemClock()
+        default = ClientApp(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, frozenset({DEMO_ADVERTISER_ID}))
+        self._clients = {c.client_id: c for c in (clients if clients is not None else [default])}
+        self.duplicate_name_mode = duplicate_name_mode
+        self.match_rate = match_rate  # share of identifiers the statistics call reports as matched
+        self.decommissioned_versions = frozenset(decommissioned_versions)  # answered 410 Gone
+        self._limiter = SlidingWindowLimiter(rate_limit_per_minute)
+        self._faults = FaultInjector()
+        self._initial_faults = faults
+        self._tokens: dict[str, _Token] = {}
+        self._segments: dict[str, Segment] = {}
+        self._ids = itertools.count(FIRST_SEGMENT_ID)
+        self._calls: deque[CallRecord] = deque(maxlen=CALL_LOG_SIZE)
+        self._call_counts: Counter[str] = Counter()
+        self.set_faults(faults)
+
+    # --- settings ---------------------------------------------------------------------------------
+
+    @property
+    def rate_limit_per_minute(self) -> int:
+        return self._limiter.limit
+
+    @rate_limit_per_minute.setter
+    def rate_limit_per_minute(self, limit: int) -> None:
+        with self.lock:
+            self._limiter.limit = limit
+
+    @property
+    def faults(self) -> Faults:
+        with self.lock:
+            return replace(self._faults.faults)
+
+    def set_faults(self, faults: Faults | str | None) -> None:
+        """Replace the faults in force (a Faults, or a spec string as for `--faults`)."""
+        parsed = faults if isinstance(faults, Faults) else parse_faults(faults)
+        with self.lock:
+            if self._faults.apply(parsed):
+                self.revoke_tokens()
+
+    def add_client(self, client_id: str, client_secret: str, advertiser_ids: Iterable[str]) -> None:
+        with self.lock:
+            self._clients[client_id] = ClientApp(client_id, client_secret, frozenset(advertiser_ids))
+
+    def reset(self) -> None:
+        """Forget segments, tokens, calls and rate-limit windows; faults go back to those given at start."""
+        with self.lock:
+            self._tokens.clear()
+            self._segments.clear()
+            self._ids = itertools.count(FIRST_SEGMENT_ID)
+            self._calls.clear()
+            self._call_counts.clear()
+            self._limiter.reset()
+            self._faults = FaultInjector()
+            self.set_faults(self._initial_faults)
+
+    # --- test-facing accessors (copies, safe to keep) -------------------------------------------
+
+    def segments(self, advertiser_id: str | None = None) -> list[Segment]:
+        """Copies of the segments, by id."""
+        with self.lock:
+            found = self._segments_of({advertiser_id} if advertiser_id else None)
+            return [segment.copy() for segment in found]
+
+    def segment(self, name_or_id: str) -> Segment:
+        """A copy of one segment, by id or else by name; KeyError when none or ambiguous."""
+        with self.lock:
+            return self._lookup(name_or_id).copy()
+
+    def members(self, name_or_id: str, identifier_type: IdentifierType | None = None) -> set[str]:
+        """The identifiers in a contact list (of one type, or of all)."""
+        with self.lock:
+            members = self._lookup(name_or_id).members
+            if identifier_type is not None:
+                return set(members.get(identifier_type, ()))
+            return set().union(*members.values())
+
+    def calls(self, endpoint: str | None = None) -> list[CallRecord]:
+        """The latest calls (up to CALL_LOG_SIZE), oldest first, optionally of one endpoint."""
+        with self.lock:
+            return [call for call in self._calls if endpoint is None or call.endpoint == endpoint]
+
+    def call_counts(self) -> dict[str, int]:
+        """Calls per endpoint since the start (or the last reset)."""
+        with self.lock:
+            return dict(self._call_counts)
+
+    def snapshot(self, include_members: bool = True) -> dict[str, Any]:
+        """The JSON of GET /_emulator/state."""
+        with self.lock:
+            return {
+                "segments": [s.to_json(include_members) for s in self._segments_of(None)],
+                "calls": dict(self._call_counts),
+                "faults": self._faults.faults.to_json(),
+                "duplicateNameMode": self.duplicate_name_mode,
+                "rateLimitPerMinute": self._limiter.limit,
+            }
+
+    def create_segment(
+        self,
+        name: str,
+        advertiser_id: str = DEMO_ADVERTISER_ID,
+        members: dict[IdentifierType, Iterable[str]] | None = None,
+    ) -> str:
+        """Set up a contact-list segment directly (as if made in Criteo's UI); returns its id."""
+        with self.lock:
+            segment = self.add_segment(advertiser_id, name, "ContactList")
+            for kind, values in (members or {}).items():
+                segment.members.setdefault(kind, set()).update(values)
+            return segment.id
+
+    # --- primitives used by the app (callers on the event loop; each takes the lock) -------------
+
+    def client(self, client_id: str) -> ClientApp | None:
+        with self.lock:
+            return self._clients.get(client_id)
+
+    def issue_token(self, client_id: str) -> str:
+        """A new bearer token for a known client; valid TOKEN_LIFETIME_SECS unless token_ttl says less."""
+        with self.lock:
+            ttl = self._faults.faults.token_ttl_secs
+            lifetime = TOKEN_LIFETIME_SECS if ttl is None else ttl
+            value = secrets.token_urlsafe(32)
+            self._tokens[value] = _Token(client_id, self.clock.now() + lifetime)
+            return value
+
+    def check_token(self, value: str) -> tuple[TokenStatus, ClientApp | None]:
+        with self.lock:
+            token = self._tokens.get(value)
+            if token is None:
+                return "invalid", None
+            client = self._clients.get(token.client_id)
+            if self.clock.now() >= token.expires_at:
+                return "expired", client
+            return ("valid", client) if client is not None else ("invalid", None)
+
+    def revoke_tokens(self) -> None:
+        """Every token issued so far stops working (401 authorization-token-invalid)."""
+        with self.lock:
+            self._tokens.clear()
+
+    def admit_call(self, client_id: str) -> RateDecision:
+        with self.lock:
+            return self._limiter.admit(client_id, self.clock.now())
+
+    def rate_headers(self, client_id: str | None) -> RateDecision:
+        with self.lock:
+            return self._limiter.peek(client_id, self.clock.now())
+
+    def take_burst_429(self) -> bool:
+        with self.lock:
+            return self._faults.take_burst_429()
+
+    def take_server_error(self) -> int | None:
+        with self.lock:
+            return self._faults.take_server_error()
+
+    def latency_secs(self) -> float:
+        with self.lock:
+            return self._faults.faults.latency_ms / 1000
+
+    def record_call(self, record: CallRecord) -> None:
+        with self.lock:
+            self._calls.append(record)
+            self._call_counts[record.endpoint] += 1
+
+    def find_segment(self, segment_id: str) -> Segment | None:
+        with self.lock:
+            return self._segments.get(segment_id)
+
+    def segments_of(self, advertiser_ids: AbstractSet[str]) -> list[Segment]:
+        """The live segments of these advertisers, by numeric id (the order search pages in)."""
+        with self.lock:
+            return self._segments_of(advertiser_ids)
+
+    def name_taken(self, advertiser_id: str, name: str) -> bool:
+        # Case-sensitive, per advertiser (an assumption: Criteo does not say).
+        with self.lock:
+            return any(s.advertiser_id == advertiser_id and s.name == name for s in self._segments.values())
+
+    def add_segment(
+        self,
+        advertiser_id: str,
+        name: str,
+        kind: SegmentKind,
+        *,
+        description: str | None = None,
+        seed_segment_id: str | None = None,
+        target_size: int | None = None,
+    ) -> Segment:
+        with self.lock:
+            now = self.clock.now()
+            segment = Segment(
+                id=str(next(self._ids)),
+                advertiser_id=advertiser_id,
+                name=name,
+                kind=kind,
+                created_at=now,
+                updated_at=now,
+                description=description,
+                seed_segment_id=seed_segment_id,
+                target_size=target_size,
+            )
+            self._segments[segment.id] = segment
+            return segment
+
+    def delete_segment(self, segment_id: str) -> None:
+        with self.lock:
+            self._segments.pop(segment_id, None)
+
+    def amend(
+        self, segment: Segment, operation: Literal["add", "remove"], kind: IdentifierType, values: set[str]
+    ) -> None:
+        """add = set union, remove = set difference (removing a non-member is no error)."""
+        with self.lock:
+            members = segment.members.setdefault(kind, set())
+            if operation == "add":
+                members |= values
+            else:
+                members -= values
+            segment.updated_at = self.clock.now()
+
+    def wipe(self, segment: Segment) -> None:
+        with self.lock:
+            segment.members.clear()
+            segment.updated_at = self.clock.now()
+
+    # --- internals (lock held) ------------------------------------------------------------------
+
+    def _segments_of(self, advertiser_ids: AbstractSet[str] | None) -> list[Segment]:
+        found = [
+            s for s in self._segments.values() if advertiser_ids is None or s.advertiser_id in advertiser_ids
+        ]
+        return sorted(found, key=lambda s: int(s.id))
+
+    def _lookup(self, name_or_id: str) -> Segment:
+        if name_or_id in self._segments:
+            return self._segments[name_or_id]
+        named = [s for s in self._segments.values() if s.name == name_or_id]
+        if len(named) != 1:
+            problem = "no segment" if not named else f"{len(named)} segments"
+            raise KeyError(f"{problem} named or numbered {name_or_id!r}")
+        return named[0]

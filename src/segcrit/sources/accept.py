@@ -1,0 +1,117 @@
+"""The end every ingest request shares: hand prepared messages to the sink, count, answer.
+
+Answers are JSON. Success is `200 {"success": true}` (plus `"rejected": [{"index", "reason"}]`
+when some messages of a batch were left out) and is only sent after `sink.accept` returned,
+i.e. after the durable commit. Errors carry `error` and `message` (the same text) and `code`:
+the Segment Python client reports `code`/`message` from an error body. A broken limit is named
+in `limit`. No answer ever echoes a write key, a signature or message content.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+from starlette.responses import Response
+
+from segcrit.metrics import Metrics
+from segcrit.sources.limits import RequestError
+from segcrit.sources.validate import Prepared
+from segcrit.store.base import IngestSink
+
+log = logging.getLogger(__name__)
+
+# How long a client should wait when the backlog is full or the store failed. Segment's Python
+# client honours Retry-After (capped at 300 s) without spending its retry budget.
+RETRY_AFTER_SECS: Final = 5
+UNKNOWN_SOURCE: Final = "<unknown>"  # a metrics label no configured source name can take
+# Routes take every method and answer a wrong one themselves, so that even a 405 is JSON.
+EVERY_METHOD: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+_SUCCESS: Final = orjson.dumps({"success": True})
+
+
+def json_response(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    limit: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"error": message, "code": code, "message": message}
+    if limit is not None:
+        body["limit"] = limit
+    return json_response(status, body, headers)
+
+
+def request_error_response(error: RequestError) -> Response:
+    return error_response(error.status, error.code, error.message, limit=error.limit)
+
+
+def method_not_allowed(allowed: str) -> Response:
+    return error_response(405, "method_not_allowed", "method not allowed", headers={"Allow": allowed})
+
+
+def backlog_response(sink: IngestSink, max_backlog: int, metrics: Metrics, source: str) -> Response | None:
+    """429 with Retry-After when the unprocessed backlog is over the limit, else None."""
+    if sink.backlog() <= max_backlog:
+        return None
+    metrics.events_rejected.labels(source=source, reason="backlog").inc()
+    retry = str(RETRY_AFTER_SECS)
+    return error_response(
+        429,
+        "backlog_full",
+        "too many unprocessed events, retry later",
+        limit=f"backlog exceeds {max_backlog} events",
+        # X-RateLimit-Reset is what Segment's browser SDK reads (seconds to wait).
+        headers={"Retry-After": retry, "X-RateLimit-Reset": retry},
+    )
+
+
+def reject(metrics: Metrics, source: str, reason: str, response: Response) -> Response:
+    """Count a refused request and return its answer."""
+    metrics.events_rejected.labels(source=source, reason=reason).inc()
+    return response
+
+
+async def commit(
+    source: str,
+    prepared: Prepared,
+    received_at: float,
+    *,
+    sink: IngestSink,
+    metrics: Metrics,
+    single: bool,
+) -> Response:
+    """Store the accepted messages, then answer (400 for a rejected single message)."""
+    for rejection in prepared.rejected:
+        metrics.events_rejected.labels(source=source, reason=_reason_label(rejection["reason"])).inc()
+    if single and prepared.rejected:
+        return error_response(400, "invalid_message", prepared.rejected[0]["reason"])
+    if prepared.messages:
+        try:
+            result = await sink.accept(source, prepared.messages, received_at)
+        except Exception:
+            # The client retries a 5xx with the same messageIds; dedupe makes that harmless.
+            log.exception("ingest commit failed", extra={"source": source})
+            return error_response(
+                503, "store_unavailable", "store unavailable, retry later", headers={"Retry-After": "1"}
+            )
+        metrics.events_received.labels(source=source).inc(len(prepared.messages))
+        if result.duplicates:
+            metrics.events_duplicate.labels(source=source).inc(result.duplicates)
+    if not prepared.rejected:
+        return Response(_SUCCESS, media_type="application/json")
+    return json_response(200, {"success": True, "rejected": prepared.rejected})
+
+
+def _reason_label(reason: str) -> str:
+    # Per-message reasons are readable sentences; the metric gets two bounded codes.
+    return "message_too_large" if reason.startswith("message exceeds") else "invalid_message"

@@ -1,0 +1,149 @@
+"""Segment webhooks (Webhooks classic and Actions, Engage audiences): `/webhooks/{source_name}`.
+
+`POST`, `PUT` or `PATCH`; the body is one Segment message or a JSON array of them (Actions
+batching). `X-Signature` is the hex HMAC-SHA1 of the body keyed with the source's shared_secret.
+For an array Segment signs only `JSON.stringify(payload[0])`, so we hash the raw bytes of element
+0 as sent (re-serialising parsed JSON does not reproduce JavaScript's number and string forms).
+The other elements of an array are therefore *not* authenticated: that is Segment's design.
+
+A missing or wrong signature, or a source name that is not a configured webhook source, is the
+same `401` (so the answer does not reveal which sources exist), stores nothing and counts as
+reason `signature`. Limits, dedupe and backpressure are those of the Tracking API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from segcrit.clock import Clock
+from segcrit.config import Config
+from segcrit.metrics import Metrics
+from segcrit.sources.accept import (
+    EVERY_METHOD,
+    UNKNOWN_SOURCE,
+    backlog_response,
+    commit,
+    error_response,
+    method_not_allowed,
+    reject,
+    request_error_response,
+)
+from segcrit.sources.limits import Disconnected, RequestError, parse_json, read_body
+from segcrit.sources.validate import WEBHOOK_TYPES, MessageRules, Prepared, prepare_messages
+from segcrit.store.base import IngestSink
+
+METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+_JSON_WHITESPACE: Final = " \t\r\n"
+_DECODER: Final = json.JSONDecoder()
+
+
+def signed_part(body: bytes) -> bytes | None:
+    """The bytes Segment signs: the whole body, or element 0 of an array (None if it has none)."""
+    stripped = body.lstrip(_JSON_WHITESPACE.encode())
+    if not stripped.startswith(b"["):
+        return body
+    try:
+        text = stripped.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    start = len(text) - len(text[1:].lstrip(_JSON_WHITESPACE))
+    try:
+        _, end = _DECODER.raw_decode(text, start)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    # Strict UTF-8 decoding round-trips exactly, so these are the bytes that were sent.
+    return text[start:end].encode("utf-8")
+
+
+def signature_ok(secret: bytes, body: bytes, signature: str) -> bool:
+    """Constant-time check of `X-Signature` against the body (see `signed_part`)."""
+    signed = signed_part(body)
+    if signed is None:
+        return False
+    expected = hmac.new(secret, signed, hashlib.sha1).hexdigest().encode("ascii")
+    # Header values arrive latin-1 decoded, so this encoding never fails.
+    return hmac.compare_digest(expected, signature.strip().lower().encode("latin-1"))
+
+
+class WebhookReceiver:
+    """The endpoint, holding what it needs from the config, ready-made."""
+
+    def __init__(self, config: Config, sink: IngestSink, metrics: Metrics, clock: Clock) -> None:
+        self._sink = sink
+        self._metrics = metrics
+        self._clock = clock
+        self._max_request_bytes = config.server.max_request_bytes
+        self._max_batch = config.server.max_batch_messages
+        self._max_backlog = config.ingest.max_backlog
+        self._rules = MessageRules(
+            types=WEBHOOK_TYPES, max_message_bytes=config.server.max_message_bytes, keep_received_at=True
+        )
+        self._secrets = {
+            source.name: source.shared_secret.get_secret_value().encode("utf-8")
+            for source in config.sources
+            if source.type == "webhook" and source.shared_secret is not None
+        }
+
+    def routes(self) -> list[Route]:
+        return [Route("/webhooks/{source_name}", self.receive, methods=EVERY_METHOD, name="webhook")]
+
+    async def receive(self, request: Request) -> Response:
+        if request.method not in METHODS:
+            return method_not_allowed(", ".join(sorted(METHODS)))
+        received_at = self._clock.now()
+        name = request.path_params["source_name"]
+        secret = self._secrets.get(name)
+        signature = request.headers.get("x-signature")
+        if secret is None or not signature:
+            return self._unauthorized(name if secret is not None else UNKNOWN_SOURCE)
+
+        busy = backlog_response(self._sink, self._max_backlog, self._metrics, name)
+        if busy is not None:
+            return busy
+
+        try:
+            raw = await read_body(request, self._max_request_bytes)
+            if not signature_ok(secret, raw, signature):
+                return self._unauthorized(name)
+            body = parse_json(raw)
+        except RequestError as error:
+            return reject(self._metrics, name, error.code, request_error_response(error))
+        except Disconnected:
+            return error_response(400, "disconnected", "client disconnected")
+
+        if isinstance(body, dict):
+            prepared = prepare_messages([body], self._rules, received_at=received_at)
+            return await self._commit(name, prepared, received_at, single=True)
+        if not isinstance(body, list):
+            problem = error_response(400, "invalid_body", "body must be a JSON object or array")
+            return reject(self._metrics, name, "invalid_body", problem)
+        if len(body) > self._max_batch:
+            limit = f"batch exceeds {self._max_batch} messages"
+            too_many = error_response(400, "too_many_messages", "too many messages", limit=limit)
+            return reject(self._metrics, name, "too_many_messages", too_many)
+        prepared = prepare_messages(body, self._rules, received_at=received_at)
+        return await self._commit(name, prepared, received_at, single=False)
+
+    async def _commit(self, source: str, prepared: Prepared, received_at: float, *, single: bool) -> Response:
+        return await commit(
+            source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single
+        )
+
+    def _unauthorized(self, source: str) -> Response:
+        return reject(
+            self._metrics,
+            source,
+            "signature",
+            error_response(401, "unauthorized", "missing or invalid signature"),
+        )
+
+
+def webhook_routes(config: Config, sink: IngestSink, metrics: Metrics, clock: Clock) -> list[Route]:
+    return WebhookReceiver(config, sink, metrics, clock).routes()

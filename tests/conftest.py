@@ -1,0 +1,29 @@
+"""Shared fixtures: a Criteo emulator on a free loopback port, with a fake clock to steer time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from segcrit.clock import FakeClock
+from segcrit.criteo.emulator import EmulatorState, running_emulator
+
+
+@pytest.fixture
+def emulator_clock() -> FakeClock:
+    """The emulator's clock: `advance()` it to expire tokens or slide the rate-limit window."""
+    return FakeClock()
+
+
+@pytest.fixture
+def emulator_state(emulator_clock: FakeClock) -> EmulatorState:
+    """A fresh emulator state (demo client, no segments, no faults); adjust it before or during a test."""
+    return EmulatorState(clock=emulator_clock)
+
+
+@pytest.fixture
+def emulator_url(emulator_state: EmulatorState) -> Iterator[str]:
+    """Base URL of the emulator serving `emulator_state` over real HTTP on loopback."""
+    with running_emulator(emulator_state) as base_url:
+        yield base_url
