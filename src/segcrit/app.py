@@ -80,6 +80,8 @@ def create_app(
         *ingest_routes(config, WakingSink(store, runtime), metrics, clock),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    # Never redirect (SPEC §3.1): `requests` would turn a redirected POST into a GET or resend it.
+    app.router.redirect_slashes = False
     app.state.runtime = runtime
     app.state.store = store
     app.state.metrics = metrics

@@ -20,7 +20,11 @@ from segcrit.logs import setup_logging
 F = TypeVar("F", bound=Callable[..., Any])
 
 config_option = click.option(
-    "--config", "config_file", default=None, metavar="FILE", help="Config file (default: $SEGCRIT_CONFIG or ./segcrit.yaml)."
+    "--config",
+    "config_file",
+    default=None,
+    metavar="FILE",
+    help="Config file (default: $SEGCRIT_CONFIG or ./segcrit.yaml).",
 )
 
 
@@ -57,12 +61,20 @@ def serve(config_file: str | None) -> None:
             timeout_graceful_shutdown=8,
         )
     )
+    # uvicorn restores the handlers it found and re-raises the signal after a graceful shutdown;
+    # finding these no-op handlers, the re-raise is harmless and SIGTERM ends with exit 0 (SPEC §2).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _after_shutdown)
     try:
         server.run()
     finally:
         store.close()
     if not server.started:
         raise UserError(f"could not listen on {config.server.host}:{config.server.port}")
+
+
+def _after_shutdown(signum: int, frame: object) -> None:
+    """Handler left in place for the signal uvicorn re-raises once it has shut down."""
 
 
 # ---------------------------------------------------------------------------------------- check

@@ -83,7 +83,7 @@ class CriteoConfig(_Model):
 
 
 class IdentityConfig(_Model):
-    send: list[IdentifierKind] = Field(default_factory=lambda: ["email", "madid"], min_length=1)
+    send: list[IdentifierKind] = Field(default_factory=lambda: ["email", "madid"], min_length=1)  # type: ignore[arg-type]
     email_hash: EmailHash = "sha256"
     # Merge limits: how many identifiers of one kind a profile may hold, so that one shared value
     # (a family tablet, a support desk email) cannot glue thousands of people together.
@@ -122,9 +122,7 @@ class AudienceSyncFlow(_Model):
 
 class ConversionsFlow(_Model):
     type: Literal["conversions"]
-    events: list[str] = Field(
-        default_factory=lambda: ["Order Completed", "Lead Submitted", "Subscription Started"]
-    )
+    events: list[str] = Field(default_factory=lambda: ["Order Completed", "Lead Submitted", "Subscription Started"])
     mapping: dict[str, str] = Field(default_factory=dict)
 
 
@@ -297,9 +295,7 @@ def format_validation_error(error: ValidationError) -> list[str]:
     return problems
 
 
-def parse_config(
-    text: str, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None
-) -> Config:
+def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
     """Parse and validate config text; raise ConfigError with every problem."""
     try:
         raw = yaml.safe_load(text)

@@ -93,7 +93,7 @@ class Processor:
             previous = ("user_id", ids.alias_previous)
             kind = "user_id" if tx.find_profiles([previous]) else "anonymous_id"
             ids.identifiers.append(Identifier(kind, ids.alias_previous))
-        keys = ids.keys()
+        keys = ids.pairs()
         if not keys:
             return Outcome(None, skipped="no_identifier")
         if tx.tombstoned_since([k for k in keys if k[0] in TOMBSTONE_KINDS], ts):
@@ -142,7 +142,7 @@ class Processor:
     # ------------------------------------------------------------------ deletion
 
     def _delete(self, tx: SqliteTx, message: Mapping[str, Any], ts: float, now: float) -> Outcome:
-        keys = [k for k in extract_identifiers(message).keys() if k[0] in TOMBSTONE_KINDS]
+        keys = [k for k in extract_identifiers(message).pairs() if k[0] in TOMBSTONE_KINDS]
         if not keys:
             return Outcome(None, skipped="no_identifier")
         for profile_id in set(tx.find_profiles(keys).values()):

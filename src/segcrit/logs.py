@@ -13,7 +13,8 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mess
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        base = f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname.lower()} {record.name}: {record.getMessage()}"
+        when = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
+        base = f"{when} {record.levelname.lower()} {record.name}: {record.getMessage()}"
         fields = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD)
         text = f"{base} {fields}" if fields else base
         if record.exc_info:

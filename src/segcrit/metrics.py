@@ -9,9 +9,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.events_received = Counter(
-            "segcrit_events_received", "Messages accepted at ingest", ["source"], registry=r
-        )
+        self.events_received = Counter("segcrit_events_received", "Messages accepted at ingest", ["source"], registry=r)
         self.events_rejected = Counter(
             "segcrit_events_rejected",
             "Messages or requests rejected at ingest, by reason",
@@ -28,11 +26,12 @@ class Metrics:
             "segcrit_events_skipped", "Events processed but skipped, by reason", ["reason"], registry=r
         )
         self.backlog = Gauge("segcrit_backlog_events", "Accepted events not yet processed", registry=r)
-        self.changes_pending = Gauge(
-            "segcrit_changes_pending", "Audience changes waiting for delivery", registry=r
-        )
+        self.changes_pending = Gauge("segcrit_changes_pending", "Audience changes waiting for delivery", registry=r)
         self.criteo_calls = Counter(
-            "segcrit_criteo_calls", "Calls to Criteo by endpoint and status", ["endpoint", "status"], registry=r
+            "segcrit_criteo_calls",
+            "Calls to Criteo by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
         )
         self.delivery_latency = Histogram(
             "segcrit_delivery_latency_seconds",

@@ -90,7 +90,9 @@ def _requests(config: Config, store: SqliteStore, pending: list[tuple[TargetKey,
         record = store.audience(audience)
         configured = config.audiences.get(audience)
         segment = (configured.segment_id if configured else None) or (record.segment_id if record else None)
-        path = CONTACT_LIST_PATH.format(version=config.criteo.api_version, segment_id=segment or "{segment of " + audience + "}")
+        path = CONTACT_LIST_PATH.format(
+            version=config.criteo.api_version, segment_id=segment or "{segment of " + audience + "}"
+        )
         gum = config.criteo.gum_caller_id if id_type == "gum" else None
         body = ContactlistAmendmentRequest.build(operation, id_type, sorted(values), gum_caller_id=gum)  # type: ignore[arg-type]
         lines.append(f"  criteo: PATCH {config.criteo.api_url}{path}")

@@ -129,7 +129,14 @@ class Runtime:
 
     async def _delivery_loop(self, stop: threading.Event) -> None:
         client, http = build_criteo_client(self.config, self.clock, self.metrics)
-        worker = DeliveryWorker(self.store, self.config, client, self.clock, self.metrics, Backoff.from_config(self.config.delivery, random.Random()))
+        worker = DeliveryWorker(
+            self.store,
+            self.config,
+            client,
+            self.clock,
+            self.metrics,
+            Backoff.from_config(self.config.delivery, random.Random()),
+        )
         poll = max(0.02, min(0.25, self.config.delivery.max_wait_secs / 4))
         try:
             while not stop.is_set():

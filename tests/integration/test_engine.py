@@ -55,7 +55,12 @@ def test_raw_email_never_reaches_the_database(store: SqliteStore, processor: Pro
 
 
 def test_add_then_remove_before_delivery_cancels(store: SqliteStore, processor: Processor) -> None:
-    run(store, processor, audience_event("u1", "vip", True, T0, email=EMAIL), audience_event("u1", "vip", False, T0 + 1, email=EMAIL))
+    run(
+        store,
+        processor,
+        audience_event("u1", "vip", True, T0, email=EMAIL),
+        audience_event("u1", "vip", False, T0 + 1, email=EMAIL),
+    )
     assert store.due_changes(T0 + 10**6, 100) == []
 
 
@@ -75,8 +80,14 @@ def test_acknowledged_member_who_exits_becomes_a_pending_remove(store: SqliteSto
 
 def test_cross_device_identity_adds_the_mobile_id(store: SqliteStore, processor: Processor) -> None:
     run(store, processor, audience_event("u1", "vip", True, T0, email=EMAIL))
-    mobile = {"type": "identify", "userId": "u1", "anonymousId": "dev-1", "messageId": "mob", "timestamp": iso(T0 + 60),
-              "context": {"device": {"advertisingId": "IDFA-9", "adTrackingEnabled": True}}}
+    mobile = {
+        "type": "identify",
+        "userId": "u1",
+        "anonymousId": "dev-1",
+        "messageId": "mob",
+        "timestamp": iso(T0 + 60),
+        "context": {"device": {"advertisingId": "IDFA-9", "adTrackingEnabled": True}},
+    }
     run(store, processor, mobile)
     assert desired(store) == {TargetKey("vip", "email", EMAIL_SHA), TargetKey("vip", "madid", "IDFA-9")}
 
@@ -86,26 +97,53 @@ def test_anonymous_activity_joins_on_identify(store: SqliteStore, processor: Pro
     anon.pop("userId")
     anon["anonymousId"] = "anon-7"
     run(store, processor, anon)
-    run(store, processor, {"type": "identify", "userId": "u7", "anonymousId": "anon-7", "messageId": "i7",
-                           "timestamp": iso(T0 + 1), "traits": {"email": EMAIL}})
+    run(
+        store,
+        processor,
+        {
+            "type": "identify",
+            "userId": "u7",
+            "anonymousId": "anon-7",
+            "messageId": "i7",
+            "timestamp": iso(T0 + 1),
+            "traits": {"email": EMAIL},
+        },
+    )
     assert desired(store) == {TargetKey("vip", "madid", "AD-7"), TargetKey("vip", "email", EMAIL_SHA)}
 
 
 def test_ad_tracking_off_removes_the_madid_only(store: SqliteStore, processor: Processor) -> None:
     run(store, processor, audience_event("u1", "vip", True, T0, email=EMAIL, madid="AD-1"))
     store.ack_changes(list(desired(store)), True, T0)
-    off = {"type": "track", "event": "App Opened", "userId": "u1", "messageId": "off", "timestamp": iso(T0 + 5),
-           "context": {"device": {"advertisingId": "AD-1", "adTrackingEnabled": False}}}
+    off = {
+        "type": "track",
+        "event": "App Opened",
+        "userId": "u1",
+        "messageId": "off",
+        "timestamp": iso(T0 + 5),
+        "context": {"device": {"advertisingId": "AD-1", "adTrackingEnabled": False}},
+    }
     run(store, processor, off)
     [change] = store.due_changes(T0 + 10, 10)
     assert change.key == TargetKey("vip", "madid", "AD-1") and change.add is False
 
 
 def test_consent_revoked_then_given_again(store: SqliteStore, processor: Processor) -> None:
-    run(store, processor, audience_event("u1", "vip", True, T0, email=EMAIL), audience_event("u1", "other", True, T0, email=EMAIL))
+    run(
+        store,
+        processor,
+        audience_event("u1", "vip", True, T0, email=EMAIL),
+        audience_event("u1", "other", True, T0, email=EMAIL),
+    )
     store.ack_changes(list(desired(store)), True, T0)
-    revoke = {"type": "track", "event": "Segment Consent Preference Updated", "userId": "u1", "messageId": "c1",
-              "timestamp": iso(T0 + 10), "context": {"consent": {"categoryPreferences": {"Advertising": False}}}}
+    revoke = {
+        "type": "track",
+        "event": "Segment Consent Preference Updated",
+        "userId": "u1",
+        "messageId": "c1",
+        "timestamp": iso(T0 + 10),
+        "context": {"consent": {"categoryPreferences": {"Advertising": False}}},
+    }
     run(store, processor, revoke)
     removes = store.due_changes(T0 + 20, 10)
     assert {c.key.audience for c in removes} == {"vip", "other"} and not any(c.add for c in removes)
@@ -114,8 +152,13 @@ def test_consent_revoked_then_given_again(store: SqliteStore, processor: Process
     stale = audience_event("u1", "vip", True, T0 + 5, email=EMAIL, consent=True)
     run(store, processor, stale)
     assert store.due_changes(T0 + 30, 10) == []
-    regrant = {"type": "identify", "userId": "u1", "messageId": "c2", "timestamp": iso(T0 + 30),
-               "context": {"consent": {"categoryPreferences": {"Advertising": True}}}}
+    regrant = {
+        "type": "identify",
+        "userId": "u1",
+        "messageId": "c2",
+        "timestamp": iso(T0 + 30),
+        "context": {"consent": {"categoryPreferences": {"Advertising": True}}},
+    }
     run(store, processor, regrant)
     assert {c.key.audience for c in store.due_changes(T0 + 40, 10) if c.add} == {"vip", "other"}
 

@@ -24,8 +24,16 @@ def test_consent_rules() -> None:
 
 
 def test_track_audience_entered_and_exited() -> None:
-    entered = {"type": "track", "event": "Audience Entered", "properties": {"audience_key": "vip", "vip": True}}
-    exited = {"type": "track", "event": "Audience Exited", "properties": {"audience_key": "vip", "vip": False}}
+    entered = {
+        "type": "track",
+        "event": "Audience Entered",
+        "properties": {"audience_key": "vip", "vip": True},
+    }
+    exited = {
+        "type": "track",
+        "event": "Audience Exited",
+        "properties": {"audience_key": "vip", "vip": False},
+    }
     assert membership_changes(entered, FLOW) == [MembershipChange("vip", True)]
     assert membership_changes(exited, FLOW) == [MembershipChange("vip", False)]
 
@@ -44,7 +52,11 @@ def test_identify_with_personas_and_string_booleans() -> None:
 
 
 def test_computed_traits_and_ordinary_events_are_not_audiences() -> None:
-    trait = {"type": "identify", "traits": {"ltv": True}, "context": {"personas": {"computation_class": "trait", "computation_key": "ltv"}}}
+    trait = {
+        "type": "identify",
+        "traits": {"ltv": True},
+        "context": {"personas": {"computation_class": "trait", "computation_key": "ltv"}},
+    }
     assert membership_changes(trait, FLOW) == []
     assert membership_changes({"type": "track", "event": "Order Completed"}, FLOW) == []
 

@@ -245,9 +245,7 @@ def test_concurrent_callers_share_one_token_fetch() -> None:
 
 def test_401_expired_refreshes_once_and_retries_at_once() -> None:
     fake = FakeCriteo(lambda request: patch_ok())
-    fake.queue.append(
-        httpx.Response(401, json={"errors": [problem("authorization-token-expired", "authorization")]})
-    )
+    fake.queue.append(httpx.Response(401, json={"errors": [problem("authorization-token-expired", "authorization")]}))
     s = Setup(fake)
 
     result = run(s, lambda: s.client.patch_contact_list("5678", "add", "email", ["a"]))
@@ -290,9 +288,7 @@ def test_bad_credentials_raise_credentials_error_without_the_secret(caplog: pyte
 
 def test_logs_never_carry_the_token_or_secret(caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeCriteo(lambda request: patch_ok())
-    fake.queue.append(
-        httpx.Response(401, json={"errors": [problem("authorization-token-expired", "authorization")]})
-    )
+    fake.queue.append(httpx.Response(401, json={"errors": [problem("authorization-token-expired", "authorization")]}))
     s = Setup(fake)
     caplog.set_level(logging.DEBUG)
 
@@ -393,9 +389,7 @@ def test_more_than_50000_identifiers_are_refused_before_sending() -> None:
     ("segment_id", "operation", "identifier_type"),
     [("56/../78", "add", "email"), ("5678", "replace", "email"), ("5678", "add", "customerid")],
 )
-def test_bad_arguments_are_refused_before_sending(
-    segment_id: str, operation: str, identifier_type: str
-) -> None:
+def test_bad_arguments_are_refused_before_sending(segment_id: str, operation: str, identifier_type: str) -> None:
     fake = FakeCriteo(lambda request: patch_ok())
     s = Setup(fake)
     with pytest.raises(ValueError):
@@ -603,12 +597,8 @@ NAME_TAKEN = {
 @pytest.mark.parametrize(
     "create_answer",
     [
-        pytest.param(
-            httpx.Response(200, json={"data": [], "errors": [], "warnings": [NAME_TAKEN]}), id="200-warning"
-        ),
-        pytest.param(
-            httpx.Response(200, json={"data": [], "errors": [NAME_TAKEN], "warnings": []}), id="200-error"
-        ),
+        pytest.param(httpx.Response(200, json={"data": [], "errors": [], "warnings": [NAME_TAKEN]}), id="200-warning"),
+        pytest.param(httpx.Response(200, json={"data": [], "errors": [NAME_TAKEN], "warnings": []}), id="200-error"),
         pytest.param(httpx.Response(400, json={"errors": [NAME_TAKEN]}), id="400-error"),
     ],
 )
@@ -653,9 +643,7 @@ def test_create_other_400_is_permanent() -> None:
 
 def test_create_200_without_a_segment_is_permanent() -> None:
     empty = problem("name-must-not-be-empty")
-    fake = FakeCriteo(
-        lambda request: httpx.Response(200, json={"data": [], "errors": [], "warnings": [empty]})
-    )
+    fake = FakeCriteo(lambda request: httpx.Response(200, json={"data": [], "errors": [], "warnings": [empty]}))
     s = Setup(fake)
     with pytest.raises(PermanentError) as caught:
         run(s, lambda: s.client.create_contact_list("x"))
@@ -689,9 +677,7 @@ def test_400_raises_permanent_error_carrying_criteo_error() -> None:
 
 
 def test_403_is_permanent() -> None:
-    fake = FakeCriteo(
-        lambda request: httpx.Response(403, json={"errors": [problem("forbidden", "authorization")]})
-    )
+    fake = FakeCriteo(lambda request: httpx.Response(403, json={"errors": [problem("forbidden", "authorization")]}))
     s = Setup(fake)
     with pytest.raises(PermanentError) as caught:
         run(s, lambda: s.client.wipe_contact_list("5678"))

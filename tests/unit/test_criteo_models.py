@@ -207,9 +207,7 @@ def test_paths_and_bodies_match_openapi(
     path = template.format(version=SPEC_VERSION, segment_id="{audience-segment-id}")
     operation = openapi()["paths"][path][method]
     body = operation.get("requestBody")
-    assert (json_schema_of(body) if body else None) == (
-        request_model.criteo_schema if request_model else None
-    )
+    assert (json_schema_of(body) if body else None) == (request_model.criteo_schema if request_model else None)
     assert json_schema_of(operation["responses"]["200"]) == response_model.criteo_schema
 
 
@@ -286,9 +284,7 @@ def test_create_bodies_for_contact_list_and_lookalike() -> None:
 
 
 def test_search_and_delete_bodies() -> None:
-    search = models.AudienceSegmentSearchInputV1.build(
-        advertiser_ids=["12345"], audience_segment_types=["ContactList"]
-    )
+    search = models.AudienceSegmentSearchInputV1.build(advertiser_ids=["12345"], audience_segment_types=["ContactList"])
     assert search.to_json() == {
         "data": {
             "type": "AudienceSegment",
@@ -339,9 +335,7 @@ def test_parsing_tolerates_unknown_keys_string_ids_and_null_lists() -> None:
     assert created.data[0].id == "5678"
     assert created.errors == [] and created.warnings == []
 
-    summary = models.ContactlistOperationAttributes.model_validate(
-        {"operation": "add", "contactListId": "12"}
-    )
+    summary = models.ContactlistOperationAttributes.model_validate({"operation": "add", "contactListId": "12"})
     assert summary.contact_list_id == 12
 
 

@@ -10,7 +10,10 @@ def test_extract_identifiers_from_every_documented_place() -> None:
         "userId": "u1",
         "anonymousId": "a1",
         "_segcrit": {"emails": [{"sha256": "s" * 64, "md5": "m" * 32}], "phones": [{"sha256": "p" * 64}]},
-        "context": {"device": {"advertisingId": "AD-ID-1", "adTrackingEnabled": True}, "traits": {"criteo_gum_id": "g1"}},
+        "context": {
+            "device": {"advertisingId": "AD-ID-1", "adTrackingEnabled": True},
+            "traits": {"criteo_gum_id": "g1"},
+        },
         "properties": {"identity_link": "il-1"},
     }
     ids = extract_identifiers(message)
@@ -28,7 +31,9 @@ def test_extract_identifiers_from_every_documented_place() -> None:
 
 
 def test_madid_with_tracking_disabled_is_inactive_and_case_is_kept() -> None:
-    ids = extract_identifiers({"anonymousId": "a", "context": {"device": {"advertisingId": "AbC", "adTrackingEnabled": False}}})
+    ids = extract_identifiers(
+        {"anonymousId": "a", "context": {"device": {"advertisingId": "AbC", "adTrackingEnabled": False}}}
+    )
     madid = next(i for i in ids.identifiers if i.kind == "madid")
     assert madid.value == "AbC" and madid.active is False
     assert ids.ad_tracking == {"AbC": False}
@@ -36,7 +41,7 @@ def test_madid_with_tracking_disabled_is_inactive_and_case_is_kept() -> None:
 
 def test_numbers_are_stringified_and_empty_ids_ignored() -> None:
     ids = extract_identifiers({"userId": 42, "anonymousId": "  "})
-    assert ids.keys() == [("user_id", "42")]
+    assert ids.pairs() == [("user_id", "42")]
 
 
 def test_new_person_gets_a_new_profile_with_all_identifiers() -> None:

@@ -44,8 +44,23 @@ def test_criteo_vector() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [None, 42, True, ["a@b.com"], "", "   ", "n/a", "john", "john@", "@gmail.com", "john@localhost",
-     "john doe@gmail.com", "john@@gmail.com", "john@gmail.", "a" * 250 + "@b.com"],
+    [
+        None,
+        42,
+        True,
+        ["a@b.com"],
+        "",
+        "   ",
+        "n/a",
+        "john",
+        "john@",
+        "@gmail.com",
+        "john@localhost",
+        "john doe@gmail.com",
+        "john@@gmail.com",
+        "john@gmail.",
+        "a" * 250 + "@b.com",
+    ],
 )
 def test_not_an_email(raw: Any) -> None:
     assert normalize_email(raw) is None

@@ -163,9 +163,7 @@ def test_hold_and_window_combine() -> None:
         await limiter.acquire()
         await limiter.acquire()
         # The window is full until START + 61; a hold to START + 10 changes nothing.
-        await limiter.observe(
-            200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(START + 10)}, START
-        )
+        await limiter.observe(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(START + 10)}, START)
         await limiter.acquire()
 
     asyncio.run(run())

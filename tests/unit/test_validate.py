@@ -28,8 +28,8 @@ TRACKING = MessageRules(TRACKING_TYPES, 32_768)
 WEBHOOK = MessageRules(WEBHOOK_TYPES, 32_768, keep_received_at=True)
 
 
-def epoch(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def epoch(year: int, month: int, day: int, hour: int, minute: int, second: int) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 def track(**fields: Any) -> dict[str, Any]:
@@ -69,8 +69,19 @@ def test_timestamps_parsed(text: str, expected: float) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["yesterday", "", "2026-11-28", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-28T25:00:00Z",
-     "2026-11-28T13:03:09.1234567890Z", "2026-11-28T13:03:09+02:00:00", 1_800_000_000, None, ["2026"]],
+    [
+        "yesterday",
+        "",
+        "2026-11-28",
+        "2026-13-01T00:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "2026-11-28T25:00:00Z",
+        "2026-11-28T13:03:09.1234567890Z",
+        "2026-11-28T13:03:09+02:00:00",
+        1_800_000_000,
+        None,
+        ["2026"],
+    ],
 )
 def test_timestamps_rejected(value: Any) -> None:
     assert parse_timestamp(value) is None

@@ -144,9 +144,7 @@ class CriteoClient:
             total = page.meta.total_items if page.meta is not None else None
             offset += SEARCH_LIMIT_MAX
             # Without a total, a short page is the last one.
-            if (total is None and len(page.data) < SEARCH_LIMIT_MAX) or (
-                total is not None and offset >= total
-            ):
+            if (total is None and len(page.data) < SEARCH_LIMIT_MAX) or (total is not None and offset >= total):
                 return None
             if not page.data:
                 return None  # the total promised more, but an empty page would loop forever
@@ -213,9 +211,7 @@ class CriteoClient:
         if identifier_type not in IDENTIFIER_TYPES:
             raise ValueError(f"identifier_type must be one of {IDENTIFIER_TYPES}")
         if len(identifiers) > MAX_IDENTIFIERS_PER_CALL:
-            raise ValueError(
-                f"at most {MAX_IDENTIFIERS_PER_CALL} identifiers per call, got {len(identifiers)}"
-            )
+            raise ValueError(f"at most {MAX_IDENTIFIERS_PER_CALL} identifiers per call, got {len(identifiers)}")
         gum_caller_id = None
         if identifier_type == "gum":
             if self.config.gum_caller_id is None:
@@ -239,9 +235,7 @@ class CriteoClient:
     async def wipe_contact_list(self, segment_id: str) -> DeleteAudienceContactListResponse | None:
         """Remove every identifier from the list (the segment itself stays); None as for PATCH."""
         _check_segment_id(segment_id)
-        answer = await self._call(
-            EP_WIPE, "DELETE", self._url(CONTACT_LIST_PATH, segment_id), segment_id=segment_id
-        )
+        answer = await self._call(EP_WIPE, "DELETE", self._url(CONTACT_LIST_PATH, segment_id), segment_id=segment_id)
         return _parse_receipt(DeleteAudienceContactListResponse, answer, EP_WIPE)
 
     async def contact_list_statistics(self, segment_id: str) -> ContactListStatisticsEntityV1Response:
@@ -268,9 +262,7 @@ class CriteoClient:
             raise SegmentNameTakenError(segment.name, status=reply.status, problem=_problem(reply.body))
         if reply.decision is Decision.OK:
             # A 200 that created nothing for another reason (`name-must-not-be-empty`, ...).
-            raise error_for(
-                Decision.DEAD_LETTER, status=reply.status, body=_as_errors(reply.body), endpoint=EP_CREATE
-            )
+            raise error_for(Decision.DEAD_LETTER, status=reply.status, body=_as_errors(reply.body), endpoint=EP_CREATE)
         raise reply.error()
 
     def _url(self, template: str, segment_id: str | None = None) -> str:
@@ -330,9 +322,7 @@ class CriteoClient:
             if decision is Decision.REFRESH_TOKEN:
                 self.tokens.invalidate(token)
                 if attempt == 1:
-                    log.info(
-                        "criteo token rejected, refreshing", extra={"endpoint": endpoint, "status": status}
-                    )
+                    log.info("criteo token rejected, refreshing", extra={"endpoint": endpoint, "status": status})
                     continue
             return _Reply(endpoint, status, body, decision, _retry_at(response, now), segment_id)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

@@ -73,6 +73,4 @@ class Backoff:
         return cls(config.backoff_initial_secs, config.backoff_max_secs, rng or random.Random())
 
     def delay(self, error: BaseException, attempt: int, now: float) -> float:
-        return retry_delay(
-            error, attempt, now, initial_secs=self.initial_secs, max_secs=self.max_secs, rng=self.rng
-        )
+        return retry_delay(error, attempt, now, initial_secs=self.initial_secs, max_secs=self.max_secs, rng=self.rng)

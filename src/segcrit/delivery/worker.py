@@ -141,9 +141,7 @@ class DeliveryWorker:
             # A segment the user named by id cannot be recreated under that id: that is theirs to fix.
             pending = [c.key for c in self.store.due_changes(now, SCAN_LIMIT) if c.key.audience == audience]
             if pending:
-                self.store.dead_letter(
-                    pending, True, error.status, f"audiences.{audience}.segment_id: {error}", now
-                )
+                self.store.dead_letter(pending, True, error.status, f"audiences.{audience}.segment_id: {error}", now)
                 self.metrics.dead_lettered.labels("segment_missing").inc()
             return
         record = self.store.audience(audience)

@@ -24,11 +24,17 @@ class MembershipChange:
     member: bool
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _boolean(value: Any) -> bool | None:
     if isinstance(value, bool):
-        return value
-    if value in ("true", "false"):
-        return value == "true"
+        return bool(value)
+    if value == "true":
+        return True
+    if value == "false":
+        return False
     return None
 
 
@@ -40,11 +46,9 @@ def _key(value: Any) -> str | None:
 
 def membership_changes(message: Mapping[str, Any], flow: AudienceSyncFlow) -> list[MembershipChange]:
     kind = message.get("type")
-    properties = message.get("properties") if isinstance(message.get("properties"), dict) else {}
-    traits = message.get("traits") if isinstance(message.get("traits"), dict) else {}
-    context = message.get("context") if isinstance(message.get("context"), dict) else {}
-    personas = context.get("personas") if isinstance(context.get("personas"), dict) else {}
-    assert isinstance(properties, dict) and isinstance(traits, dict) and isinstance(personas, dict)
+    properties = _object(message.get("properties"))
+    traits = _object(message.get("traits"))
+    personas = _object(_object(message.get("context")).get("personas"))
 
     found: dict[str, bool] = {}
     if kind == "track" and message.get("event") in (flow.entered_event, flow.exited_event):

@@ -46,7 +46,7 @@ class EventIdentifiers:
     # alias: previousId may be a userId or an anonymousId; it links if it is known as either.
     alias_previous: str | None = None
 
-    def keys(self) -> list[tuple[str, str]]:
+    def pairs(self) -> list[tuple[str, str]]:
         return [(i.kind, i.value) for i in self.identifiers]
 
 

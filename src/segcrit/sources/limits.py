@@ -79,7 +79,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     elif encoding in {"", "identity"}:
         decoder = None
     else:
-        raise BadEncoding("unsupported Content-Encoding (use gzip or none)", "Content-Encoding: gzip")
+        raise BadEncoding("unsupported Content-Encoding (use gzip or none)")
 
     declared = request.headers.get("content-length")
     # A gzip body larger than the decompressed limit is nonsense for JSON, so one bound serves both.

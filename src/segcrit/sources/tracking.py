@@ -18,7 +18,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -76,9 +77,7 @@ class TrackingApi:
         ]
 
     def routes(self) -> list[Route]:
-        routes = [
-            Route(f"/v1/{path}", self.batch, methods=EVERY_METHOD, name=f"v1_{path}") for path in BATCH_PATHS
-        ]
+        routes = [Route(f"/v1/{path}", self.batch, methods=EVERY_METHOD, name=f"v1_{path}") for path in BATCH_PATHS]
         for path, kind in SINGLE_PATHS.items():
             endpoint = self._single_endpoint(kind)
             routes.append(Route(f"/v1/{path}", endpoint, methods=EVERY_METHOD, name=f"v1_{path}"))
@@ -87,7 +86,7 @@ class TrackingApi:
     async def batch(self, request: Request) -> Response:
         return await self._handle(request, None)
 
-    def _single_endpoint(self, kind: str) -> Any:
+    def _single_endpoint(self, kind: str) -> Callable[[Request], Awaitable[Response]]:
         async def single(request: Request) -> Response:
             return await self._handle(request, kind)
 
@@ -162,9 +161,7 @@ class TrackingApi:
         return reject(self._metrics, source, "invalid_body", error_response(400, "invalid_body", message))
 
     async def _commit(self, source: str, prepared: Prepared, received_at: float, *, single: bool) -> Response:
-        return await commit(
-            source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single
-        )
+        return await commit(source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single)
 
     def _unauthorized(self) -> Response:
         return reject(

@@ -94,9 +94,7 @@ def prepare_messages(
             prepared.rejected.append({"index": index, "reason": too_large})
             continue
         clean = sanitize_message(message, phone_region=rules.phone_region)
-        reason = validate_message(
-            clean, rules, received_at=received_at, received_iso=received_iso, new_id=new_id
-        )
+        reason = validate_message(clean, rules, received_at=received_at, received_iso=received_iso, new_id=new_id)
         if reason is None:
             prepared.messages.append(clean)
         else:
@@ -220,9 +218,7 @@ def parse_timestamp(value: object) -> float | None:
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     micros = int(fraction[:6].ljust(6, "0")) if fraction else 0
     try:
-        moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tzinfo=UTC
-        )
+        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tzinfo=UTC)
     except ValueError:
         return None
     return moment.timestamp() - _offset_seconds(offset)

@@ -41,12 +41,13 @@ from segcrit.store.base import IngestSink
 
 METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _JSON_WHITESPACE: Final = " \t\r\n"
+_JSON_WHITESPACE_BYTES: Final = _JSON_WHITESPACE.encode("ascii")
 _DECODER: Final = json.JSONDecoder()
 
 
 def signed_part(body: bytes) -> bytes | None:
     """The bytes Segment signs: the whole body, or element 0 of an array (None if it has none)."""
-    stripped = body.lstrip(_JSON_WHITESPACE.encode())
+    stripped = body.lstrip(_JSON_WHITESPACE_BYTES)
     if not stripped.startswith(b"["):
         return body
     try:
@@ -132,9 +133,7 @@ class WebhookReceiver:
         return await self._commit(name, prepared, received_at, single=False)
 
     async def _commit(self, source: str, prepared: Prepared, received_at: float, *, single: bool) -> Response:
-        return await commit(
-            source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single
-        )
+        return await commit(source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single)
 
     def _unauthorized(self, source: str) -> Response:
         return reject(

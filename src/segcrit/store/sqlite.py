@@ -9,6 +9,7 @@ writers queue on the lock instead of failing on an upgrade.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -104,10 +105,8 @@ class SqliteStore:
             self._writer.join(timeout=10)
         with self._conns_lock:
             for conn in self._conns:
-                try:
+                with contextlib.suppress(sqlite3.ProgrammingError):  # closed from another thread already
                     conn.close()
-                except sqlite3.ProgrammingError:  # closed from another thread already
-                    pass
             self._conns.clear()
 
     def ping(self) -> bool:
@@ -119,9 +118,7 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ ingest
 
-    async def accept(
-        self, source: str, messages: Sequence[dict[str, Any]], received_at: float
-    ) -> AcceptResult:
+    async def accept(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
         if self._closed:
             raise StoreError("store is closed")
         if self._writer is None:
@@ -211,9 +208,11 @@ class SqliteStore:
     # ------------------------------------------------------------------ processing
 
     def claim_events(self, limit: int) -> list[InboxEvent]:
-        rows = self._conn().execute(
-            "SELECT seq, source, received_at, body FROM inbox ORDER BY seq LIMIT ?", (limit,)
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT seq, source, received_at, body FROM inbox ORDER BY seq LIMIT ?", (limit,))
+            .fetchall()
+        )
         return [InboxEvent(seq=r[0], source=r[1], received_at=r[2], message=orjson.loads(r[3])) for r in rows]
 
     @contextmanager
@@ -234,12 +233,16 @@ class SqliteStore:
     # ------------------------------------------------------------------ delivery
 
     def due_changes(self, now: float, limit: int) -> list[PendingChange]:
-        rows = self._conn().execute(
-            "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
-            "WHERE desired != acked AND dead_letter_id IS NULL AND next_at <= ? "
-            "ORDER BY since LIMIT ?",
-            (now, limit),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
+                "WHERE desired != acked AND dead_letter_id IS NULL AND next_at <= ? "
+                "ORDER BY since LIMIT ?",
+                (now, limit),
+            )
+            .fetchall()
+        )
         return [
             PendingChange(TargetKey(r[0], r[1], r[2]), add=bool(r[3]), since=r[4], attempts=r[5], first_failure_at=r[6])
             for r in rows
@@ -247,21 +250,27 @@ class SqliteStore:
 
     def next_change_at(self) -> float | None:
         """When the earliest pending change becomes due (its retry time), or None."""
-        row = self._conn().execute(
-            "SELECT min(next_at) FROM targets WHERE desired != acked AND dead_letter_id IS NULL"
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT min(next_at) FROM targets WHERE desired != acked AND dead_letter_id IS NULL")
+            .fetchone()
+        )
         return None if row is None or row[0] is None else float(row[0])
 
     def oldest_pending_since(self) -> float | None:
-        row = self._conn().execute(
-            "SELECT min(since) FROM targets WHERE desired != acked AND dead_letter_id IS NULL"
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT min(since) FROM targets WHERE desired != acked AND dead_letter_id IS NULL")
+            .fetchone()
+        )
         return None if row is None or row[0] is None else float(row[0])
 
     def pending_count(self) -> int:
-        row = self._conn().execute(
-            "SELECT count(*) FROM targets WHERE desired != acked AND dead_letter_id IS NULL"
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT count(*) FROM targets WHERE desired != acked AND dead_letter_id IS NULL")
+            .fetchone()
+        )
         return int(row[0]) if row else 0
 
     def ack_changes(self, keys: Iterable[TargetKey], add: bool, now: float) -> None:
@@ -294,9 +303,7 @@ class SqliteStore:
                 [(next_at, now, k.audience, k.id_type, k.id_value) for k in keys],
             )
 
-    def dead_letter(
-        self, keys: Sequence[TargetKey], add: bool, status: int | None, error: str, now: float
-    ) -> int:
+    def dead_letter(self, keys: Sequence[TargetKey], add: bool, status: int | None, error: str, now: float) -> int:
         if not keys:
             raise ValueError("a dead letter needs at least one change")
         first = keys[0]
@@ -304,7 +311,15 @@ class SqliteStore:
             cursor = conn.execute(
                 "INSERT INTO dead_letters (created_at, audience, operation, id_type, count, status, error) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (now, first.audience, "add" if add else "remove", first.id_type, len(keys), status, error[:4000]),
+                (
+                    now,
+                    first.audience,
+                    "add" if add else "remove",
+                    first.id_type,
+                    len(keys),
+                    status,
+                    error[:4000],
+                ),
             )
             letter_id = int(cursor.lastrowid or 0)
             conn.executemany(
@@ -328,11 +343,15 @@ class SqliteStore:
 
     def dead_letters(self, limit: int = 100, include_replayed: bool = False) -> list[DeadLetter]:
         where = "" if include_replayed else "WHERE replayed_at IS NULL"
-        rows = self._conn().execute(
-            "SELECT id, created_at, audience, operation, id_type, count, status, error, replayed_at "
-            f"FROM dead_letters {where} ORDER BY id DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, created_at, audience, operation, id_type, count, status, error, replayed_at "
+                f"FROM dead_letters {where} ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
         return [DeadLetter(*r) for r in rows]
 
     def dead_letter_count(self) -> int:
@@ -342,15 +361,19 @@ class SqliteStore:
     # ------------------------------------------------------------------ audiences
 
     def audience(self, name: str) -> AudienceRecord | None:
-        row = self._conn().execute(
-            "SELECT name, segment_id, auto_create, created_by_us FROM audiences WHERE name = ?", (name,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT name, segment_id, auto_create, created_by_us FROM audiences WHERE name = ?", (name,))
+            .fetchone()
+        )
         return None if row is None else AudienceRecord(row[0], row[1], bool(row[2]), bool(row[3]))
 
     def audiences(self) -> list[AudienceRecord]:
-        rows = self._conn().execute(
-            "SELECT name, segment_id, auto_create, created_by_us FROM audiences ORDER BY name"
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT name, segment_id, auto_create, created_by_us FROM audiences ORDER BY name")
+            .fetchall()
+        )
         return [AudienceRecord(r[0], r[1], bool(r[2]), bool(r[3])) for r in rows]
 
     def save_audience(self, record: AudienceRecord) -> None:
@@ -373,11 +396,15 @@ class SqliteStore:
             )
 
     def audience_stats(self) -> list[AudienceStats]:
-        rows = self._conn().execute(
-            "SELECT t.audience, a.segment_id, sum(t.desired), sum(t.acked), "
-            "sum(t.desired != t.acked AND t.dead_letter_id IS NULL), sum(t.dead_letter_id IS NOT NULL) "
-            "FROM targets t LEFT JOIN audiences a ON a.name = t.audience GROUP BY t.audience ORDER BY t.audience"
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT t.audience, a.segment_id, sum(t.desired), sum(t.acked), "
+                "sum(t.desired != t.acked AND t.dead_letter_id IS NULL), sum(t.dead_letter_id IS NOT NULL) "
+                "FROM targets t LEFT JOIN audiences a ON a.name = t.audience GROUP BY t.audience ORDER BY t.audience"
+            )
+            .fetchall()
+        )
         seen = {r[0] for r in rows}
         stats = [AudienceStats(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
         stats += [AudienceStats(a.name, a.segment_id, 0, 0, 0, 0) for a in self.audiences() if a.name not in seen]
@@ -450,9 +477,7 @@ class SqliteTx:
         return int(cursor.lastrowid or 0)
 
     def touch_profile(self, profile_id: int, seen_at: float) -> None:
-        self.conn.execute(
-            "UPDATE profiles SET last_seen_at = max(last_seen_at, ?) WHERE id = ?", (seen_at, profile_id)
-        )
+        self.conn.execute("UPDATE profiles SET last_seen_at = max(last_seen_at, ?) WHERE id = ?", (seen_at, profile_id))
 
     def attach_identifier(self, profile_id: int, ident: Identifier, ts: float) -> None:
         self.conn.execute(
@@ -486,7 +511,9 @@ class SqliteTx:
             (into, other),
         )
         self.conn.execute("DELETE FROM memberships WHERE profile_id = ?", (other,))
-        row = self.conn.execute("SELECT consent, consent_ts, created_at, last_seen_at FROM profiles WHERE id = ?", (other,)).fetchone()
+        row = self.conn.execute(
+            "SELECT consent, consent_ts, created_at, last_seen_at FROM profiles WHERE id = ?", (other,)
+        ).fetchone()
         if row is not None and row[1] is not None:
             self.set_consent(into, bool(row[0]), float(row[1]))
         if row is not None:
@@ -526,7 +553,9 @@ class SqliteTx:
         ]
         memberships = {
             r[0]: (bool(r[1]), float(r[2]))
-            for r in self.conn.execute("SELECT audience, member, ts FROM memberships WHERE profile_id = ?", (profile_id,))
+            for r in self.conn.execute(
+                "SELECT audience, member, ts FROM memberships WHERE profile_id = ?", (profile_id,)
+            )
         }
         consent = None if row[0] is None else bool(row[0])
         return ProfileState(profile_id, idents, consent, row[1], memberships)
@@ -558,9 +587,10 @@ class SqliteTx:
             changed += 1
             # A row may exist without this profile (an erased person's identifier seen again).
             self.conn.execute(
-                "INSERT INTO targets (audience, id_type, id_value, profile_id, desired, since) VALUES (?, ?, ?, ?, 1, ?) "
-                "ON CONFLICT (audience, id_type, id_value) DO UPDATE SET desired = 1, profile_id = excluded.profile_id, "
-                "since = excluded.since, attempts = 0, next_at = 0, first_failure = NULL",
+                "INSERT INTO targets (audience, id_type, id_value, profile_id, desired, since) "
+                "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (audience, id_type, id_value) DO UPDATE SET desired = 1, "
+                "profile_id = excluded.profile_id, since = excluded.since, attempts = 0, next_at = 0, "
+                "first_failure = NULL",
                 (key.audience, key.id_type, key.id_value, profile_id, now),
             )
         return changed

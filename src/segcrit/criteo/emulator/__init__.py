@@ -12,7 +12,6 @@ Modules: `state` (what it remembers), `gateway` (auth, rate limit, faults, call 
 
 from segcrit.criteo.emulator.app import create_emulator_app
 from segcrit.criteo.emulator.faults import Faults, FaultSpecError, parse_faults
-from segcrit.criteo.emulator.gateway import Endpoint
 from segcrit.criteo.emulator.server import running_emulator, serve
 from segcrit.criteo.emulator.state import (
     DEMO_ADVERTISER_ID,
@@ -21,6 +20,7 @@ from segcrit.criteo.emulator.state import (
     CallRecord,
     ClientApp,
     EmulatorState,
+    Endpoint,
     Segment,
 )
 

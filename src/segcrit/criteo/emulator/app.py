@@ -28,9 +28,9 @@ from segcrit.criteo.constants import (
 )
 from segcrit.criteo.emulator import audience_segments, oauth
 from segcrit.criteo.emulator.faults import FaultSpecError, faults_from_mapping, parse_faults
-from segcrit.criteo.emulator.gateway import Auth, Endpoint, Handler, criteo_endpoint
+from segcrit.criteo.emulator.gateway import Auth, Handler, criteo_endpoint
 from segcrit.criteo.emulator.problems import error_response, problem
-from segcrit.criteo.emulator.state import DUPLICATE_NAME_MODES, EmulatorState
+from segcrit.criteo.emulator.state import DUPLICATE_NAME_MODES, EmulatorState, Endpoint
 
 
 def _route_path(template: str) -> str:
@@ -41,9 +41,7 @@ def _route_path(template: str) -> str:
 def create_emulator_app(state: EmulatorState) -> Starlette:
     """A Criteo emulator serving `state` (read it from the test while the app runs)."""
 
-    def criteo(
-        template: str, endpoint: Endpoint, handler: Handler, method: str, auth: Auth = "bearer"
-    ) -> Route:
+    def criteo(template: str, endpoint: Endpoint, handler: Handler, method: str, auth: Auth = "bearer") -> Route:
         return Route(
             _route_path(template),
             criteo_endpoint(state, endpoint, handler, auth),
@@ -57,9 +55,7 @@ def create_emulator_app(state: EmulatorState) -> Starlette:
         criteo(CREATE_SEGMENTS_PATH, Endpoint.CREATE, audience_segments.create_segments, "POST"),
         criteo(DELETE_SEGMENTS_PATH, Endpoint.DELETE, audience_segments.delete_segments, "POST"),
         criteo(CONTACT_LIST_PATH, Endpoint.CONTACT_LIST_PATCH, audience_segments.patch_contact_list, "PATCH"),
-        criteo(
-            CONTACT_LIST_PATH, Endpoint.CONTACT_LIST_DELETE, audience_segments.delete_contact_list, "DELETE"
-        ),
+        criteo(CONTACT_LIST_PATH, Endpoint.CONTACT_LIST_DELETE, audience_segments.delete_contact_list, "DELETE"),
         criteo(
             CONTACT_LIST_STATISTICS_PATH,
             Endpoint.STATISTICS,
@@ -68,7 +64,16 @@ def create_emulator_app(state: EmulatorState) -> Starlette:
         ),
         *_control_routes(state),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Unknown paths and methods, answered in Criteo's shape rather than Starlette's plain text."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        code, title = ("not-found", "Resource not found") if status == 404 else ("not-supported", "Not supported")
+        response = error_response(status, problem("validation", code, title, request.url.path))
+        response.headers.update(state.rate_headers(None).headers())
+        return response
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
 def _control_routes(state: EmulatorState) -> list[Route]:
@@ -128,10 +133,3 @@ def _apply_config(state: EmulatorState, body: dict[str, Any]) -> None:
         state.duplicate_name_mode = mode
         state.rate_limit_per_minute = limit
         state.match_rate = float(rate)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Unknown paths and methods answered in Criteo's shape rather than Starlette's plain text."""
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    code, title = ("not-found", "Resource not found") if status == 404 else ("not-supported", "Not supported")
-    return error_response(status, problem("validation", code, title, request.url.path))

@@ -190,8 +190,10 @@ def patch_contact_list(state: EmulatorState, call: Call) -> Response:
     if kind == "gum" and attributes.gum_caller_id is None:
         return _missing(call, "data.attributes.gumCallerId", "gumCallerId is required for gum identifiers")
 
-    valid = [value for value in attributes.identifiers if is_valid_identifier(kind, value)]
-    invalid = [value for value in attributes.identifiers if not is_valid_identifier(kind, value)]
+    valid: list[str] = []
+    invalid: list[str] = []
+    for value in attributes.identifiers:
+        (valid if is_valid_identifier(kind, value) else invalid).append(value)
     state.amend(segment, attributes.operation, kind, set(valid))
     summary = ContactlistOperationAttributes(
         operation=attributes.operation,
@@ -309,12 +311,8 @@ def _refuse_new_segment(
     name, advertiser = attributes.name, attributes.advertiser_id
     if not name.strip():
         return _item_problem(call, index, CODE_NAME_MUST_NOT_BE_EMPTY, "Segment name must not be empty")
-    if state.name_taken(advertiser, name) or any(
-        (a.advertiser_id, a.name) == (advertiser, name) for a in accepted
-    ):
-        return _item_problem(
-            call, index, CODE_NAME_MUST_BE_UNIQUE, f"Another Segment exists with the name: {name}"
-        )
+    if state.name_taken(advertiser, name) or any((a.advertiser_id, a.name) == (advertiser, name) for a in accepted):
+        return _item_problem(call, index, CODE_NAME_MUST_BE_UNIQUE, f"Another Segment exists with the name: {name}")
     blocks = {
         "contactList": attributes.contact_list,
         "lookalike": attributes.lookalike,
@@ -331,9 +329,7 @@ def _refuse_new_segment(
     if attributes.lookalike is not None:
         seed = state.find_segment(attributes.lookalike.seed_segment_id)
         if seed is None or seed.advertiser_id != advertiser:
-            detail = (
-                f"seed segment {attributes.lookalike.seed_segment_id} not found for advertiser {advertiser}"
-            )
+            detail = f"seed segment {attributes.lookalike.seed_segment_id} not found for advertiser {advertiser}"
             return _item_problem(call, index, CODE_SEGMENT_NOT_FOUND, detail)
     return None
 
@@ -363,9 +359,7 @@ def _resource(segment: Segment) -> AudienceSegmentEntityV1Resource:
     if segment.kind == "ContactList":
         attributes.contact_list = ContactListV1(is_read_only=False)
     else:
-        attributes.lookalike = LookalikeV1(
-            seed_segment_id=segment.seed_segment_id, target_size=segment.target_size
-        )
+        attributes.lookalike = LookalikeV1(seed_segment_id=segment.seed_segment_id, target_size=segment.target_size)
     return AudienceSegmentEntityV1Resource(id=segment.id, type=AUDIENCE_SEGMENT_TYPE, attributes=attributes)
 
 

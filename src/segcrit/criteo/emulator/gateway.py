@@ -14,9 +14,8 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,22 +29,10 @@ from segcrit.criteo.constants import (
 )
 from segcrit.criteo.emulator.problems import error_response, problem
 from segcrit.criteo.emulator.ratelimit import RateDecision
-from segcrit.criteo.emulator.state import CallRecord, ClientApp, EmulatorState
+from segcrit.criteo.emulator.state import CallRecord, ClientApp, EmulatorState, Endpoint
 
 _VERSION = re.compile(API_VERSION_PATTERN)
 _BEARER = re.compile(r"Bearer\s+(\S+)", re.IGNORECASE)
-
-
-class Endpoint(StrEnum):
-    """Names of the emulated endpoints, as used by the call log and `EmulatorState.calls()`."""
-
-    TOKEN = "token"
-    SEARCH = "search"
-    CREATE = "create"
-    DELETE = "delete"
-    CONTACT_LIST_PATCH = "contact-list-patch"
-    CONTACT_LIST_DELETE = "contact-list-delete"
-    STATISTICS = "statistics"
 
 
 @dataclass(frozen=True)
@@ -88,7 +75,7 @@ def criteo_endpoint(
                 endpoint=endpoint,
                 status=response.status_code,
                 client_id=client_id,
-                request=_loggable(body, auth),
+                body=_masked(body) if auth == "form" else body,
             )
         )
         return response
@@ -139,9 +126,7 @@ def _authenticate(state: EmulatorState, request: Request) -> tuple[ClientApp | N
     if status == "valid":
         return client, None
     if status == "expired":
-        expired = problem(
-            "authorization", CODE_TOKEN_EXPIRED, "The authorization token has expired", instance
-        )
+        expired = problem("authorization", CODE_TOKEN_EXPIRED, "The authorization token has expired", instance)
         return None, error_response(401, expired)
     invalid = problem("authorization", CODE_TOKEN_INVALID, "The authorization header is invalid", instance)
     return None, error_response(401, invalid)
@@ -170,12 +155,7 @@ def _form_client_id(body: bytes) -> str | None:
     return values[0] if values else None
 
 
-def _loggable(body: bytes, auth: Auth) -> Any:
-    """The request as the call log keeps it: JSON parsed, the token form without its secret."""
-    if auth == "form":
-        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-        return {k: ("***" if k == "client_secret" else v) for k, v in form.items()}
-    try:
-        return json.loads(body) if body.strip() else None
-    except ValueError:
-        return body.decode("utf-8", "replace")
+def _masked(form_body: bytes) -> bytes:
+    """The token form without its client secret, fit for the call log."""
+    pairs = parse_qsl(form_body.decode("utf-8", "replace"))
+    return urlencode([(k, "***" if k == "client_secret" else v) for k, v in pairs]).encode()

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from segcrit.criteo.emulator.app import create_emulator_app
 from segcrit.criteo.emulator.state import EmulatorState
@@ -33,9 +34,7 @@ def serve(
         state = EmulatorState(faults=faults)
     elif faults is not None:
         state.set_faults(faults)
-    config = uvicorn.Config(
-        create_emulator_app(state), host=host, port=port, log_level=log_level, lifespan="off"
-    )
+    config = uvicorn.Config(create_emulator_app(state), host=host, port=port, log_level=log_level, lifespan="off")
     uvicorn.Server(config).run()
 
 
@@ -56,20 +55,28 @@ class _ThreadedServer(uvicorn.Server):
 @contextmanager
 def running_emulator(state: EmulatorState | None = None, *, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve `state` on a free port of `host` in a background thread; yields the base URL."""
-    state = state if state is not None else EmulatorState()
+    with running_app(create_emulator_app(state if state is not None else EmulatorState()), host=host) as url:
+        yield url
+
+
+@contextmanager
+def running_app(app: ASGIApp, *, host: str = "127.0.0.1", lifespan: str = "off") -> Iterator[str]:
+    """Serve any ASGI app on a free port of `host` in a background thread; yields the base URL.
+
+    `lifespan="on"` runs the app's startup/shutdown (segcrit's server starts its workers there).
+    """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, 0))
     port = listener.getsockname()[1]
-    config = uvicorn.Config(create_emulator_app(state), log_level="warning", lifespan="off")
-    server = _ThreadedServer(config)
+    server = _ThreadedServer(uvicorn.Config(app, log_level="warning", lifespan=lifespan))  # type: ignore[arg-type]
     thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [listener]}, name=f"criteo-emulator:{port}", daemon=True
+        target=server.run, kwargs={"sockets": [listener]}, name=f"asgi-server:{port}", daemon=True
     )
     thread.start()
     try:
         if not server.ready.wait(START_TIMEOUT_SECS) or not server.started:
-            raise RuntimeError(f"the Criteo emulator did not start on {host}:{port}")
+            raise RuntimeError(f"the server did not start on {host}:{port}")
         yield f"http://{host}:{port}"
     finally:
         server.should_exit = True

@@ -8,6 +8,7 @@ with a FakeClock a test expires tokens and empties the rate-limit window without
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
 import threading
 from collections import Counter, deque
@@ -15,7 +16,9 @@ from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
 from segcrit.clock import Clock, SystemClock
 from segcrit.criteo.constants import RATE_LIMIT_PER_MINUTE_DEFAULT, TOKEN_LIFETIME_SECS, IdentifierType
@@ -30,8 +33,21 @@ TokenStatus = Literal["valid", "expired", "invalid"]
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"
 DEMO_ADVERTISER_ID = "12345"
-CALL_LOG_SIZE = 10_000  # the log keeps the latest calls; counters count them all
+# The log keeps the latest calls with their bodies (up to ~3.5 MB each); counters count every call.
+CALL_LOG_SIZE = 1_000
 FIRST_SEGMENT_ID = 1001
+
+
+class Endpoint(StrEnum):
+    """Names of the emulated endpoints, as used by the call log and `EmulatorState.calls()`."""
+
+    TOKEN = "token"
+    SEARCH = "search"
+    CREATE = "create"
+    DELETE = "delete"
+    CONTACT_LIST_PATCH = "contact-list-patch"
+    CONTACT_LIST_DELETE = "contact-list-delete"
+    STATISTICS = "statistics"
 
 
 @dataclass(frozen=True)
@@ -51,7 +67,21 @@ class CallRecord:
     endpoint: str
     status: int
     client_id: str | None
-    request: Any  # the JSON body (or token form, secret masked); None when there was none
+    # Raw bytes, parsed on demand: a 50,000-identifier body costs half as much kept this way,
+    # and the hot path does not parse it twice. The token form arrives here with its secret masked.
+    body: bytes = field(repr=False)
+
+    @property
+    def request(self) -> Any:
+        """The body as JSON (a token form as a dict); None when empty, text when not JSON."""
+        if not self.body.strip():
+            return None
+        if self.endpoint == Endpoint.TOKEN:
+            return {k: v[0] for k, v in parse_qs(self.body.decode("utf-8", "replace")).items()}
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return self.body.decode("utf-8", "replace")
 
 
 @dataclass
@@ -118,6 +148,7 @@ class EmulatorState:
         duplicate_name_mode: DuplicateNameMode = "warning",
         match_rate: float = 1.0,
         decommissioned_versions: Iterable[str] = (),
+        call_log_size: int = CALL_LOG_SIZE,
     ) -> None:
         self.lock = threading.RLock()
         self.clock: Clock = clock or SystemClock()
@@ -132,7 +163,7 @@ class EmulatorState:
         self._tokens: dict[str, _Token] = {}
         self._segments: dict[str, Segment] = {}
         self._ids = itertools.count(FIRST_SEGMENT_ID)
-        self._calls: deque[CallRecord] = deque(maxlen=CALL_LOG_SIZE)
+        self._calls: deque[CallRecord] = deque(maxlen=call_log_size)
         self._call_counts: Counter[str] = Counter()
         self.set_faults(faults)
 
@@ -197,7 +228,7 @@ class EmulatorState:
             return set().union(*members.values())
 
     def calls(self, endpoint: str | None = None) -> list[CallRecord]:
-        """The latest calls (up to CALL_LOG_SIZE), oldest first, optionally of one endpoint."""
+        """The latest calls (up to `call_log_size`), oldest first, optionally of one endpoint."""
         with self.lock:
             return [call for call in self._calls if endpoint is None or call.endpoint == endpoint]
 
@@ -349,9 +380,7 @@ class EmulatorState:
     # --- internals (lock held) ------------------------------------------------------------------
 
     def _segments_of(self, advertiser_ids: AbstractSet[str] | None) -> list[Segment]:
-        found = [
-            s for s in self._segments.values() if advertiser_ids is None or s.advertiser_id in advertiser_ids
-        ]
+        found = [s for s in self._segments.values() if advertiser_ids is None or s.advertiser_id in advertiser_ids]
         return sorted(found, key=lambda s: int(s.id))
 
     def _lookup(self, name_or_id: str) -> Segment:

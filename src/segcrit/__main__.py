@@ -1,0 +1,3 @@
+from segcrit.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""End-to-end fixtures: `segcrit emulator` and `segcrit serve` as real processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+
+WRITE_KEY = "e2e-write-key"
+SECRET = "e2e-secret"
+START_DEADLINE_SECS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], bool], deadline_secs: float, what: str, show: Callable[[], object] | None = None
+) -> None:
+    """Poll `check` until it holds; fail with `what` (and what `show` returns) at the deadline."""
+    end = time.monotonic() + deadline_secs
+    while time.monotonic() < end:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}" + (f"; last seen: {show()}" if show else ""))
+
+
+def segcrit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "segcrit", *args]
+
+
+@dataclass
+class Emulator:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def state(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/_emulator/state", timeout=5).json()  # type: ignore[no-any-return]
+
+    def members(self) -> dict[str, dict[str, set[str]]]:
+        return {
+            s["name"]: {kind: set(values) for kind, values in (s.get("members") or {}).items()}
+            for s in self.state()["segments"]
+        }
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Emulator]:
+    port = free_port()
+    log = (tmp_path / "emulator.log").open("wb")
+    process = subprocess.Popen(segcrit_command("emulator", "--port", str(port)), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: httpx.get(f"{url}/_emulator/state", timeout=1).status_code == 200,
+            START_DEADLINE_SECS,
+            "the emulator",
+        )
+        yield Emulator(url, process)
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+CONFIG = """\
+store: sqlite:///{db}
+server: {{host: 127.0.0.1, port: {port}}}
+sources:
+  - {{name: web, type: tracking_api, write_key: {write_key}}}
+  - {{name: engage, type: webhook, shared_secret: {secret}}}
+criteo:
+  client_id: demo-client
+  client_secret: demo-secret
+  advertiser_id: "12345"
+  api_url: {api_url}
+identity:
+  send: [email, madid]
+flows:
+  - type: audience_sync
+delivery:
+  max_wait_secs: 0.5
+"""
+
+
+@dataclass
+class Server:
+    url: str
+    config_path: Path
+    log: IO[bytes]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            segcrit_command("serve", "--config", str(self.config_path)),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(
+            lambda: httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200,
+            START_DEADLINE_SECS,
+            "segcrit serve",
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(10)
+
+    def segcrit(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            segcrit_command(*args, "--config", str(self.config_path)),
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=60,
+        )
+
+
+@pytest.fixture
+def server(tmp_path: Path, emulator: Emulator) -> Iterator[Server]:
+    port = free_port()
+    config_path = tmp_path / "segcrit.yaml"
+    config_path.write_text(
+        CONFIG.format(db="segcrit.db", port=port, write_key=WRITE_KEY, secret=SECRET, api_url=emulator.url)
+    )
+    srv = Server(f"http://127.0.0.1:{port}", config_path, (tmp_path / "serve.log").open("ab"))
+    try:
+        yield srv
+    finally:
+        if srv.process is not None and srv.process.poll() is None:
+            srv.process.kill()
+            srv.process.wait(10)
+        srv.log.close()
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
