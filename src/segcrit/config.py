@@ -44,6 +44,10 @@ class ServerConfig(_Model):
     max_request_bytes: int = Field(500_000, ge=1024, description="decompressed body limit")
     max_message_bytes: int = Field(32_768, ge=256)
     max_batch_messages: int = Field(2_500, ge=1)
+    # Segment's Webhooks (Actions) destination batches up to 4,000 events; a 400 would make it drop
+    # them for good, so webhook requests get their own, larger limits.
+    webhook_max_request_bytes: int = Field(4_000_000, ge=1024)
+    webhook_max_batch_messages: int = Field(4_000, ge=1)
 
 
 class SourceConfig(_Model):
@@ -238,6 +242,24 @@ class Config(_Model):
 # --------------------------------------------------------------------------------------- loading
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false are booleans.
+
+    Why: under YAML 1.1 rules the key `on:` of a suppression flow (SPEC §4) would become the boolean
+    True, and `yes`/`no`/`on`/`off` in a value (an event or audience name) would silently turn into
+    booleans. Boolean fields still accept those words: pydantic reads "yes"/"on" as True.
+    """
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def substitute_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
     """Replace `${NAME}` in every string of a YAML tree; a missing variable is a problem."""
     if isinstance(value, str):
@@ -298,7 +320,7 @@ def format_validation_error(error: ValidationError) -> list[str]:
 def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
     """Parse and validate config text; raise ConfigError with every problem."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "YAML"

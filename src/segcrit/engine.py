@@ -18,7 +18,7 @@ from segcrit.config import AudienceSyncFlow, Config
 from segcrit.consent import consent_in_message
 from segcrit.flows.audience_sync import membership_changes
 from segcrit.identity.graph import TOMBSTONE_KINDS, extract_identifiers, plan_resolution
-from segcrit.identity.normalize import email_hashes, normalize_email
+from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymous_id
 from segcrit.membership import desired_targets
 from segcrit.metrics import Metrics
 from segcrit.store.base import Identifier, InboxEvent
@@ -157,6 +157,8 @@ class Processor:
         email = normalize_email(identifier)
         if email:
             keys.append(("email", email_hashes(email)[0]))
+            # An email used as userId/anonymousId is stored in its pseudonymous form.
+            keys += [("user_id", pseudonymous_id(email)), ("anonymous_id", pseudonymous_id(email))]
         now = self.clock.now()
         with self.store.transaction() as tx:
             profiles = set(tx.find_profiles(keys).values())

@@ -222,3 +222,13 @@ def test_very_deep_objects_do_not_recurse_without_bound() -> None:
         levels += 1
     assert node == REDACTED
     assert levels < 300
+
+
+def test_an_email_used_as_user_id_is_stored_pseudonymously() -> None:
+    from segcrit.identity.normalize import pseudonymous_id
+
+    out = sanitize_message({"type": "track", "userId": " Jane@Example.com", "anonymousId": "a-1"})
+    assert out["userId"] == pseudonymous_id("jane@example.com")
+    assert out["anonymousId"] == "a-1"
+    assert out["_segcrit"]["emails"][0]["sha256"] == email_hashes("jane@example.com")[0]
+    assert "jane" not in str(out).lower()

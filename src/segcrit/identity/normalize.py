@@ -83,6 +83,15 @@ def phone_hashes(e164: str) -> tuple[str, str]:
     return hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()
 
 
+_ID_FIELDS: Final = ("userId", "anonymousId", "previousId")
+EMAIL_ID_PREFIX: Final = "email-sha256:"
+
+
+def pseudonymous_id(email: str) -> str:
+    """What a userId/anonymousId that is an email becomes: its sha256, marked as such."""
+    return EMAIL_ID_PREFIX + email_hashes(email)[0]
+
+
 def sanitize_message(message: dict[str, Any], *, phone_region: str | None = None) -> dict[str, Any]:
     """A copy of `message` with raw emails and phones replaced by their hashes (module docstring).
 
@@ -95,6 +104,14 @@ def sanitize_message(message: dict[str, Any], *, phone_region: str | None = None
     out = dict(message)
     out.pop(RESERVED_KEY, None)
     found = _Identifiers(phone_region)
+    for key in _ID_FIELDS:
+        value = out.get(key)
+        if isinstance(value, str) and "@" in value:
+            # Shops that use the email as userId: keep the id stable but never raw (SPEC §8).
+            email = normalize_email(value)
+            if email is not None:
+                found.add_email(email)
+                out[key] = pseudonymous_id(email)
     traits = out.get("traits")
     if isinstance(traits, dict):
         out["traits"] = found.take(traits, hash_them=out.get("type") != "group")
@@ -130,11 +147,11 @@ class _Identifiers:
             raw_email = container.pop("email", None)
             raw_phone = container.pop("phone", None)
             if hash_them:
-                self._add_email(normalize_email(raw_email))
+                self.add_email(normalize_email(raw_email))
                 self._add_phone(normalize_phone(raw_phone, self._phone_region))
         return _redact_tree(container)
 
-    def _add_email(self, email: str | None) -> None:
+    def add_email(self, email: str | None) -> None:
         if email is not None and email not in self._seen:
             self._seen.add(email)
             sha256, md5 = email_hashes(email)

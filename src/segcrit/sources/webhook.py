@@ -80,8 +80,8 @@ class WebhookReceiver:
         self._sink = sink
         self._metrics = metrics
         self._clock = clock
-        self._max_request_bytes = config.server.max_request_bytes
-        self._max_batch = config.server.max_batch_messages
+        self._max_request_bytes = config.server.webhook_max_request_bytes
+        self._max_batch = config.server.webhook_max_batch_messages
         self._max_backlog = config.ingest.max_backlog
         self._rules = MessageRules(
             types=WEBHOOK_TYPES, max_message_bytes=config.server.max_message_bytes, keep_received_at=True
