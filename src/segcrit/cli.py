@@ -226,6 +226,46 @@ def preview(event_file: Path, config_file: str | None) -> None:
     click.echo(preview_event(config, text))
 
 
+@cli.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@config_option
+@click.option("--source", default="import", show_default=True, help="Source name for dedupe by messageId.")
+def import_command(files: tuple[Path, ...], config_file: str | None, source: str) -> None:
+    """Backfill from Segment archive files (newline-delimited JSON, .gz accepted)."""
+    from segcrit.backfill import import_files
+    from segcrit.store import open_store
+
+    config = load_config(config_file)
+    store = open_store(config.store)
+    try:
+        report = import_files(config, store, list(files), source, progress=sys.stderr.isatty())
+    finally:
+        store.close()
+    click.echo(
+        f"{report.lines} line(s): {report.stored} queued, {report.duplicates} duplicate(s), "
+        f"{report.rejected} rejected; `segcrit serve` processes what was queued"
+    )
+    for reason, count in sorted(report.reasons.items(), key=lambda item: -item[1]):
+        click.echo(f"  rejected {count}: {reason}")
+
+
+@cli.command()
+@click.argument("audience")
+@config_option
+def resync(audience: str, config_file: str | None) -> None:
+    """Full reconciliation of one audience against Criteo."""
+    from segcrit.backfill import resync_audience
+    from segcrit.store import open_store
+
+    config = load_config(config_file)
+    store = open_store(config.store)
+    try:
+        sent = asyncio.run(resync_audience(config, store, audience, progress=sys.stderr.isatty()))
+    finally:
+        store.close()
+    click.echo(f"{audience}: Criteo emptied and refilled with {sent} identifier(s)")
+
+
 # ---------------------------------------------------------------------------------------- entry
 
 

@@ -66,14 +66,17 @@ class DeliveryWorker:
         self.metrics = metrics
         self.backoff = backoff or Backoff.from_config(config.delivery)
 
-    async def drain_once(self, *, force: bool = False) -> int:
-        """Send every group that is due (all of them with `force`); returns the calls made."""
+    async def drain_once(self, *, force: bool = False, audience: str | None = None) -> int:
+        """Send every group that is due (all of them with `force`), of one `audience` if given;
+        returns the calls made."""
         now = self.clock.now()
         groups: dict[GroupKey, list[PendingChange]] = defaultdict(list)
         for change in self.store.due_changes(now, SCAN_LIMIT):
             groups[GroupKey(change.key.audience, change.add, change.key.id_type)].append(change)
         calls = 0
         for key, changes in groups.items():
+            if audience is not None and key.audience != audience:
+                continue
             if not force and not self._due(changes, now):
                 continue
             for start in range(0, len(changes), MAX_IDENTIFIERS_PER_CALL):
@@ -94,7 +97,7 @@ class DeliveryWorker:
     async def _send(self, key: GroupKey, changes: Sequence[PendingChange]) -> bool:
         keys = [c.key for c in changes]
         try:
-            segment_id = await self._segment_for(key.audience)
+            segment_id = await self.segment_for(key.audience)
             await self.client.patch_contact_list(segment_id, key.operation, key.id_type, [k.id_value for k in keys])
         except AudienceInvalidError as error:
             await self._re_resolve(key.audience, error)
@@ -114,7 +117,7 @@ class DeliveryWorker:
             self.metrics.delivery_latency.observe(max(0.0, now - change.since))
         return True
 
-    async def _segment_for(self, audience: str) -> str:
+    async def segment_for(self, audience: str) -> str:
         record = self.store.audience(audience)
         configured = self.config.audiences.get(audience)
         if configured is not None and configured.segment_id:

@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -53,23 +54,36 @@ class _ThreadedServer(uvicorn.Server):
 
 
 @contextmanager
-def running_emulator(state: EmulatorState | None = None, *, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve `state` on a free port of `host` in a background thread; yields the base URL."""
-    with running_app(create_emulator_app(state if state is not None else EmulatorState()), host=host) as url:
+def running_emulator(
+    state: EmulatorState | None = None, *, host: str = "127.0.0.1", stop_timeout_secs: float = STOP_TIMEOUT_SECS
+) -> Iterator[str]:
+    """Serve `state` on a free port of `host` in a background thread; yields the base URL.
+
+    On exit the server stops taking connections; `stop_timeout_secs=0` returns at once and lets it
+    finish in the background (tests do this: the next one gets a new port, strays get refused).
+    """
+    app = create_emulator_app(state if state is not None else EmulatorState())
+    with running_app(app, host=host, stop_timeout_secs=stop_timeout_secs) as url:
         yield url
 
 
 @contextmanager
-def running_app(app: ASGIApp, *, host: str = "127.0.0.1", lifespan: str = "off") -> Iterator[str]:
+def running_app(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    stop_timeout_secs: float = STOP_TIMEOUT_SECS,
+    lifespan: Literal["on", "off"] = "off",
+) -> Iterator[str]:
     """Serve any ASGI app on a free port of `host` in a background thread; yields the base URL.
 
-    `lifespan="on"` runs the app's startup/shutdown (segcrit's server starts its workers there).
+    `lifespan="on"` runs the app's startup and shutdown (segcrit's server starts its workers there).
     """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, 0))
     port = listener.getsockname()[1]
-    server = _ThreadedServer(uvicorn.Config(app, log_level="warning", lifespan=lifespan))  # type: ignore[arg-type]
+    server = _ThreadedServer(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [listener]}, name=f"asgi-server:{port}", daemon=True
     )
@@ -80,5 +94,6 @@ def running_app(app: ASGIApp, *, host: str = "127.0.0.1", lifespan: str = "off")
         yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
-        thread.join(STOP_TIMEOUT_SECS)
-        listener.close()  # uvicorn closes it on a clean shutdown; this covers a failed start
+        thread.join(stop_timeout_secs)
+        if not server.started:
+            listener.close()  # uvicorn closes the socket itself once it has started
