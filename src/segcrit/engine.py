@@ -60,16 +60,32 @@ class Processor:
         if not events:
             return 0
         now = self.clock.now()
-        outcomes: list[Outcome] = []
-        with self.store.transaction() as tx:
-            for event in events:
-                outcomes.append(self.process(tx, event, now))
-            tx.delete_events([e.seq for e in events])
+        try:
+            with self.store.transaction() as tx:
+                outcomes = [self.process(tx, event, now) for event in events]
+                tx.delete_events([e.seq for e in events])
+        except Exception:
+            # One bad event must not block the queue: redo the chunk one event at a time and set
+            # aside only the events that fail on their own.
+            log.exception("chunk failed, retrying event by event")
+            outcomes = [self._process_alone(event, now) for event in events]
         self.metrics.events_processed.inc(len(events))
         for outcome in outcomes:
             if outcome.skipped:
                 self.metrics.events_skipped.labels(outcome.skipped).inc()
         return len(events)
+
+    def _process_alone(self, event: InboxEvent, now: float) -> Outcome:
+        try:
+            with self.store.transaction() as tx:
+                outcome = self.process(tx, event, now)
+                tx.delete_events([event.seq])
+            return outcome
+        except Exception as error:
+            log.exception("event failed, set aside", extra={"seq": event.seq, "source": event.source})
+            with self.store.transaction() as tx:
+                tx.quarantine_event(event, f"{error.__class__.__name__}: {error}", now)
+            return Outcome(None, skipped="failed")
 
     def drain(self, max_rounds: int = 1_000_000) -> int:
         total = 0

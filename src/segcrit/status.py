@@ -20,6 +20,7 @@ class Status:
     audiences: list[AudienceStats]
     dead_letters: list[DeadLetter]
     dead_letter_count: int
+    failed_events: int
 
 
 def collect_status(store: SqliteStore, now: float | None = None) -> Status:
@@ -32,6 +33,7 @@ def collect_status(store: SqliteStore, now: float | None = None) -> Status:
         audiences=store.audience_stats(),
         dead_letters=store.dead_letters(limit=10),
         dead_letter_count=store.dead_letter_count(),
+        failed_events=store.failed_event_count(),
     )
 
 
@@ -47,6 +49,8 @@ def render_status(status: Status, console: Console | None = None) -> None:
         table.add_row(a.name, a.segment_id or "-", str(a.desired), str(a.acknowledged), str(a.pending), str(a.dead))
     console.print(table)
     console.print(f"dead letters: {status.dead_letter_count} (replay with `segcrit replay`)")
+    if status.failed_events:
+        console.print(f"events set aside after a processing error: {status.failed_events} (see the logs)")
     for letter in status.dead_letters:
         console.print(
             f"  #{letter.id} {letter.audience} {letter.operation} {letter.count} {letter.id_type}: "

@@ -189,3 +189,20 @@ def test_duplicate_message_ids_are_ignored(store: SqliteStore) -> None:
     put(store, event)
     put(store, event)
     assert store.backlog() == 1
+
+
+def test_an_event_that_breaks_processing_is_set_aside_and_the_rest_flow(
+    store: SqliteStore, processor: Processor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = processor.process
+
+    def fragile(tx, event, now):  # type: ignore[no-untyped-def]
+        if event.message.get("userId") == "poison":
+            raise ValueError("cannot process")
+        return original(tx, event, now)
+
+    monkeypatch.setattr(processor, "process", fragile)
+    put(store, audience_event("u1", "vip", True, T0, email=EMAIL), audience_event("poison", "vip", True, T0))
+    processor.drain()
+    assert desired(store) == {TargetKey("vip", "email", EMAIL_SHA)}
+    assert store.backlog() == 0 and store.failed_event_count() == 1

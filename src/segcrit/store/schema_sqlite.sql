@@ -102,6 +102,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     replayed_at REAL
 );
 
+-- Events whose processing raised: kept (sanitised, as stored) for inspection, out of the queue.
+CREATE TABLE IF NOT EXISTS failed_events (
+    seq         INTEGER PRIMARY KEY,
+    source      TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    body        BLOB NOT NULL,
+    error       TEXT NOT NULL,
+    failed_at   REAL NOT NULL
+);
+
 -- Named leases: which process runs a job (scheduler leader) until when.
 CREATE TABLE IF NOT EXISTS leases (
     name       TEXT PRIMARY KEY,

@@ -354,6 +354,10 @@ class SqliteStore:
         )
         return [DeadLetter(*r) for r in rows]
 
+    def failed_event_count(self) -> int:
+        row = self._conn().execute("SELECT count(*) FROM failed_events").fetchone()
+        return int(row[0]) if row else 0
+
     def dead_letter_count(self) -> int:
         row = self._conn().execute("SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()
         return int(row[0]) if row else 0
@@ -453,6 +457,15 @@ class SqliteTx:
 
     def delete_events(self, seqs: Sequence[int]) -> None:
         self.conn.executemany("DELETE FROM inbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def quarantine_event(self, event: InboxEvent, error: str, now: float) -> None:
+        """Move an event whose processing fails out of the queue, keeping it for inspection."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO failed_events (seq, source, received_at, body, error, failed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (event.seq, event.source, event.received_at, orjson.dumps(event.message), error[:2000], now),
+        )
+        self.conn.execute("DELETE FROM inbox WHERE seq = ?", (event.seq,))
 
     # ---- identity
 
