@@ -50,21 +50,8 @@ def serve(config_file: str | None) -> None:
     setup_logging()
     store = open_store(config.store)
     app = create_app(config, store)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.server.host,
-            port=config.server.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=8,
-        )
-    )
-    # uvicorn restores the handlers it found and re-raises the signal after a graceful shutdown;
-    # finding these no-op handlers, the re-raise is harmless and SIGTERM ends with exit 0 (SPEC §2).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _after_shutdown)
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config.server.host, config.server.port)))
+    _exit_zero_after_signals()
     try:
         server.run()
     finally:
@@ -73,8 +60,27 @@ def serve(config_file: str | None) -> None:
         raise UserError(f"could not listen on {config.server.host}:{config.server.port}")
 
 
+def uvicorn_options(host: str, port: int) -> dict[str, Any]:
+    """The uvicorn settings of `segcrit serve` (benchmarks/ingest.py serves its baseline app with them)."""
+    return {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 8,
+    }
+
+
 def _after_shutdown(signum: int, frame: object) -> None:
     """Handler left in place for the signal uvicorn re-raises once it has shut down."""
+
+
+def _exit_zero_after_signals() -> None:
+    """uvicorn restores the handlers it found and re-raises the signal after a graceful shutdown;
+    finding these no-op handlers, the re-raise is harmless and SIGTERM ends with exit 0 (SPEC §2)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _after_shutdown)
 
 
 # ---------------------------------------------------------------------------------------- check
@@ -138,6 +144,7 @@ def emulator(host: str, port: int, faults: str | None) -> None:
     from segcrit.criteo.emulator.server import serve as serve_emulator
 
     setup_logging()
+    _exit_zero_after_signals()
     serve_emulator(host, port, faults)
 
 

@@ -59,9 +59,9 @@ class SourceConfig(_Model):
     @model_validator(mode="after")
     def _credentials(self) -> SourceConfig:
         if self.type == "tracking_api" and not self.write_key:
-            raise ValueError("a tracking_api source needs write_key")
+            raise ValueError("write_key: required for a tracking_api source")
         if self.type == "webhook" and not self.shared_secret:
-            raise ValueError("a webhook source needs shared_secret")
+            raise ValueError("shared_secret: required for a webhook source")
         return self
 
 
@@ -268,7 +268,8 @@ def substitute_env(value: Any, env: Mapping[str, str], path: str, problems: list
             name = match.group(1)
             if name not in env:
                 problems.append(f"{path or '<root>'}: environment variable {name} is not set")
-                return ""
+                # Keep the placeholder: an empty value would add follow-on problems for one mistake.
+                return match.group(0)
             return env[name]
 
         return ENV_PATTERN.sub(repl, value)
@@ -304,17 +305,49 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
 
 
 def format_validation_error(error: ValidationError) -> list[str]:
+    """One `key.path: message` line per problem, worded for someone editing the YAML file."""
     problems: list[str] = []
     for item in error.errors():
-        message = str(item["msg"]).removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
         loc = tuple(item["loc"])
-        path = _loc_to_path(loc)
+        if loc and loc[-1] == "[key]":
+            # pydantic reports a bad mapping key at (..., key, "[key]"); name the mapping instead.
+            path, message = _loc_to_path(loc[:-2]), f"the key {loc[-2]!r} should be text (quote it)"
+        else:
+            path, message = _loc_to_path(loc), _message(item)
         for line in message.split("\n"):
-            # Cross-field checks on the root model already name their key path.
-            problems.append(line if not loc and ": " in line else f"{path}: {line}")
+            # A model check may name the key it is about ("write_key: ..."), relative to its model.
+            relative = item["type"] in {"value_error", "union_tag_invalid", "union_tag_not_found"}
+            match = _RELATIVE_PROBLEM.match(line) if relative else None
+            if match:
+                problems.append(f"{_join('' if path == '<root>' else path, match.group(1))}: {match.group(2)}")
+            else:
+                problems.append(f"{path}: {line}")
     return problems
+
+
+_RELATIVE_PROBLEM = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\[\]]*): (.+)$")
+_FLOW_TYPES = "audience_sync, conversions, suppression, product_signals, catalog, lookalike_seed, lifecycle"
+
+
+def _message(item: Any) -> str:
+    """pydantic's wording, rephrased where it speaks of Python rather than of the YAML file."""
+    kind, ctx, given = item["type"], item.get("ctx") or {}, item.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required, but missing"
+    if kind == "union_tag_invalid":
+        return f"type: unknown flow type {ctx.get('tag')!r}; expected one of: {_FLOW_TYPES}"
+    if kind == "union_tag_not_found":
+        return f"type: required, one of: {_FLOW_TYPES}"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return "should be a mapping of keys (key: value)"
+    if kind == "string_type" and isinstance(given, int | float) and not isinstance(given, bool):
+        # YAML reads 12345 as a number; ids are text in Criteo's API.
+        return 'should be text: quote it, e.g. "12345"'
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == "^[0-9]+$":
+        return "should contain digits only"
+    return str(item["msg"]).removeprefix("Value error, ").removeprefix("Input ")
 
 
 def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
@@ -323,8 +356,9 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: P
         raw = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "YAML"
-        raise ConfigError([f"<file>: not valid YAML ({where})"]) from None
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        raise ConfigError([f"<file>: not valid YAML{where}" + (f": {problem}" if problem else "")]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -334,7 +368,10 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: P
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
-        problems.extend(format_validation_error(exc))
+        # A value whose variable is missing was already reported; its placeholder failing
+        # validation (not a number, not a URL, ...) would be the same mistake twice.
+        unresolved = {problem.split(": ", 1)[0] for problem in problems}
+        problems.extend(p for p in format_validation_error(exc) if p.split(": ", 1)[0] not in unresolved)
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
@@ -362,10 +399,18 @@ def load_config(explicit: str | None = None) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"<file>: {path} not found (use --config or SEGCRIT_CONFIG)"]) from None
+        raise ConfigError([f"{path}: not found (name the file with --config or SEGCRIT_CONFIG)"]) from None
     except OSError as exc:
-        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
-    return parse_config(text, base_dir=path.resolve().parent)
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        return parse_config(text, base_dir=path.resolve().parent)
+    except ConfigError as exc:
+        # parse_config knows no file name; name the file the user has to open.
+        raise ConfigError([_name_file(problem, path) for problem in exc.problems]) from None
+
+
+def _name_file(problem: str, path: Path) -> str:
+    return f"{path}{problem.removeprefix('<file>')}" if problem.startswith("<file>") else problem
 
 
 def audience_names(config: Config) -> set[str]:

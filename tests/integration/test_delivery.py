@@ -327,12 +327,12 @@ def test_enters_make_one_patch_per_segment_operation_and_type_and_segments_are_r
 def test_nothing_is_sent_before_max_wait_then_the_whole_batch(start: Start, emulator_state: EmulatorState) -> None:
     segcrit = start()
     segcrit.enter("u1", "vip", madid=False)
-    segcrit.advance(MAX_WAIT_SECS - 0.1)
+    segcrit.advance(MAX_WAIT_SECS - 0.25)
     segcrit.enter("u2", "vip", madid=False)
 
     assert segcrit.drain() == 0
     assert emulator_state.calls() == []  # not even a token call
-    segcrit.advance(0.1)  # u1 has now waited max_wait: the batch goes, u2 with it
+    segcrit.advance(0.25)  # u1 has now waited max_wait: the batch goes, u2 with it
     segcrit.drain()
 
     assert sent(emulator_state) == {(emulator_state.segment("vip").id, "add", "email", frozenset(emails("u1", "u2")))}
@@ -393,17 +393,17 @@ def test_server_errors_are_retried_after_backoff_and_counted_as_attempts(
     segcrit.deliver()
     failed_at = segcrit.clock.now()
     assert segcrit.pending() == [(email_sha("u2"), True, 1)]
-    segcrit.advance(0.9)
+    segcrit.advance(0.75)  # binary fractions: exact sums on a clock near 1.8e9
     segcrit.drain()  # not yet: the backoff is 1 s
     assert len(patches(emulator_state)) == 2
 
-    segcrit.advance(0.1)
+    segcrit.advance(0.25)
     segcrit.drain()
     assert segcrit.pending() == [(email_sha("u2"), True, 2)]
-    segcrit.advance(1.9)
+    segcrit.advance(1.75)
     segcrit.drain()  # the second backoff is 2 s
     assert len(patches(emulator_state)) == 3
-    segcrit.advance(0.1)
+    segcrit.advance(0.25)
     segcrit.drain()
 
     vip = emulator_state.segment("vip").id
@@ -429,10 +429,10 @@ def test_a_429_burst_defers_delivery_until_the_announced_reset(start: Start, emu
     segcrit.deliver()
     first_429 = segcrit.clock.now()
     for _ in range(3):
-        segcrit.advance(0.3)
+        segcrit.advance(0.25)  # binary fractions: exact sums on a clock near 1.8e9
         segcrit.drain()  # before the reset: nothing leaves
     assert len(patches(emulator_state)) == 2
-    segcrit.advance(0.1)
+    segcrit.advance(0.25)
     segcrit.drain()  # at the reset: tried again, 429 again
     segcrit.advance(0.5)
     segcrit.drain()
@@ -519,8 +519,12 @@ def test_a_deleted_segment_is_re_resolved_and_gets_the_whole_membership(
     assert new != old
     assert emulator_state.members(new, "email") == emails("u1", "u2", "u4")
     assert emulator_state.members(new, "madid") == madids("u1", "u2", "u4")
-    added = {i for s, op, _, ids in sent(emulator_state) if s == new and op == "add" for i in ids}
-    assert added == emails("u1", "u2", "u4") | madids("u1", "u2", "u4")  # not only u4's change
+    # Not only u4's change: the whole membership, in one call per identifier type.
+    assert {(op, kind, ids) for s, op, kind, ids in sent(emulator_state) if s == new} == {
+        ("add", "email", frozenset(emails("u1", "u2", "u4"))),
+        ("add", "madid", frozenset(madids("u1", "u2", "u4"))),
+    }
+    assert len([p for p in patches(emulator_state) if p.segment_id == new]) == 2
     assert [p.status for p in patches(emulator_state) if p.segment_id == old][-1] == 404
     assert count(emulator_state, "search") == 2  # the first resolution and the re-resolution
     assert count(emulator_state, "create") == (2 if replacement == "recreated by segcrit" else 1)
@@ -590,6 +594,35 @@ def test_a_rejected_batch_is_dead_lettered_with_criteos_error_and_replayed_once_
     assert segcrit.store.acknowledged_members("partners") == {"email": emails("u1")}
 
 
+def test_a_configured_segment_deleted_in_criteo_is_dead_lettered_not_recreated(
+    start: Start, emulator_state: EmulatorState
+) -> None:
+    ours = emulator_state.create_segment("partner list")
+    segcrit = start(f"audiences:\n  partners: {{segment_id: '{ours}'}}\n")
+    segcrit.enter("u1", "partners")
+    segcrit.enter("u2", "partners")
+    segcrit.deliver()
+    emulator_state.delete_segment(ours)
+
+    segcrit.exit("u2", "partners")
+    segcrit.enter("u3", "partners")
+    segcrit.deliver()
+
+    # The user named the segment by id: segcrit cannot make one with that id, so it neither searches
+    # nor creates; every pending change waits in a dead letter that names the setting to fix.
+    assert (count(emulator_state, "search"), count(emulator_state, "create")) == (0, 0)
+    letters = segcrit.store.dead_letters()
+    assert sorted((d.operation, d.id_type, d.count, d.status) for d in letters) == [
+        ("add", "email", 1, 404),
+        ("add", "madid", 1, 404),
+        ("remove", "email", 1, 404),
+        ("remove", "madid", 1, 404),
+    ]
+    assert all(d.error.startswith("audiences.partners.segment_id: ") for d in letters)
+    assert [p.status for p in patches(emulator_state)].count(404) == 1
+    assert segcrit.pending() == []
+
+
 def test_a_day_of_failures_ends_in_a_dead_letter_that_replay_delivers(
     start: Start, emulator_state: EmulatorState
 ) -> None:
@@ -618,7 +651,7 @@ def test_a_day_of_failures_ends_in_a_dead_letter_that_replay_delivers(
     assert letter.error.startswith("retry window exhausted")
     assert segcrit.metrics.dead_lettered.labels("retry_window")._value.get() == 1
     [stats] = segcrit.store.audience_stats()
-    assert (stats.desired, stats.acked, stats.pending, stats.dead_lettered) == (2, 1, 0, 1)  # kept, not dropped
+    assert (stats.desired, stats.acknowledged, stats.pending, stats.dead) == (2, 1, 0, 1)  # kept, not dropped
     assert emulator_state.members("vip", "email") == emails("u1")
 
     emulator_state.set_faults(None)  # Criteo is back; the operator replays
@@ -662,17 +695,23 @@ def test_a_crash_between_the_call_and_its_commit_resends_and_converges(
 
 def test_one_token_call_per_token_lifetime(start: Start, emulator_state: EmulatorState) -> None:
     segcrit = start()
-    for i in range(20):  # 20 rounds of 40 s: 800 s, inside one token's life
-        segcrit.enter(f"u{i}", "vip", madid=False)
+    segcrit.enter("u0", "vip", madid=False)
+    segcrit.deliver()
+    fetched_at = emulator_state.calls("token")[0].at
+    users = ["u0"]
+    while segcrit.clock.now() + 40 < fetched_at + TOKEN_REFRESH_AT_SECS:  # ~20 rounds inside one life
+        users.append(f"u{len(users)}")
+        segcrit.enter(users[-1], "vip", madid=False)
         segcrit.advance(40 - MAX_WAIT_SECS)
         segcrit.deliver()
-    assert len(patches(emulator_state)) == 20
+    assert len(patches(emulator_state)) == len(users) >= 20
     assert count(emulator_state, "token") == 1
 
-    segcrit.advance(TOKEN_REFRESH_AT_SECS - 800 + 1)
+    segcrit.advance(fetched_at + TOKEN_REFRESH_AT_SECS - segcrit.clock.now())
+    users.append("late")
     segcrit.enter("late", "vip", madid=False)
     segcrit.deliver()
 
-    assert count(emulator_state, "token") == 2  # renewed ahead of expiry ...
+    assert count(emulator_state, "token") == 2  # renewed 60 s ahead of expiry ...
     assert 401 not in {c.status for c in emulator_state.calls()}  # ... so Criteo never refused one
-    assert emulator_state.members("vip", "email") == emails(*(f"u{i}" for i in range(20)), "late")
+    assert emulator_state.members("vip", "email") == emails(*users)

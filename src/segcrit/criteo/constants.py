@@ -95,9 +95,10 @@ CODE_SEGMENT_NOT_FOUND: Final = "segment-not-found"
 CODE_REQUIRED_FIELD: Final = "required-field"
 CODE_INVALID: Final = "invalid"
 CODE_INVALID_RANGED: Final = "invalid-ranged"
-CODE_FORBIDDEN: Final = "forbidden"
-CODE_RATE_LIMITED: Final = "rate-limited"
-CODE_INTERNAL_ERROR: Final = "internal-error"
+# Criteo documents no code for these answers; the emulator's choice. Decide on the status, not on them.
+CODE_FORBIDDEN: Final = "forbidden"  # 403: an advertiser the application has no consent for
+CODE_RATE_LIMITED: Final = "rate-limited"  # 429 (Criteo's 429 body is undocumented, maybe empty)
+CODE_INTERNAL_ERROR: Final = "internal-error"  # 5xx
 
 # --- Rate-limit response headers ----------------------------------------------------------------
 

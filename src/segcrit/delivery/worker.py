@@ -65,6 +65,7 @@ class DeliveryWorker:
         self.clock = clock
         self.metrics = metrics
         self.backoff = backoff or Backoff.from_config(config.delivery)
+        self._re_resolved: set[str] = set()  # audiences whose segment vanished during this round
 
     async def drain_once(self, *, force: bool = False, audience: str | None = None) -> int:
         """Send every group that is due (all of them with `force`), of one `audience` if given;
@@ -74,9 +75,12 @@ class DeliveryWorker:
         for change in self.store.due_changes(now, SCAN_LIMIT):
             groups[GroupKey(change.key.audience, change.add, change.key.id_type)].append(change)
         calls = 0
+        self._re_resolved.clear()
         for key, changes in groups.items():
             if audience is not None and key.audience != audience:
                 continue
+            if key.audience in self._re_resolved:
+                continue  # read before its acks were reset: the next round sends the whole membership
             if not force and not self._due(changes, now):
                 continue
             for start in range(0, len(changes), MAX_IDENTIFIERS_PER_CALL):
@@ -140,11 +144,16 @@ class DeliveryWorker:
         """The segment is gone: find or recreate it, then resend the whole membership."""
         configured = self.config.audiences.get(audience)
         now = self.clock.now()
+        self._re_resolved.add(audience)
         if configured is not None and configured.segment_id:
             # A segment the user named by id cannot be recreated under that id: that is theirs to fix.
-            pending = [c.key for c in self.store.due_changes(now, SCAN_LIMIT) if c.key.audience == audience]
-            if pending:
-                self.store.dead_letter(pending, True, error.status, f"audiences.{audience}.segment_id: {error}", now)
+            # One dead letter per (operation, identifier type), as a dead letter records one of each.
+            pending: dict[tuple[bool, str], list[TargetKey]] = defaultdict(list)
+            for change in self.store.due_changes(now, SCAN_LIMIT):
+                if change.key.audience == audience:
+                    pending[(change.add, change.key.id_type)].append(change.key)
+            for (add, _), keys in pending.items():
+                self.store.dead_letter(keys, add, error.status, f"audiences.{audience}.segment_id: {error}", now)
                 self.metrics.dead_lettered.labels("segment_missing").inc()
             return
         record = self.store.audience(audience)
