@@ -110,6 +110,7 @@ def config_warnings(config: Config) -> list[str]:
 
 async def _check_online(config: Config) -> None:
     from segcrit.clock import SystemClock
+    from segcrit.criteo.errors import CredentialsError
     from segcrit.metrics import Metrics
     from segcrit.runtime import build_criteo_client
 
@@ -124,8 +125,11 @@ async def _check_online(config: Config) -> None:
             found = await client.find_segment(name)
             if found is None and configured is not None and not configured.auto_create:
                 problems.append(f"audiences.{name}: no Criteo segment of that name and auto_create is false")
+    except CredentialsError as exc:
+        problems.append(f"criteo.client_id: {exc}")
     except SegcritError as exc:
-        problems.append(f"criteo: {exc}")
+        # Not a config mistake: Criteo (or the network to it) failed. One line, exit 1.
+        raise UserError(f"could not check against Criteo: {exc}") from None
     finally:
         await http.aclose()
     if problems:
