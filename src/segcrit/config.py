@@ -124,10 +124,32 @@ class AudienceSyncFlow(_Model):
     audiences: dict[str, str] = Field(default_factory=dict)
 
 
+class CommerceMapping(_Model):
+    """Where the commerce facts are in a Segment event: dotted paths from the message root, with
+    alternatives separated by `|` (the first present wins). Item paths are relative to one item."""
+
+    order_id: str = "properties.order_id|properties.checkout_id"
+    value: str = "properties.revenue|properties.total|properties.value"
+    currency: str = "properties.currency"
+    items: str = "properties.products"
+    item_id: str = "product_id|sku|id"
+    price: str = "price"
+    quantity: str = "quantity"
+
+    @field_validator("*")
+    @classmethod
+    def _paths(cls, value: str) -> str:
+        if not value or any(not part.strip() for alt in value.split("|") for part in alt.split(".")):
+            raise ValueError("should be a dotted path such as properties.order_id (alternatives with |)")
+        return value
+
+
 class ConversionsFlow(_Model):
     type: Literal["conversions"]
-    events: list[str] = Field(default_factory=lambda: ["Order Completed", "Lead Submitted", "Subscription Started"])
-    mapping: dict[str, str] = Field(default_factory=dict)
+    events: list[str] = Field(
+        default_factory=lambda: ["Order Completed", "Lead Submitted", "Subscription Started"], min_length=1
+    )
+    mapping: CommerceMapping = Field(default_factory=CommerceMapping)
 
 
 class SuppressionFlow(_Model):
@@ -139,14 +161,36 @@ class SuppressionFlow(_Model):
     for_days: float = Field(30, gt=0)
 
 
+CRITEO_SIGNAL_EVENTS = ("viewHome", "viewItem", "viewList", "addToCart", "viewBasket", "beginCheckout")
+
+
 class ProductSignalsFlow(_Model):
     type: Literal["product_signals"]
-    mapping: dict[str, str] = Field(default_factory=dict)
+    # Segment event name -> Criteo event; merged over the defaults (segcrit.flows.commerce).
+    events: dict[str, Literal["viewHome", "viewItem", "viewList", "addToCart", "viewBasket", "beginCheckout"]] = (
+        Field(default_factory=dict)
+    )
+    mapping: CommerceMapping = Field(default_factory=CommerceMapping)
+    home_paths: list[str] = Field(default_factory=lambda: ["/"])
 
 
 class CatalogFlow(_Model):
     type: Literal["catalog"]
     merchant_id: str = Field(pattern=r"^[0-9]+$")
+    events: list[str] = Field(
+        default_factory=lambda: [
+            "Product Viewed",
+            "Product Added",
+            "Product Clicked",
+            "Product List Viewed",
+            "Products Searched",
+            "Cart Viewed",
+            "Checkout Started",
+            "Order Completed",
+        ]
+    )
+    max_wait_secs: float = Field(60, ge=0)
+    max_batch_products: int = Field(1_000, ge=1, le=10_000)
 
 
 class LookalikeConfig(_Model):
