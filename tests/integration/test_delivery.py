@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple, Protocol
 
 import httpx
-import orjson
 import pytest
 
 from segcrit.clock import FakeClock
@@ -101,9 +100,9 @@ def patches(state: EmulatorState) -> list[Patch]:
     return out
 
 
-def sent(state: EmulatorState, status: int = 200) -> set[tuple[str, str, str, frozenset[str]]]:
-    """The PATCH calls Criteo answered with `status`: (segment, operation, type, identifiers)."""
-    return {(p.segment_id, p.operation, p.id_type, p.identifiers) for p in patches(state) if p.status == status}
+def sent(state: EmulatorState) -> set[tuple[str, str, str, frozenset[str]]]:
+    """The PATCH calls Criteo accepted: (segment, operation, type, identifiers)."""
+    return {(p.segment_id, p.operation, p.id_type, p.identifiers) for p in patches(state) if p.status == 200}
 
 
 def count(state: EmulatorState, endpoint: str) -> int:
@@ -152,7 +151,6 @@ class Segcrit:
     metrics: Metrics
     processor: Processor
     worker: DeliveryWorker
-    client: CriteoClient = field(repr=False)
 
     def enter(self, user: str, *audiences: str, email: bool = True, madid: bool = True) -> None:
         self._events(user, audiences, True, email, madid)
@@ -204,7 +202,10 @@ class Segcrit:
         return sorted((c.key.id_value, c.add, c.attempts) for c in self.store.due_changes(far, 10**6))
 
 
-Start = Callable[..., Segcrit]
+class Start(Protocol):
+    def __call__(
+        self, extra: str = "", *, jitter: float = 1.0, store_class: type[SqliteStore] = SqliteStore
+    ) -> Segcrit: ...
 
 
 @pytest.fixture
@@ -238,7 +239,6 @@ def start(
             metrics=metrics,
             processor=Processor(store, config, clock, metrics),
             worker=DeliveryWorker(store, config, client, clock, metrics, backoff),
-            client=client,
         )
         running.append(segcrit)
         return segcrit
@@ -553,8 +553,9 @@ OUT_OF_RANGE = Rejection("a segment id that cannot exist", 400, "invalid", "is n
 def test_a_rejected_batch_is_dead_lettered_with_criteos_error_and_replayed_once_fixed(
     start: Start, emulator_state: EmulatorState, rejection: Rejection
 ) -> None:
-    theirs = emulator_state.create_segment("partner list", advertiser_id=OTHER_ADVERTISER_ID)
-    configured = theirs if rejection is FORBIDDEN else "9999999999"
+    owner = OTHER_ADVERTISER_ID if rejection is FORBIDDEN else DEMO_ADVERTISER_ID
+    partner = emulator_state.create_segment("partner list", advertiser_id=owner)
+    configured = partner if rejection is FORBIDDEN else "9999999999"  # else: a mistyped id
     segcrit = start(f"audiences:\n  partners: {{segment_id: '{configured}'}}\n")
     segcrit.enter("u1", "partners", "vip", madid=False)
     segcrit.enter("u2", "vip", madid=False)
@@ -577,16 +578,15 @@ def test_a_rejected_batch_is_dead_lettered_with_criteos_error_and_replayed_once_
     assert emulator_state.members("vip", "email") == emails("u1", "u2", "u3")
     assert [p.status for p in patches(emulator_state)].count(rejection.status) == 1  # never retried
 
-    if rejection is FORBIDDEN:
+    if rejection is FORBIDDEN:  # the other advertiser grants segcrit's Criteo app access
         emulator_state.add_client(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, [DEMO_ADVERTISER_ID, OTHER_ADVERTISER_ID])
-    else:
+    else:  # the user corrects the id and restarts segcrit
         segcrit.store.close()
-        segcrit = start(f"audiences:\n  partners: {{segment_id: '{theirs}'}}\n")  # restarted, config fixed
-        emulator_state.add_client(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, [DEMO_ADVERTISER_ID, OTHER_ADVERTISER_ID])
+        segcrit = start(f"audiences:\n  partners: {{segment_id: '{partner}'}}\n")
     assert segcrit.store.replay_dead_letters(None, segcrit.clock.now()) == 1
     segcrit.settle()
 
-    assert emulator_state.members(theirs, "email") == emails("u1")
+    assert emulator_state.members(partner, "email") == emails("u1")
     assert emulator_state.members("vip", "email") == emails("u1", "u2", "u3")
     assert segcrit.store.dead_letters() == []
     [replayed] = segcrit.store.dead_letters(include_replayed=True)
@@ -634,9 +634,10 @@ def test_a_day_of_failures_ends_in_a_dead_letter_that_replay_delivers(
     segcrit.enter("u2", "vip", madid=False)
     segcrit.deliver()
     segcrit.advance(23.9 * 3600)
+    segcrit.enter("u3", "vip", madid=False)  # late in the outage, it joins u2's failing batch
     segcrit.drain()
     assert segcrit.store.dead_letters() == []  # still inside the 24 h retry window
-    assert segcrit.pending() == [(email_sha("u2"), True, 2)]
+    assert segcrit.pending() == sorted([(email_sha("u2"), True, 2), (email_sha("u3"), True, 1)])
     segcrit.advance(0.2 * 3600)
     segcrit.drain()
 
@@ -650,14 +651,17 @@ def test_a_day_of_failures_ends_in_a_dead_letter_that_replay_delivers(
     )
     assert letter.error.startswith("retry window exhausted")
     assert segcrit.metrics.dead_lettered.labels("retry_window")._value.get() == 1
+    assert segcrit.pending() == [(email_sha("u3"), True, 2)]  # u3's own window has barely begun
     [stats] = segcrit.store.audience_stats()
-    assert (stats.desired, stats.acknowledged, stats.pending, stats.dead) == (2, 1, 0, 1)  # kept, not dropped
+    assert (stats.desired, stats.acknowledged, stats.pending, stats.dead) == (3, 1, 1, 1)  # kept, not dropped
     assert emulator_state.members("vip", "email") == emails("u1")
 
-    emulator_state.set_faults(None)  # Criteo is back; the operator replays
-    segcrit.store.replay_dead_letters("vip", segcrit.clock.now())
+    emulator_state.set_faults(None)  # Criteo is back: u3 goes by itself, u2 when the operator replays
     segcrit.settle()
-    assert emulator_state.members("vip", "email") == emails("u1", "u2")
+    assert emulator_state.members("vip", "email") == emails("u1", "u3")
+    assert segcrit.store.replay_dead_letters("vip", segcrit.clock.now()) == 1
+    segcrit.settle()
+    assert emulator_state.members("vip", "email") == emails("u1", "u2", "u3")
     assert segcrit.store.dead_letters() == []
 
 
@@ -680,7 +684,6 @@ def test_a_crash_between_the_call_and_its_commit_resends_and_converges(
     first.store.close()
 
     second = start()  # a new process on the same database file
-    second.drain()
     second.settle()
 
     vip = emulator_state.segment("vip").id

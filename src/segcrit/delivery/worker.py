@@ -164,13 +164,23 @@ class DeliveryWorker:
 
     def _retry(self, key: GroupKey, changes: Sequence[PendingChange], error: BaseException) -> None:
         now = self.clock.now()
-        attempts = max(c.attempts for c in changes)
-        first_failure = min((c.first_failure_at for c in changes if c.first_failure_at is not None), default=now)
-        keys = [c.key for c in changes]
-        if now - first_failure >= self.config.delivery.retry_window_hours * 3600:
+        window_secs = self.config.delivery.retry_window_hours * 3600
+        # Each change has its own window: one that joined a failing batch late is not given up with it.
+        expired: list[TargetKey] = []
+        retried: list[PendingChange] = []
+        for change in changes:
+            if change.first_failure_at is not None and now - change.first_failure_at >= window_secs:
+                expired.append(change.key)
+            else:
+                retried.append(change)
+        if expired:
             status = getattr(error, "status", None)
-            self._dead_letter(key, keys, status, f"retry window exhausted: {error}", "retry_window")
+            self._dead_letter(key, expired, status, f"retry window exhausted: {error}", "retry_window")
+        if not retried:
             return
+        changes = retried
+        attempts = max(c.attempts for c in changes)
+        keys = [c.key for c in changes]
         delay = self.backoff.delay(error, attempts, now)
         self.store.defer_changes(keys, now + delay, now)
         log.info("delivery deferred", extra={"audience": key.audience, "delay_secs": round(delay, 2)})
