@@ -72,8 +72,12 @@ class DeliveryWorker:
         returns the calls made."""
         now = self.clock.now()
         groups: dict[GroupKey, list[PendingChange]] = defaultdict(list)
-        for change in self.store.due_changes(now, SCAN_LIMIT):
+        scanned = self.store.due_changes(now, SCAN_LIMIT)
+        for change in scanned:
             groups[GroupKey(change.key.audience, change.add, change.key.id_type)].append(change)
+        # A cut-off scan may hold only part of a group: refill each group before sending it, so
+        # N changes to one (segment, operation, type) still cost ceil(N / 50,000) calls.
+        truncated = len(scanned) >= SCAN_LIMIT
         calls = 0
         self._re_resolved.clear()
         for key, changes in groups.items():
@@ -83,6 +87,8 @@ class DeliveryWorker:
                 continue  # read before its acks were reset: the next round sends the whole membership
             if not force and not self._due(changes, now):
                 continue
+            if truncated:
+                changes = self.store.due_changes_of(key.audience, key.add, key.id_type, now, SCAN_LIMIT)
             for start in range(0, len(changes), MAX_IDENTIFIERS_PER_CALL):
                 calls += 1
                 if not await self._send(key, changes[start : start + MAX_IDENTIFIERS_PER_CALL]):
