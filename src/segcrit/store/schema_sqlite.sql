@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS audiences (
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL DEFAULT 'contact_list',  -- contact_list | events | catalog
     created_at  REAL NOT NULL,
     audience    TEXT NOT NULL,
     operation   TEXT NOT NULL,
@@ -101,6 +102,66 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error       TEXT NOT NULL,
     replayed_at REAL
 );
+
+-- Orders seen, one row per order id: conversions send each once (sent_at), profile facts count
+-- distinct orders and sum their revenue.
+CREATE TABLE IF NOT EXISTS orders (
+    order_id   TEXT PRIMARY KEY,
+    profile_id INTEGER,
+    ts         REAL NOT NULL,
+    revenue    REAL,
+    currency   TEXT,
+    sent_at    REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS orders_by_profile ON orders (profile_id);
+
+-- Events API events waiting to be sent; the events of one person that wait together go in one
+-- document. header: the document's per-person part (JSON); body: one entry of events[].
+CREATE TABLE IF NOT EXISTS criteo_events (
+    id             INTEGER PRIMARY KEY,
+    person         TEXT NOT NULL,
+    profile_id     INTEGER,
+    header         BLOB NOT NULL,
+    body           BLOB NOT NULL,
+    created_at     REAL NOT NULL,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    next_at        REAL NOT NULL DEFAULT 0,
+    first_failure  REAL,
+    dead_letter_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS criteo_events_pending ON criteo_events (created_at) WHERE dead_letter_id IS NULL;
+CREATE INDEX IF NOT EXISTS criteo_events_by_profile ON criteo_events (profile_id);
+
+-- Catalog products as last seen, and what Criteo was last sent (sent_fingerprint).
+CREATE TABLE IF NOT EXISTS products (
+    merchant_id      TEXT NOT NULL,
+    product_id       TEXT NOT NULL,
+    fields           BLOB NOT NULL,
+    fingerprint      TEXT NOT NULL,
+    sent_fingerprint TEXT,
+    missing          TEXT,            -- Criteo's required fields it lacks; not sent while set
+    updated_at       REAL NOT NULL,
+    batch_token      TEXT,            -- the batch it is in, while that batch is not final
+    next_at          REAL NOT NULL DEFAULT 0,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    first_failure    REAL,
+    dead_letter_id   INTEGER,
+    status           TEXT,            -- accepted | error, from the last final report
+    errors           TEXT,
+    PRIMARY KEY (merchant_id, product_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS products_pending ON products (updated_at)
+    WHERE missing IS NULL AND batch_token IS NULL AND dead_letter_id IS NULL
+    AND (sent_fingerprint IS NULL OR sent_fingerprint != fingerprint);
+
+CREATE TABLE IF NOT EXISTS catalog_batches (
+    token       TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    products    BLOB NOT NULL,  -- [[product_id, fingerprint], ...]
+    next_poll   REAL NOT NULL,
+    polls       INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 
 -- Events whose processing raised: kept (sanitised, as stored) for inspection, out of the queue.
 CREATE TABLE IF NOT EXISTS failed_events (

@@ -34,6 +34,7 @@ from segcrit.store.base import (
     ProfileState,
     TargetKey,
 )
+from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin
 
 BUSY_TIMEOUT_MS = 30_000
 GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
@@ -58,7 +59,7 @@ class _AcceptRequest:
     future: asyncio.Future[AcceptResult]
 
 
-class SqliteStore:
+class SqliteStore(CommerceStoreMixin):
     """The store on one SQLite file (see the module docstring for threads and transactions)."""
 
     def __init__(self, path: str) -> None:
@@ -258,12 +259,16 @@ class SqliteStore:
 
     def due_changes_of(self, audience: str, add: bool, id_type: str, now: float, limit: int) -> list[PendingChange]:
         """The due changes of one (audience, operation, identifier type), oldest first."""
-        rows = self._conn().execute(
-            "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
-            "WHERE audience = ? AND id_type = ? AND desired = ? AND acked != ? AND dead_letter_id IS NULL "
-            "AND next_at <= ? ORDER BY since LIMIT ?",
-            (audience, id_type, int(add), int(add), now, limit),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
+                "WHERE audience = ? AND id_type = ? AND desired = ? AND acked != ? AND dead_letter_id IS NULL "
+                "AND next_at <= ? ORDER BY since LIMIT ?",
+                (audience, id_type, int(add), int(add), now, limit),
+            )
+            .fetchall()
+        )
         return [
             PendingChange(TargetKey(r[0], r[1], r[2]), add=bool(r[3]), since=r[4], attempts=r[5], first_failure_at=r[6])
             for r in rows
@@ -359,6 +364,12 @@ class SqliteStore:
                     "since = ? WHERE dead_letter_id = ?",
                     (now, letter_id),
                 )
+                for table in ("criteo_events", "products"):
+                    conn.execute(
+                        f"UPDATE {table} SET dead_letter_id = NULL, attempts = 0, next_at = 0, first_failure = NULL "
+                        "WHERE dead_letter_id = ?",
+                        (letter_id,),
+                    )
                 conn.execute("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", (now, letter_id))
         return len(ids)
 
@@ -470,7 +481,7 @@ def _set_exception(future: asyncio.Future[AcceptResult], error: BaseException) -
         future.set_exception(error)
 
 
-class SqliteTx:
+class SqliteTx(CommerceTxMixin):
     """The unit of work the processor uses for one chunk of events (all inside one transaction)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -556,6 +567,7 @@ class SqliteTx:
                 (row[2], row[3], into),
             )
         self.conn.execute("UPDATE targets SET profile_id = ? WHERE profile_id = ?", (into, other))
+        self.merge_commerce(into, other)
         self.conn.execute("DELETE FROM profiles WHERE id = ?", (other,))
 
     def set_consent(self, profile_id: int, consent: bool, ts: float) -> bool:
@@ -677,6 +689,7 @@ class SqliteTx:
         )
         self.conn.execute("DELETE FROM identifiers WHERE profile_id = ?", (profile_id,))
         self.conn.execute("DELETE FROM memberships WHERE profile_id = ?", (profile_id,))
+        self.forget_commerce(profile_id)
         self.conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
 
     def add_tombstone(self, kind: str, value: str, deleted_at: float) -> None:

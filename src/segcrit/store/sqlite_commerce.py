@@ -1,0 +1,304 @@
+"""SQLite store, commerce part: orders, Events API events waiting to be sent, catalog products.
+
+Mixed into SqliteStore (store-level reads and delivery bookkeeping) and SqliteTx (what the
+processor writes inside its transaction), so `sqlite.py` keeps the audience core.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    id: int
+    person: str
+    header: dict[str, Any]
+    body: dict[str, Any]
+    created_at: float
+    attempts: int
+    first_failure_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingProduct:
+    merchant_id: str
+    product_id: str
+    fields: dict[str, Any]
+    fingerprint: str
+    updated_at: float
+    attempts: int
+    first_failure_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBatch:
+    token: str
+    merchant_id: str
+    created_at: float
+    products: list[tuple[str, str]]  # (product_id, fingerprint)
+    polls: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogStats:
+    products: int
+    accepted: int
+    with_errors: int
+    pending: int
+    in_flight: int
+    not_sent: dict[str, int]  # reason -> products
+
+
+class CommerceTxMixin:
+    conn: sqlite3.Connection
+
+    def record_order(
+        self, order_id: str, profile_id: int, ts: float, revenue: float | None, currency: str | None
+    ) -> bool:
+        """Remember an order once (the first delivery wins); True when it is new."""
+        cursor = self.conn.execute(
+            "INSERT INTO orders (order_id, profile_id, ts, revenue, currency) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (order_id) DO NOTHING",
+            (order_id, profile_id, ts, revenue, currency),
+        )
+        return cursor.rowcount > 0
+
+    def mark_order_sent(self, order_id: str, now: float) -> bool:
+        """Claim the order's one trackTransaction; False when it was already claimed."""
+        cursor = self.conn.execute(
+            "UPDATE orders SET sent_at = ? WHERE order_id = ? AND sent_at IS NULL", (now, order_id)
+        )
+        return cursor.rowcount > 0
+
+    def enqueue_event(
+        self, person: str, profile_id: int | None, header: dict[str, Any], body: dict[str, Any], now: float
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO criteo_events (person, profile_id, header, body, created_at) VALUES (?, ?, ?, ?, ?)",
+            (person, profile_id, orjson.dumps(header), orjson.dumps(body), now),
+        )
+
+    def product_fields(self, merchant_id: str, product_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT fields FROM products WHERE merchant_id = ? AND product_id = ?", (merchant_id, product_id)
+        ).fetchone()
+        return None if row is None else dict(orjson.loads(row[0]))
+
+    def save_product(
+        self,
+        merchant_id: str,
+        product_id: str,
+        fields: dict[str, Any],
+        fingerprint: str,
+        missing: str | None,
+        now: float,
+    ) -> bool:
+        """Keep the product's latest data; True when it changed (and so is due to be sent)."""
+        cursor = self.conn.execute(
+            "INSERT INTO products (merchant_id, product_id, fields, fingerprint, missing, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (merchant_id, product_id) DO UPDATE SET "
+            "fields = excluded.fields, fingerprint = excluded.fingerprint, missing = excluded.missing, "
+            "updated_at = excluded.updated_at, attempts = 0, next_at = 0, first_failure = NULL "
+            "WHERE products.fingerprint != excluded.fingerprint",
+            (merchant_id, product_id, orjson.dumps(fields), fingerprint, missing, now),
+        )
+        return cursor.rowcount > 0
+
+    def forget_commerce(self, profile_id: int) -> None:
+        """Erasure: the person's queued events and order links go with them."""
+        self.conn.execute("DELETE FROM criteo_events WHERE profile_id = ?", (profile_id,))
+        self.conn.execute("UPDATE orders SET profile_id = NULL WHERE profile_id = ?", (profile_id,))
+
+    def merge_commerce(self, into: int, other: int) -> None:
+        self.conn.execute("UPDATE orders SET profile_id = ? WHERE profile_id = ?", (into, other))
+        self.conn.execute("UPDATE criteo_events SET profile_id = ? WHERE profile_id = ?", (into, other))
+
+
+class CommerceStoreMixin:
+    def _conn(self) -> sqlite3.Connection:
+        raise NotImplementedError  # provided by SqliteStore
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError  # provided by SqliteStore
+
+    # ------------------------------------------------------------------ Events API
+
+    def due_events(self, now: float, limit: int) -> list[PendingEvent]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, person, header, body, created_at, attempts, first_failure FROM criteo_events "
+                "WHERE dead_letter_id IS NULL AND next_at <= ? ORDER BY created_at LIMIT ?",
+                (now, limit),
+            )
+            .fetchall()
+        )
+        return [PendingEvent(r[0], r[1], orjson.loads(r[2]), orjson.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def events_sent(self, ids: Sequence[int]) -> None:
+        with self._write() as conn:
+            conn.executemany("DELETE FROM criteo_events WHERE id = ?", [(i,) for i in ids])
+
+    def defer_events(self, ids: Sequence[int], next_at: float, now: float) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE criteo_events SET attempts = attempts + 1, next_at = ?, "
+                "first_failure = coalesce(first_failure, ?) WHERE id = ?",
+                [(next_at, now, i) for i in ids],
+            )
+
+    def dead_letter_events(self, ids: Sequence[int], status: int | None, error: str, now: float) -> int:
+        with self._write() as conn:
+            letter = _new_dead_letter(conn, "events", "events", "send", "document", len(ids), status, error, now)
+            conn.executemany("UPDATE criteo_events SET dead_letter_id = ? WHERE id = ?", [(letter, i) for i in ids])
+        return letter
+
+    def pending_event_count(self) -> int:
+        row = self._conn().execute("SELECT count(*) FROM criteo_events WHERE dead_letter_id IS NULL").fetchone()
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------ catalog
+
+    def due_products(self, merchant_id: str, now: float, limit: int) -> list[PendingProduct]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT merchant_id, product_id, fields, fingerprint, updated_at, attempts, first_failure "
+                "FROM products WHERE merchant_id = ? AND missing IS NULL AND batch_token IS NULL AND dead_letter_id IS NULL "
+                "AND (sent_fingerprint IS NULL OR sent_fingerprint != fingerprint) AND next_at <= ? "
+                "ORDER BY updated_at LIMIT ?",
+                (merchant_id, now, limit),
+            )
+            .fetchall()
+        )
+        return [PendingProduct(r[0], r[1], orjson.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def open_batch(
+        self, token: str, merchant_id: str, products: Sequence[tuple[str, str]], now: float, poll_at: float
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO catalog_batches (token, merchant_id, created_at, products, next_poll) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (token, merchant_id, now, orjson.dumps([list(p) for p in products]), poll_at),
+            )
+            conn.executemany(
+                "UPDATE products SET batch_token = ?, attempts = 0, next_at = 0, first_failure = NULL "
+                "WHERE merchant_id = ? AND product_id = ?",
+                [(token, merchant_id, pid) for pid, _ in products],
+            )
+
+    def batches_to_poll(self, now: float) -> list[OpenBatch]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT token, merchant_id, created_at, products, polls FROM catalog_batches WHERE next_poll <= ? "
+                "ORDER BY next_poll",
+                (now,),
+            )
+            .fetchall()
+        )
+        return [OpenBatch(r[0], r[1], r[2], [(p[0], p[1]) for p in orjson.loads(r[3])], r[4]) for r in rows]
+
+    def batch_polled(self, token: str, next_poll: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE catalog_batches SET polls = polls + 1, next_poll = ? WHERE token = ?", (next_poll, token)
+            )
+
+    def close_batch(self, batch: OpenBatch, errors: dict[str, str], now: float, *, failed: bool = False) -> None:
+        """The report is final: record each product's outcome; a failed batch is sent again."""
+        with self._write() as conn:
+            for product_id, fingerprint in batch.products:
+                if failed:
+                    conn.execute(
+                        "UPDATE products SET batch_token = NULL WHERE merchant_id = ? AND product_id = ? "
+                        "AND batch_token = ?",
+                        (batch.merchant_id, product_id, batch.token),
+                    )
+                    continue
+                error = errors.get(product_id.lower()) or errors.get(product_id)
+                conn.execute(
+                    "UPDATE products SET batch_token = NULL, sent_fingerprint = ?, status = ?, errors = ? "
+                    "WHERE merchant_id = ? AND product_id = ? AND batch_token = ?",
+                    (fingerprint, "error" if error else "accepted", error, batch.merchant_id, product_id, batch.token),
+                )
+            conn.execute("DELETE FROM catalog_batches WHERE token = ?", (batch.token,))
+
+    def defer_products(self, merchant_id: str, product_ids: Sequence[str], next_at: float, now: float) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE products SET attempts = attempts + 1, next_at = ?, first_failure = coalesce(first_failure, ?) "
+                "WHERE merchant_id = ? AND product_id = ?",
+                [(next_at, now, merchant_id, pid) for pid in product_ids],
+            )
+
+    def dead_letter_products(
+        self, merchant_id: str, product_ids: Sequence[str], status: int | None, error: str, now: float
+    ) -> int:
+        with self._write() as conn:
+            letter = _new_dead_letter(
+                conn, "catalog", f"catalog:{merchant_id}", "insert", "product", len(product_ids), status, error, now
+            )
+            conn.executemany(
+                "UPDATE products SET dead_letter_id = ? WHERE merchant_id = ? AND product_id = ?",
+                [(letter, merchant_id, pid) for pid in product_ids],
+            )
+        return letter
+
+    def catalog_stats(self) -> CatalogStats:
+        conn = self._conn()
+        row = conn.execute(
+            "SELECT count(*), sum(status = 'accepted'), sum(status = 'error'), "
+            "sum(missing IS NULL AND batch_token IS NULL AND dead_letter_id IS NULL "
+            "    AND (sent_fingerprint IS NULL OR sent_fingerprint != fingerprint)), "
+            "sum(batch_token IS NOT NULL) FROM products"
+        ).fetchone()
+        reasons = dict(
+            conn.execute("SELECT missing, count(*) FROM products WHERE missing IS NOT NULL GROUP BY missing").fetchall()
+        )
+        values = [int(v or 0) for v in row] if row else [0] * 5
+        return CatalogStats(values[0], values[1], values[2], values[3], values[4], reasons)
+
+    def product_errors(self, limit: int = 20) -> list[tuple[str, str, str]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT merchant_id, product_id, errors FROM products WHERE status = 'error' ORDER BY updated_at DESC "
+                "LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+def _new_dead_letter(
+    conn: sqlite3.Connection,
+    kind: str,
+    audience: str,
+    operation: str,
+    id_type: str,
+    count: int,
+    status: int | None,
+    error: str,
+    now: float,
+) -> int:
+    cursor = conn.execute(
+        "INSERT INTO dead_letters (kind, created_at, audience, operation, id_type, count, status, error) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (kind, now, audience, operation, id_type, count, status, error[:4000]),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
