@@ -9,11 +9,13 @@ module only moves data between them and the store.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from segcrit.clock import Clock
+from segcrit.commerce import CommerceStep
 from segcrit.config import AudienceSyncFlow, Config
 from segcrit.consent import consent_in_message
 from segcrit.flows.audience_sync import membership_changes
@@ -27,6 +29,9 @@ from segcrit.store.sqlite import SqliteStore, SqliteTx
 log = logging.getLogger("segcrit.engine")
 
 CHUNK_EVENTS = 500
+# A transaction that an ingest commit waits for commits and gives way once it has run this long
+# (less would spend the processor's time on commits, more would delay acks).
+GIVE_WAY_AFTER_SECS = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,9 @@ class Outcome:
     skipped: str | None = None
     targets_changed: int = 0
     memberships: tuple[tuple[str, bool], ...] = ()
+    criteo_events: tuple[dict[str, Any], ...] = ()  # Events API events queued
+    notes: tuple[str, ...] = ()  # what the mapping adjusted (a price read from text, no currency...)
+    products_changed: int = 0
 
 
 def event_time(message: Mapping[str, Any], fallback: float) -> float:
@@ -53,27 +61,51 @@ class Processor:
         self.clock = clock
         self.metrics = metrics
         self._audience_flows = config.flows_of(AudienceSyncFlow)
+        self.commerce = CommerceStep(config)
 
     def drain_once(self, limit: int = CHUNK_EVENTS) -> int:
-        """Process up to `limit` waiting events in one transaction; returns how many."""
+        """Process up to `limit` waiting events; returns how many.
+
+        The chunk is one transaction unless an ingest commit starts waiting for the write lock:
+        then the events done so far commit (with the deletion of their inbox rows), the ingest
+        commit goes first, and the rest of the chunk follows in a new transaction. An ack never
+        waits for a whole chunk.
+        """
         events = self.store.claim_events(limit)
         if not events:
             return 0
         now = self.clock.now()
-        try:
-            with self.store.transaction() as tx:
-                outcomes = [self.process(tx, event, now) for event in events]
-                tx.delete_events([e.seq for e in events])
-        except Exception:
-            # One bad event must not block the queue: redo the chunk one event at a time and set
-            # aside only the events that fail on their own.
-            log.exception("chunk failed, retrying event by event")
-            outcomes = [self._process_alone(event, now) for event in events]
+        outcomes: list[Outcome] = []
+        while len(outcomes) < len(events):
+            rest = events[len(outcomes) :]
+            try:
+                outcomes += self._process_until_ingest_waits(rest, now)
+            except Exception:
+                # One bad event must not block the queue: redo the rest one event at a time and
+                # set aside only the events that fail on their own.
+                log.exception("chunk failed, retrying event by event")
+                outcomes += [self._process_alone(event, now) for event in rest]
+            if len(outcomes) < len(events):
+                self.store.give_way_to_ingest()
         self.metrics.events_processed.inc(len(events))
         for outcome in outcomes:
             if outcome.skipped:
                 self.metrics.events_skipped.labels(outcome.skipped).inc()
+            for note in outcome.notes:
+                self.metrics.events_adjusted.labels(note).inc()
         return len(events)
+
+    def _process_until_ingest_waits(self, events: list[InboxEvent], now: float) -> list[Outcome]:
+        """Process events in one transaction, stopping early when an ingest commit waits."""
+        outcomes: list[Outcome] = []
+        with self.store.transaction() as tx:
+            started = time.monotonic()
+            for event in events:
+                outcomes.append(self.process(tx, event, now))
+                if self.store.ingest_waiting() and time.monotonic() - started >= GIVE_WAY_AFTER_SECS:
+                    break
+            tx.delete_events([e.seq for e in events[: len(outcomes)]])
+        return outcomes
 
     def _process_alone(self, event: InboxEvent, now: float) -> Outcome:
         try:
@@ -142,7 +174,18 @@ class Processor:
         tx.touch_profile(profile_id, ts)
 
         targets_changed = self._refresh_targets(tx, profile_id, now) if changed else 0
-        return Outcome(profile_id, None, targets_changed, tuple(memberships))
+        commerce = self.commerce.apply(tx, message, profile_id, ts, now) if self.commerce.active else None
+        if commerce is None:
+            return Outcome(profile_id, None, targets_changed, tuple(memberships))
+        return Outcome(
+            profile_id,
+            commerce.skipped[0] if commerce.skipped and not commerce.queued else None,
+            targets_changed,
+            tuple(memberships),
+            tuple(commerce.queued),
+            tuple(commerce.notes),
+            commerce.products_changed,
+        )
 
     def _auto_create(self, audience: str, flow: AudienceSyncFlow) -> bool:
         configured = self.config.audiences.get(audience)

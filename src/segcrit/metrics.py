@@ -25,6 +25,12 @@ class Metrics:
         self.events_skipped = Counter(
             "segcrit_events_skipped", "Events processed but skipped, by reason", ["reason"], registry=r
         )
+        self.events_adjusted = Counter(
+            "segcrit_events_adjusted",
+            "Commerce events sent with a correction (price read from text, no currency, bad product...)",
+            ["reason"],
+            registry=r,
+        )
         self.backlog = Gauge("segcrit_backlog_events", "Accepted events not yet processed", registry=r)
         self.changes_pending = Gauge("segcrit_changes_pending", "Audience changes waiting for delivery", registry=r)
         self.criteo_calls = Counter(

@@ -80,7 +80,8 @@ class DeliveryWorker:
         truncated = len(scanned) >= SCAN_LIMIT
         calls = 0
         self._re_resolved.clear()
-        for key, changes in groups.items():
+        for key, scanned_changes in groups.items():
+            changes = scanned_changes
             if audience is not None and key.audience != audience:
                 continue
             if key.audience in self._re_resolved:

@@ -11,6 +11,7 @@ number, a missing currency is omitted, and each such case is reported in `notes`
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,13 +66,13 @@ def number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value == value and abs(value) != float("inf") else None
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, str):
         try:
             parsed = float(value.strip().replace(",", "."))
         except ValueError:
             return None
-        return parsed if parsed == parsed and abs(parsed) != float("inf") else None
+        return parsed if math.isfinite(parsed) else None
     return None
 
 

@@ -1,0 +1,128 @@
+"""The commerce step of processing: conversions, product signals and catalog for one event.
+
+Decisions come from the pure mappings in `segcrit.flows.commerce` and `segcrit.flows.catalog`;
+this module applies them inside the processor's transaction: it records orders (once per order
+id), queues Events API events for delivery, and keeps catalog products up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from segcrit.config import CatalogFlow, Config, ConversionsFlow, ProductSignalsFlow
+from segcrit.consent import effective_consent
+from segcrit.flows.catalog import merge_fields, missing_required, products_in
+from segcrit.flows.commerce import CriteoEvent, PersonIds, conversion_event, document_header, signal_event
+from segcrit.identity.normalize import sha256_md5
+from segcrit.store.sqlite import SqliteTx
+
+
+@dataclass(slots=True)
+class CommerceOutcome:
+    queued: list[dict[str, Any]] = field(default_factory=list)  # Events API events queued
+    skipped: list[str] = field(default_factory=list)  # why a matching event was not sent
+    notes: list[str] = field(default_factory=list)  # what was adjusted (bad prices, no currency...)
+    products_changed: int = 0
+
+
+class CommerceStep:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.conversions: list[ConversionsFlow] = config.flows_of(ConversionsFlow)
+        self.signals: list[ProductSignalsFlow] = config.flows_of(ProductSignalsFlow)
+        self.catalogs: list[CatalogFlow] = config.flows_of(CatalogFlow)
+        self.partner_id = config.criteo.partner_id or config.criteo.advertiser_id
+
+    @property
+    def active(self) -> bool:
+        return bool(self.conversions or self.signals or self.catalogs)
+
+    def apply(
+        self, tx: SqliteTx, message: Mapping[str, Any], profile_id: int, ts: float, now: float
+    ) -> CommerceOutcome:
+        outcome = CommerceOutcome()
+        if message.get("type") not in ("track", "page", "screen"):
+            return outcome
+        events: list[CriteoEvent] = []
+        for flow in self.conversions:
+            if message.get("type") == "track" and message.get("event") in flow.events:
+                event = conversion_event(message, flow.mapping)
+                outcome.notes += event.notes
+                assert event.order_id is not None
+                tx.record_order(event.order_id, profile_id, ts, event.value, event.currency)
+                events.append(event)
+        for signal_flow in self.signals:
+            signal = signal_event(message, signal_flow)
+            if signal is None:
+                continue
+            if "no_product_id" in signal.notes:
+                outcome.skipped.append("no_product_id")
+                continue
+            outcome.notes += signal.notes
+            events.append(signal)
+        for catalog in self.catalogs:
+            if message.get("type") == "track" and message.get("event") in catalog.events:
+                outcome.products_changed += self._catalog(tx, catalog, message, now)
+        if events:
+            self._queue(tx, message, profile_id, events, now, outcome)
+        return outcome
+
+    def _queue(
+        self,
+        tx: SqliteTx,
+        message: Mapping[str, Any],
+        profile_id: int,
+        events: list[CriteoEvent],
+        now: float,
+        outcome: CommerceOutcome,
+    ) -> None:
+        profile = tx.load_profile(profile_id)
+        if profile is None or not effective_consent(profile.consent, self.config.consent):
+            outcome.skipped += ["no_consent"] * len(events)
+            return
+        emails = [(i.value, i.extra) for i in profile.identifiers if i.kind == "email"]
+        gums = [i.value for i in profile.identifiers if i.kind == "gum"]
+        user_id = message.get("userId") or next((i.value for i in profile.identifiers if i.kind == "user_id"), None)
+        ids = PersonIds(
+            retailer_visitor_id=str(user_id) if user_id else _text(message.get("anonymousId")),
+            gum_id=gums[0] if gums else None,
+            email_sha256=emails[0][0] if emails else None,
+            email_md5=emails[0][1] if emails else None,
+        )
+        if not ids.usable:
+            outcome.skipped += ["no_identifier"] * len(events)
+            return
+        header = document_header(
+            message,
+            ids,
+            self.partner_id,
+            self.config.criteo.caller_id,
+            sha256_md5(ids.email_md5) if ids.email_md5 else None,
+        )
+        for event in events:
+            if event.order_id is not None and not tx.mark_order_sent(event.order_id, now):
+                outcome.skipped.append("duplicate_order")  # the same order delivered again
+                continue
+            tx.enqueue_event(str(profile_id), profile_id, header, event.body, now)
+            outcome.queued.append(event.body)
+
+    def _catalog(self, tx: SqliteTx, flow: CatalogFlow, message: Mapping[str, Any], now: float) -> int:
+        changed = 0
+        for product in products_in(message):
+            merged = merge_fields(tx.product_fields(flow.merchant_id, product.product_id), product)
+            missing = missing_required(merged)
+            changed += tx.save_product(
+                flow.merchant_id,
+                merged.product_id,
+                merged.fields,
+                merged.fingerprint,
+                ",".join(missing) if missing else None,
+                now,
+            )
+        return changed
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int) and str(value) else None
