@@ -21,18 +21,25 @@ criteo:
   client_id: demo-client
   client_secret: demo-secret
   advertiser_id: "12345"
+  partner_id: "6789"
+  caller_id: caller-1
   api_url: {api_url}
+  events_url: {api_url}/m/event?version=s2s_v0
 identity:
   send: [email, madid]
-flows:
-  - type: audience_sync
 delivery:
   max_wait_secs: {max_wait}
+flows:
+  - type: audience_sync
 """
 
 
-def make_config(db: str, api_url: str = "http://127.0.0.1:9", max_wait: float = 2, extra: str = "") -> Config:
-    return parse_config(BASE_CONFIG.format(db=db, api_url=api_url, max_wait=max_wait) + extra, env={})
+def make_config(
+    db: str, api_url: str = "http://127.0.0.1:9", max_wait: float = 2, extra: str = "", flows: str = ""
+) -> Config:
+    """The test config; `flows` adds flow items (indented list entries), `extra` top-level keys."""
+    text = BASE_CONFIG.format(db=db, api_url=api_url, max_wait=max_wait) + flows + extra
+    return parse_config(text, env={})
 
 
 def iso(ts: float) -> str:
