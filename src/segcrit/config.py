@@ -167,8 +167,8 @@ CRITEO_SIGNAL_EVENTS = ("viewHome", "viewItem", "viewList", "addToCart", "viewBa
 class ProductSignalsFlow(_Model):
     type: Literal["product_signals"]
     # Segment event name -> Criteo event; merged over the defaults (segcrit.flows.commerce).
-    events: dict[str, Literal["viewHome", "viewItem", "viewList", "addToCart", "viewBasket", "beginCheckout"]] = (
-        Field(default_factory=dict)
+    events: dict[str, Literal["viewHome", "viewItem", "viewList", "addToCart", "viewBasket", "beginCheckout"]] = Field(
+        default_factory=dict
     )
     mapping: CommerceMapping = Field(default_factory=CommerceMapping)
     home_paths: list[str] = Field(default_factory=lambda: ["/"])

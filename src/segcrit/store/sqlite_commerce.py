@@ -171,7 +171,8 @@ class CommerceStoreMixin:
             self._conn()
             .execute(
                 "SELECT merchant_id, product_id, fields, fingerprint, updated_at, attempts, first_failure "
-                "FROM products WHERE merchant_id = ? AND missing IS NULL AND batch_token IS NULL AND dead_letter_id IS NULL "
+                "FROM products WHERE merchant_id = ? AND missing IS NULL AND batch_token IS NULL "
+                "AND dead_letter_id IS NULL "
                 "AND (sent_fingerprint IS NULL OR sent_fingerprint != fingerprint) AND next_at <= ? "
                 "ORDER BY updated_at LIMIT ?",
                 (merchant_id, now, limit),
