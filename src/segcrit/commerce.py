@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from segcrit.config import CatalogFlow, Config, ConversionsFlow, ProductSignalsFlow
+from segcrit.config import CatalogFlow, CommerceMapping, Config, ConversionsFlow, ProductSignalsFlow
 from segcrit.consent import effective_consent
 from segcrit.flows.catalog import merge_fields, missing_required, products_in
 from segcrit.flows.commerce import CriteoEvent, PersonIds, conversion_event, document_header, signal_event
 from segcrit.identity.normalize import sha256_md5
 from segcrit.store.sqlite import SqliteTx
+
+DEFAULT_ORDER_EVENTS = frozenset({"Order Completed"})
 
 
 @dataclass(slots=True)
@@ -34,10 +36,12 @@ class CommerceStep:
         self.signals: list[ProductSignalsFlow] = config.flows_of(ProductSignalsFlow)
         self.catalogs: list[CatalogFlow] = config.flows_of(CatalogFlow)
         self.partner_id = config.criteo.partner_id or config.criteo.advertiser_id
+        self.order_events = frozenset(e for f in self.conversions for e in f.events) or DEFAULT_ORDER_EVENTS
+        self.order_mapping = self.conversions[0].mapping if self.conversions else CommerceMapping()
 
     @property
     def active(self) -> bool:
-        return bool(self.conversions or self.signals or self.catalogs)
+        return True  # orders always count for profile facts
 
     def apply(
         self, tx: SqliteTx, message: Mapping[str, Any], profile_id: int, ts: float, now: float
@@ -46,13 +50,15 @@ class CommerceStep:
         if message.get("type") not in ("track", "page", "screen"):
             return outcome
         events: list[CriteoEvent] = []
-        for flow in self.conversions:
-            if message.get("type") == "track" and message.get("event") in flow.events:
-                event = conversion_event(message, flow.mapping)
-                outcome.notes += event.notes
-                assert event.order_id is not None
-                tx.record_order(event.order_id, profile_id, ts, event.value, event.currency)
-                events.append(event)
+        if message.get("type") == "track" and message.get("event") in self.order_events:
+            # Every order counts for profile facts (order_count, revenue_total), once per order
+            # id, whether or not a conversions flow forwards it.
+            order = conversion_event(message, self.order_mapping)
+            assert order.order_id is not None
+            tx.record_order(order.order_id, profile_id, ts, order.value, order.currency)
+            if self.conversions:
+                outcome.notes += order.notes
+                events.append(order)
         for signal_flow in self.signals:
             signal = signal_event(message, signal_flow)
             if signal is None:

@@ -23,6 +23,7 @@ from segcrit.identity.graph import TOMBSTONE_KINDS, extract_identifiers, plan_re
 from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymous_id
 from segcrit.membership import desired_targets
 from segcrit.metrics import Metrics
+from segcrit.profile_flows import ProfileFlowsStep
 from segcrit.store.base import Identifier, InboxEvent
 from segcrit.store.sqlite import SqliteStore, SqliteTx
 
@@ -62,6 +63,7 @@ class Processor:
         self.metrics = metrics
         self._audience_flows = config.flows_of(AudienceSyncFlow)
         self.commerce = CommerceStep(config)
+        self.profile_flows = ProfileFlowsStep(config)
 
     def drain_once(self, limit: int = CHUNK_EVENTS) -> int:
         """Process up to `limit` waiting events; returns how many.
@@ -171,9 +173,12 @@ class Processor:
                 tx.ensure_audience(change.audience, self._auto_create(change.audience, flow))
                 memberships.append((change.audience, change.member))
                 changed |= tx.set_membership(profile_id, change.audience, change.member, ts)
+        step = self.profile_flows.apply(tx, message, profile_id, ts, now)
+        changed |= step.changed
+        memberships += step.memberships
         tx.touch_profile(profile_id, ts)
 
-        targets_changed = self._refresh_targets(tx, profile_id, now) if changed else 0
+        targets_changed = self.refresh_targets(tx, profile_id, now) if changed else 0
         commerce = self.commerce.apply(tx, message, profile_id, ts, now) if self.commerce.active else None
         if commerce is None:
             return Outcome(profile_id, None, targets_changed, tuple(memberships))
@@ -191,11 +196,13 @@ class Processor:
         configured = self.config.audiences.get(audience)
         return configured.auto_create if configured is not None else flow.auto_create
 
-    def _refresh_targets(self, tx: SqliteTx, profile_id: int, now: float) -> int:
+    def refresh_targets(self, tx: SqliteTx, profile_id: int, now: float) -> int:
+        """Recompute what Criteo should hold for the profile; returns the changes made."""
         profile = tx.load_profile(profile_id)
         if profile is None:
             return 0
-        desired = desired_targets(profile, self.config.identity, self.config.consent)
+        held_back = self.profile_flows.held_back(tx, profile, now)
+        desired = desired_targets(profile, self.config.identity, self.config.consent, held_back)
         return tx.set_targets(profile_id, desired, now)
 
     # ------------------------------------------------------------------ deletion

@@ -150,7 +150,10 @@ def conversion_event(message: Mapping[str, Any], mapping: CommerceMapping) -> Cr
     else:
         notes.append("no_currency")
     body["item"] = items
-    value = number(lookup(message, mapping.value))
+    raw_value = lookup(message, mapping.value)
+    value = number(raw_value)
+    if raw_value is not None and value is None:
+        notes.append("revenue_not_a_number")
     if value is None and items:
         value = sum(i["price"] * i["quantity"] for i in items)
     return CriteoEvent(body, order_id=order_id, value=value, currency=body.get("currency"), notes=notes)

@@ -29,8 +29,11 @@ CREATE TABLE IF NOT EXISTS profiles (
     created_at   REAL NOT NULL,
     last_seen_at REAL NOT NULL,
     consent      INTEGER,          -- NULL: never seen consent information
-    consent_ts   REAL
+    consent_ts   REAL,
+    traits       BLOB,             -- non-PII traits from identify (JSON), latest first
+    traits_ts    REAL
 );
+CREATE INDEX IF NOT EXISTS profiles_by_last_seen ON profiles (last_seen_at);
 
 -- kind: user_id, anonymous_id, email, phone, madid, gum, identity_link.
 -- email/phone values are sha256 hex of the normalised value; extra holds the md5 hex.
@@ -60,6 +63,34 @@ CREATE TABLE IF NOT EXISTS memberships (
     member     INTEGER NOT NULL,
     ts         REAL NOT NULL,
     PRIMARY KEY (profile_id, audience)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS memberships_by_audience ON memberships (audience, member);
+
+-- A suppression flow holding a person back from its audiences until `until`.
+CREATE TABLE IF NOT EXISTS suppressions (
+    profile_id INTEGER NOT NULL,
+    flow       TEXT NOT NULL,
+    since      REAL NOT NULL,
+    until      REAL NOT NULL,
+    PRIMARY KEY (profile_id, flow)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS suppressions_by_until ON suppressions (until);
+
+-- Lookalike segments segcrit created on a seed audience: created once, then left alone.
+CREATE TABLE IF NOT EXISTS lookalikes (
+    name          TEXT PRIMARY KEY,
+    seed_audience TEXT NOT NULL,
+    target_size   INTEGER NOT NULL,
+    segment_id    TEXT,
+    created_at    REAL
+) WITHOUT ROWID;
+
+-- Scheduled jobs: when each last ran and is next due (the lease of the same name guards a run).
+CREATE TABLE IF NOT EXISTS jobs (
+    name        TEXT PRIMARY KEY,
+    last_run_at REAL,
+    last_result TEXT,
+    next_run_at REAL NOT NULL
 ) WITHOUT ROWID;
 
 -- One identifier as Criteo should hold it in one audience (desired) and as Criteo acknowledged

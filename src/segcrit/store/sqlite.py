@@ -34,6 +34,7 @@ from segcrit.store.base import (
     ProfileState,
     TargetKey,
 )
+from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
 from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin
 
 BUSY_TIMEOUT_MS = 30_000
@@ -59,7 +60,7 @@ class _AcceptRequest:
     future: asyncio.Future[AcceptResult]
 
 
-class SqliteStore(CommerceStoreMixin):
+class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
     """The store on one SQLite file (see the module docstring for threads and transactions)."""
 
     def __init__(self, path: str) -> None:
@@ -70,6 +71,10 @@ class SqliteStore(CommerceStoreMixin):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.RLock()
+        # True while an ingest commit waits for the write lock: the processor then commits what it
+        # has done and gives way (`ingest_waiting`, `give_way_to_ingest`).
+        self._ingest_waiting = False
+        self._ingest_turn = threading.Condition()
         schema = resources.files("segcrit.store").joinpath("schema_sqlite.sql").read_text()
         self._conn().executescript(schema)
         self._writer_queue: queue.SimpleQueue[_AcceptRequest | None] = queue.SimpleQueue()
@@ -168,8 +173,10 @@ class SqliteStore(CommerceStoreMixin):
 
     def _commit_group(self, batch: list[_AcceptRequest]) -> None:
         results: list[AcceptResult] = []
+        self._ingest_waiting = True
         try:
             with self._write() as conn:
+                self._ingest_got_lock()
                 for request in batch:
                     results.append(self._insert_messages(conn, request.source, request.messages, request.received_at))
         except Exception as exc:  # the whole group failed: every request gets the error, none is acked
@@ -177,8 +184,26 @@ class SqliteStore(CommerceStoreMixin):
             for request in batch:
                 request.loop.call_soon_threadsafe(_set_exception, request.future, error)
             return
+        finally:
+            self._ingest_got_lock()
         for request, result in zip(batch, results, strict=True):
             request.loop.call_soon_threadsafe(_set_result, request.future, result)
+
+    def _ingest_got_lock(self) -> None:
+        if self._ingest_waiting:
+            with self._ingest_turn:
+                self._ingest_waiting = False
+                self._ingest_turn.notify_all()
+
+    def ingest_waiting(self) -> bool:
+        """True while an ingest commit (an ack) waits for the write lock: a long write transaction
+        should commit what it has and call `give_way_to_ingest` before going on."""
+        return self._ingest_waiting
+
+    def give_way_to_ingest(self, timeout: float = 0.1) -> None:
+        """Wait, at most `timeout` seconds, until the waiting ingest commit holds the write lock."""
+        with self._ingest_turn:
+            self._ingest_turn.wait_for(lambda: not self._ingest_waiting, timeout)
 
     @staticmethod
     def _insert_messages(
@@ -481,7 +506,7 @@ def _set_exception(future: asyncio.Future[AcceptResult], error: BaseException) -
         future.set_exception(error)
 
 
-class SqliteTx(CommerceTxMixin):
+class SqliteTx(CommerceTxMixin, CohortTxMixin):
     """The unit of work the processor uses for one chunk of events (all inside one transaction)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -568,6 +593,7 @@ class SqliteTx(CommerceTxMixin):
             )
         self.conn.execute("UPDATE targets SET profile_id = ? WHERE profile_id = ?", (into, other))
         self.merge_commerce(into, other)
+        self.merge_cohorts(into, other)
         self.conn.execute("DELETE FROM profiles WHERE id = ?", (other,))
 
     def set_consent(self, profile_id: int, consent: bool, ts: float) -> bool:
@@ -690,6 +716,7 @@ class SqliteTx(CommerceTxMixin):
         self.conn.execute("DELETE FROM identifiers WHERE profile_id = ?", (profile_id,))
         self.conn.execute("DELETE FROM memberships WHERE profile_id = ?", (profile_id,))
         self.forget_commerce(profile_id)
+        self.forget_cohorts(profile_id)
         self.conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
 
     def add_tombstone(self, kind: str, value: str, deleted_at: float) -> None:

@@ -1,0 +1,133 @@
+"""The profile-flow step of processing: traits, suppression and lifecycle for one event.
+
+- traits: non-PII traits from `identify` are kept per profile for cohort expressions;
+- suppression: a configured event holds the person back from `remove_from` audiences (and puts
+  them in `add_to`) for `for_days`; desired state = member AND consented AND not held back;
+- lifecycle: a stage event makes the person a member of that stage's audience and of no other
+  stage of the flow, at the event's timestamp, so the latest event wins whatever the arrival order.
+
+The scheduler (segcrit.scheduler) ends suppressions and moves people to a dormant stage; the
+lookalike_seed flow is entirely scheduled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from segcrit.config import Config, LifecycleFlow, SuppressionFlow
+from segcrit.store.base import ProfileState
+from segcrit.store.sqlite import SqliteTx
+
+DAY_SECS = 86_400.0
+# Traits that identify or describe a person directly: never kept for cohorts.
+PII_TRAITS = frozenset(
+    {
+        "email",
+        "phone",
+        "name",
+        "firstName",
+        "lastName",
+        "first_name",
+        "last_name",
+        "username",
+        "address",
+        "birthday",
+        "avatar",
+        "title",
+        "website",
+        "description",
+        "gender",
+        "age",
+        "id",
+    }
+)
+MAX_TRAITS = 100
+MAX_TRAIT_CHARS = 256
+
+
+def cohort_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
+    """The traits worth keeping for cohorts: scalar, not PII, bounded in size."""
+    kept: dict[str, Any] = {}
+    for key, value in traits.items():
+        if len(kept) >= MAX_TRAITS or not isinstance(key, str) or key in PII_TRAITS or len(key) > 100:
+            continue
+        scalar = isinstance(value, bool | int | float) or value is None
+        short_text = isinstance(value, str) and len(value) <= MAX_TRAIT_CHARS and value != "[redacted]"
+        if scalar or short_text:
+            kept[key] = value
+    return kept
+
+
+def suppression_key(index: int) -> str:
+    return f"suppression:{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    changed: bool
+    memberships: tuple[tuple[str, bool], ...]
+
+
+class ProfileFlowsStep:
+    def __init__(self, config: Config) -> None:
+        self.suppressions: list[tuple[str, SuppressionFlow]] = [
+            (suppression_key(i), f) for i, f in enumerate(config.flows) if isinstance(f, SuppressionFlow)
+        ]
+        self.lifecycles: list[LifecycleFlow] = config.flows_of(LifecycleFlow)
+
+    def apply(self, tx: SqliteTx, message: Mapping[str, Any], profile_id: int, ts: float, now: float) -> StepResult:
+        changed = False
+        memberships: list[tuple[str, bool]] = []
+        kind = message.get("type")
+        traits = message.get("traits")
+        if kind == "identify" and isinstance(traits, dict):
+            kept = cohort_traits(traits)
+            if kept:
+                tx.merge_traits(profile_id, kept, ts)
+        event = message.get("event") if kind == "track" else None
+        if not isinstance(event, str):
+            return StepResult(changed, ())
+        for key, flow in self.suppressions:
+            if event not in flow.on:
+                continue
+            until = ts + flow.for_days * DAY_SECS
+            if until <= now:
+                continue  # an old event whose suppression is already over
+            changed |= tx.set_suppression(profile_id, key, ts, until)
+            if flow.add_to:
+                tx.ensure_audience(flow.add_to, True)
+                changed |= tx.set_membership(profile_id, flow.add_to, True, ts)
+                memberships.append((flow.add_to, True))
+        for lifecycle in self.lifecycles:
+            stage = lifecycle.stages.get(event)
+            if stage is None:
+                continue
+            for audience in lifecycle_audiences(lifecycle):
+                tx.ensure_audience(audience, True)
+                changed |= tx.set_membership(profile_id, audience, audience == stage, ts)
+            memberships.append((stage, True))
+        return StepResult(changed, tuple(memberships))
+
+    def held_back(self, tx: SqliteTx, profile: ProfileState, now: float) -> frozenset[str]:
+        """Audiences the profile's active suppressions keep it out of."""
+        if not self.suppressions:
+            return frozenset()
+        active = set(tx.active_suppressions(profile.profile_id, now))
+        held: set[str] = set()
+        for key, flow in self.suppressions:
+            if key not in active:
+                continue
+            if flow.remove_from == "all":
+                held |= {a for a in profile.memberships if a != flow.add_to}
+            else:
+                held |= set(flow.remove_from) - {flow.add_to}
+        return frozenset(held)
+
+
+def lifecycle_audiences(flow: LifecycleFlow) -> list[str]:
+    audiences = list(dict.fromkeys(flow.stages.values()))
+    if flow.dormant and flow.dormant not in audiences:
+        audiences.append(flow.dormant)
+    return audiences
