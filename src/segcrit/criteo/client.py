@@ -1,9 +1,10 @@
 """The Criteo Marketing Solutions client: one async method per audience endpoint segcrit uses.
 
-Every call waits for the rate limiter, carries a bearer token from `TokenProvider`, reports the
-response to the limiter and to `criteo_calls{endpoint,status}`, and on a 401 fetches a new token
-and retries once at once. Any other failure raises what `segcrit.criteo.errors.classify` decides.
-Request bodies are built with `segcrit.criteo.models`, so they follow Criteo's schemas.
+Every call goes through `segcrit.criteo.marketing_api.MarketingApi` (`self.api`): it waits for the
+rate limiter, carries a bearer token from `TokenProvider`, reports the response to the limiter and
+to `criteo_calls{endpoint,status}`, and on a 401 fetches a new token and retries once at once. Any
+other failure raises what `segcrit.criteo.errors.classify` decides. Request bodies are built with
+`segcrit.criteo.models`, so they follow Criteo's schemas. The catalog client shares `self.api`.
 
 The HTTP transport is the seam: tests hand in an `httpx.AsyncClient` over a MockTransport or
 pointed at the emulator.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -37,16 +37,15 @@ from segcrit.criteo.constants import (
     SegmentType,
 )
 from segcrit.criteo.errors import (
-    NO_RESPONSE,
     Decision,
     RetryableError,
     SegmentNameTakenError,
     SegmentNotFoundError,
-    classify,
     error_codes,
     error_for,
     problems,
 )
+from segcrit.criteo.marketing_api import MarketingApi, parse_answer
 from segcrit.criteo.models import (
     AudienceSegmentBulkCreateInputV1,
     AudienceSegmentBulkDeleteInputV1,
@@ -60,8 +59,7 @@ from segcrit.criteo.models import (
     DeleteAudienceContactListResponse,
     ModifyAudienceResponse,
 )
-from segcrit.delivery.ratelimit import RateLimiter, reset_at
-from segcrit.errors import CriteoError
+from segcrit.delivery.ratelimit import RateLimiter
 from segcrit.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -92,11 +90,8 @@ class CriteoClient:
         tokens: TokenProvider | None = None,
     ) -> None:
         self.config = config
-        self._http = http
-        self._limiter = limiter
-        self._clock = clock
-        self._metrics = metrics
-        self.tokens = tokens or TokenProvider(config, http, limiter, clock, metrics)
+        self.api = MarketingApi(config, http, limiter, clock, metrics, tokens=tokens)
+        self.tokens = self.api.tokens
 
     async def token(self) -> str:
         """A bearer token (cached or fetched): `segcrit check --online` uses it to test credentials."""
@@ -120,14 +115,14 @@ class CriteoClient:
             audience_segment_ids=list(segment_ids) if segment_ids is not None else None,
             audience_segment_types=list(segment_types) if segment_types is not None else None,
         )
-        answer = await self._call(
+        answer = await self.api.call(
             EP_SEARCH,
             "POST",
             self._url(SEARCH_SEGMENTS_PATH),
             json=body.to_json(),
             params={"limit": limit, "offset": offset},
         )
-        return _parse(AudienceSegmentSearchResponse, answer, EP_SEARCH)
+        return parse_answer(AudienceSegmentSearchResponse, answer, EP_SEARCH)
 
     async def find_segment(self, name: str, segment_type: SegmentType = "ContactList") -> str | None:
         """The id of this advertiser's segment named exactly `name`, by paging through search.
@@ -192,8 +187,8 @@ class CriteoClient:
         for segment_id in segment_ids:
             _check_segment_id(segment_id)
         body = AudienceSegmentBulkDeleteInputV1.of_ids(*segment_ids)
-        answer = await self._call(EP_DELETE, "POST", self._url(DELETE_SEGMENTS_PATH), json=body.to_json())
-        return _parse(AudienceSegmentIdEntityV1ListResponse, answer, EP_DELETE)
+        answer = await self.api.call(EP_DELETE, "POST", self._url(DELETE_SEGMENTS_PATH), json=body.to_json())
+        return parse_answer(AudienceSegmentIdEntityV1ListResponse, answer, EP_DELETE)
 
     # ------------------------------------------------------------------ contact lists
 
@@ -223,7 +218,7 @@ class CriteoClient:
             list(identifiers),
             gum_caller_id=gum_caller_id,
         )
-        answer = await self._call(
+        answer = await self.api.call(
             EP_PATCH,
             "PATCH",
             self._url(CONTACT_LIST_PATH, segment_id),
@@ -235,26 +230,26 @@ class CriteoClient:
     async def wipe_contact_list(self, segment_id: str) -> DeleteAudienceContactListResponse | None:
         """Remove every identifier from the list (the segment itself stays); None as for PATCH."""
         _check_segment_id(segment_id)
-        answer = await self._call(EP_WIPE, "DELETE", self._url(CONTACT_LIST_PATH, segment_id), segment_id=segment_id)
+        answer = await self.api.call(EP_WIPE, "DELETE", self._url(CONTACT_LIST_PATH, segment_id), segment_id=segment_id)
         return _parse_receipt(DeleteAudienceContactListResponse, answer, EP_WIPE)
 
     async def contact_list_statistics(self, segment_id: str) -> ContactListStatisticsEntityV1Response:
         _check_segment_id(segment_id)
-        answer = await self._call(
+        answer = await self.api.call(
             EP_STATISTICS, "GET", self._url(CONTACT_LIST_STATISTICS_PATH, segment_id), segment_id=segment_id
         )
-        return _parse(ContactListStatisticsEntityV1Response, answer, EP_STATISTICS)
+        return parse_answer(ContactListStatisticsEntityV1Response, answer, EP_STATISTICS)
 
     # ---------------------------------------------------------------------- plumbing
 
     async def _create(self, segment: AudienceSegmentCreateEntityV1) -> str:
         body = AudienceSegmentBulkCreateInputV1.of(segment)
-        reply = await self._exchange(EP_CREATE, "POST", self._url(CREATE_SEGMENTS_PATH), json=body.to_json())
+        reply = await self.api.exchange(EP_CREATE, "POST", self._url(CREATE_SEGMENTS_PATH), json=body.to_json())
         # Criteo answers a duplicate name with a 200 that creates nothing and lists the problem
         # in errors or warnings (its bulk docs), or with a 400 and errors[0] (Segment's experience).
         taken = CODE_NAME_MUST_BE_UNIQUE in error_codes(reply.body, include_warnings=True)
         if reply.decision is Decision.OK:
-            parsed = _parse(AudienceSegmentEntityV1ListResponse, reply.body, EP_CREATE)
+            parsed = parse_answer(AudienceSegmentEntityV1ListResponse, reply.body, EP_CREATE)
             created = next((item.id for item in parsed.data if item.id), None)
             if created is not None:
                 return created
@@ -269,106 +264,10 @@ class CriteoClient:
         path = template.format(version=self.config.api_version, segment_id=segment_id)
         return self.config.api_url + path
 
-    async def _call(
-        self,
-        endpoint: str,
-        method: str,
-        url: str,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-        segment_id: str | None = None,
-    ) -> Any:
-        """Send one request; its parsed JSON body, or the exception `classify` decides."""
-        reply = await self._exchange(endpoint, method, url, json=json, params=params, segment_id=segment_id)
-        if reply.decision is not Decision.OK:
-            raise reply.error()
-        return reply.body
-
-    async def _exchange(
-        self,
-        endpoint: str,
-        method: str,
-        url: str,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-        segment_id: str | None = None,
-    ) -> _Reply:
-        """Send one request, again at once with a new token if Criteo refused the first one."""
-        for attempt in (1, 2):
-            token = await self.tokens.token()
-            await self._limiter.acquire()
-            try:
-                response = await self._http.request(
-                    method,
-                    url,
-                    json=json,
-                    params=params,
-                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                    timeout=self.config.timeout_secs,
-                )
-            except httpx.TransportError as exc:
-                # Timeouts included. The exception is dropped (`from None`): its request holds the token.
-                self._count(endpoint, NO_RESPONSE)
-                log.warning("criteo call failed", extra={"endpoint": endpoint, "error": type(exc).__name__})
-                raise RetryableError(f"Criteo {endpoint} failed: {type(exc).__name__}") from None
-            now = self._clock.now()
-            status = response.status_code
-            await self._limiter.observe(status, response.headers, now)
-            self._count(endpoint, status)
-            body = _json(response)
-            decision = classify(status, error_codes(body))
-            if decision is Decision.REFRESH_TOKEN:
-                self.tokens.invalidate(token)
-                if attempt == 1:
-                    log.info("criteo token rejected, refreshing", extra={"endpoint": endpoint, "status": status})
-                    continue
-            return _Reply(endpoint, status, body, decision, _retry_at(response, now), segment_id)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-    def _count(self, endpoint: str, status: int) -> None:
-        if self._metrics is not None:
-            self._metrics.criteo_calls.labels(endpoint=endpoint, status=str(status)).inc()
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    endpoint: str
-    status: int
-    body: Any
-    decision: Decision
-    retry_at: float | None
-    segment_id: str | None
-
-    def error(self) -> CriteoError:
-        return error_for(
-            self.decision,
-            status=self.status,
-            body=self.body,
-            endpoint=self.endpoint,
-            retry_at=self.retry_at,
-            segment_id=self.segment_id,
-        )
-
-
-def _retry_at(response: httpx.Response, now: float) -> float | None:
-    if response.status_code == 429:
-        return reset_at(response.headers, now)
-    return None
-
 
 def _check_segment_id(segment_id: str) -> None:
     if not _SEGMENT_ID.match(segment_id):
         raise ValueError(f"a Criteo segment id is numeric, got {segment_id!r}")
-
-
-def _json(response: httpx.Response) -> Any:
-    # A 429 body is undocumented (possibly empty); a 5xx may be HTML from a proxy.
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _problem(body: Any) -> dict[str, Any] | None:
@@ -377,16 +276,6 @@ def _problem(body: Any) -> dict[str, Any] | None:
     named = [item for item in items if item.get("code") == CODE_NAME_MUST_BE_UNIQUE]
     first = named or items
     return first[0] if first else None
-
-
-def _parse(model: type[M], body: Any, endpoint: str) -> M:
-    try:
-        return model.model_validate(body)
-    except ValidationError:
-        # A 2xx we cannot read: Criteo (or a proxy) misbehaved; the call may have worked, and
-        # resending is harmless by design, so retry rather than dead-letter.
-        log.warning("criteo answer unreadable", extra={"endpoint": endpoint})
-        raise RetryableError(f"Criteo {endpoint} answered 2xx with an unexpected body", status=200) from None
 
 
 def _as_errors(body: Any) -> dict[str, Any]:

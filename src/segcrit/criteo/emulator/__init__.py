@@ -5,9 +5,13 @@
         ...                                     # point the client at base_url
         state.members("cart_abandoners")        # what Criteo now holds
 
-Modules: `state` (what it remembers), `gateway` (auth, rate limit, faults, call log), `oauth` and
-`audience_segments` (the endpoints), `faults`, `ratelimit`, `identifiers`, `problems`, `app`,
-`server` (`serve()` for `segcrit emulator`, `running_emulator()` for tests).
+        state.event_documents()                 # Events API documents accepted
+        state.catalog("6789")                   # a merchant's products by id
+
+Modules: `state` (what it remembers), `gateway` (auth, rate limit, faults, call log), `oauth`,
+`audience_segments`, `events` (the Events API) and `catalog` (the Product Importer API) (the
+endpoints), `faults`, `ratelimit`, `identifiers`, `problems`, `app`, `server` (`serve()` for
+`segcrit emulator`, `running_emulator()` for tests).
 """
 
 from segcrit.criteo.emulator.app import create_emulator_app
@@ -18,6 +22,7 @@ from segcrit.criteo.emulator.state import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     CallRecord,
+    CatalogBatch,
     ClientApp,
     EmulatorState,
     Endpoint,
@@ -29,6 +34,7 @@ __all__ = [
     "DEMO_CLIENT_ID",
     "DEMO_CLIENT_SECRET",
     "CallRecord",
+    "CatalogBatch",
     "ClientApp",
     "EmulatorState",
     "Endpoint",

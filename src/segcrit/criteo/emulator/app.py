@@ -2,10 +2,14 @@
 
 Control routes (no auth, not counted, not rate limited: a local tool for tests and the demo):
 
-    GET  /_emulator/state[?members=0]   segments with members, call counts by endpoint, faults
+    GET  /_emulator/state[?members=0]   segments with members, event documents, catalogs, call
+                                        counts by endpoint, faults (members=0: counts only)
     POST /_emulator/faults              {"spec": "5xx=0.2,..."} or {"5xx": 0.2, ...}: replace the faults
-    POST /_emulator/config              {"duplicate_name_mode", "rate_limit_per_minute", "match_rate"}
-    POST /_emulator/reset               forget segments, tokens, calls; faults back to the start ones
+    POST /_emulator/config              {"duplicate_name_mode", "rate_limit_per_minute", "match_rate",
+                                         "events_rate_limit_per_minute", "events_redirect_hops",
+                                         "catalog_report_polls"}
+    POST /_emulator/reset               forget segments, documents, catalogs, tokens, calls; faults
+                                        back to the start ones
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from segcrit.criteo.constants import (
+    CATALOG_BATCH_PATH,
+    CATALOG_REPORT_PATH,
     CONTACT_LIST_PATH,
     CONTACT_LIST_STATISTICS_PATH,
     CREATE_SEGMENTS_PATH,
     DELETE_SEGMENTS_PATH,
+    EVENTS_PATH,
     SEARCH_SEGMENTS_PATH,
     TOKEN_PATH,
 )
-from segcrit.criteo.emulator import audience_segments, oauth
+from segcrit.criteo.emulator import audience_segments, catalog, events, oauth
 from segcrit.criteo.emulator.faults import FaultSpecError, faults_from_mapping, parse_faults
 from segcrit.criteo.emulator.gateway import Auth, Handler, criteo_endpoint
 from segcrit.criteo.emulator.problems import error_response, problem
@@ -34,18 +41,21 @@ from segcrit.criteo.emulator.state import DUPLICATE_NAME_MODES, EmulatorState, E
 
 
 def _route_path(template: str) -> str:
-    # The shared templates name the segment `{segment_id}` and the version `{version}`: Starlette's syntax.
-    return template.format(version="{version}", segment_id="{segment_id}")
+    # The shared templates name their parameters `{version}`, `{segment_id}`, `{operation_token}`:
+    # Starlette's syntax.
+    return template.format(version="{version}", segment_id="{segment_id}", operation_token="{operation_token}")
 
 
 def create_emulator_app(state: EmulatorState) -> Starlette:
     """A Criteo emulator serving `state` (read it from the test while the app runs)."""
 
-    def criteo(template: str, endpoint: Endpoint, handler: Handler, method: str, auth: Auth = "bearer") -> Route:
+    def criteo(
+        template: str, endpoint: Endpoint, handler: Handler, method: str | list[str], auth: Auth = "bearer"
+    ) -> Route:
         return Route(
             _route_path(template),
             criteo_endpoint(state, endpoint, handler, auth),
-            methods=[method],
+            methods=[method] if isinstance(method, str) else method,
             name=endpoint.value,
         )
 
@@ -62,6 +72,11 @@ def create_emulator_app(state: EmulatorState) -> Starlette:
             audience_segments.contact_list_statistics,
             "GET",
         ),
+        criteo(CATALOG_BATCH_PATH, Endpoint.CATALOG_BATCH, catalog.submit_batch, "POST"),
+        criteo(CATALOG_REPORT_PATH, Endpoint.CATALOG_REPORT, catalog.batch_report, "GET"),
+        # The Events API lives on another host at Criteo; here it shares the port, without OAuth.
+        criteo(EVENTS_PATH, Endpoint.EVENTS, events.event, ["POST", "GET"], auth="none"),
+        criteo(events.REGIONAL_PATH, Endpoint.EVENTS, events.event, ["POST", "GET"], auth="none"),
         *_control_routes(state),
     ]
 
@@ -118,18 +133,29 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return value
 
 
+_COUNT_SETTINGS = (
+    "rate_limit_per_minute",
+    "events_rate_limit_per_minute",
+    "events_redirect_hops",
+    "catalog_report_polls",
+)
+
+
 def _apply_config(state: EmulatorState, body: dict[str, Any]) -> None:
-    known = {"duplicate_name_mode", "rate_limit_per_minute", "match_rate"}
+    known = {"duplicate_name_mode", "match_rate", *_COUNT_SETTINGS}
     if unknown := set(body) - known:
         raise ValueError(f"unknown settings {sorted(unknown)} (known: {sorted(known)})")
     mode = body.get("duplicate_name_mode", state.duplicate_name_mode)
     if mode not in DUPLICATE_NAME_MODES:
         raise ValueError(f"duplicate_name_mode must be one of {DUPLICATE_NAME_MODES}")
-    limit = body.get("rate_limit_per_minute", state.rate_limit_per_minute)
+    counts = {name: body.get(name, getattr(state, name)) for name in _COUNT_SETTINGS}
     rate = body.get("match_rate", state.match_rate)
-    if not isinstance(limit, int) or limit < 0 or not isinstance(rate, int | float) or not 0 <= rate <= 1:
-        raise ValueError("rate_limit_per_minute is an integer >= 0, match_rate a number in 0..1")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in counts.values()):
+        raise ValueError(f"{', '.join(_COUNT_SETTINGS)} are integers >= 0")
+    if not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        raise ValueError("match_rate is a number in 0..1")
     with state.lock:
         state.duplicate_name_mode = mode
-        state.rate_limit_per_minute = limit
         state.match_rate = float(rate)
+        for name, value in counts.items():
+            setattr(state, name, value)

@@ -4,6 +4,10 @@ In order: injected latency; API version check (404 unknown, 410 decommissioned);
 burst; authentication (bearer token, or the token call's own client_id); the per-application rate
 limit; an injected server error; then the endpoint. Every answer carries the `x-ratelimit-*` headers
 and lands in the call log.
+
+The Events API (`auth="none"`) is another host: no OAuth (the document names its account), and its
+own rate limit for the host as a whole instead of the per-application 250/min. Latency, 429 bursts
+and server errors are injected there too.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class Call:
 
     request: Request
     body: bytes
-    client: ClientApp | None  # None only on the token call of an unknown client
+    client: ClientApp | None  # None on the token call of an unknown client and on the Events API
 
     @property
     def instance(self) -> str:
@@ -53,7 +57,7 @@ class Call:
 
 
 Handler = Callable[[EmulatorState, Call], Response]
-Auth = Literal["bearer", "form"]
+Auth = Literal["bearer", "form", "none"]
 
 
 def criteo_endpoint(
@@ -96,8 +100,11 @@ def _pass_gateway(
         return None, _with_rate(state.rate_headers(None), error_response(410, gone))
 
     if state.take_burst_429():
-        return None, _rate_limited(state.clock.now(), state.rate_limit_per_minute, instance)
+        limit = state.events_rate_limit_per_minute if auth == "none" else state.rate_limit_per_minute
+        return None, _rate_limited(state.clock.now(), limit, instance)
 
+    if auth == "none":
+        return None, _pass_unauthenticated(state, handler, request, body)
     if auth == "bearer":
         client, refusal = _authenticate(state, request)
         if refusal is not None:
@@ -117,6 +124,19 @@ def _pass_gateway(
         return client.client_id, _with_rate(decision, error_response(status, failure))
 
     return client.client_id, _with_rate(decision, handler(state, Call(request, body, client)))
+
+
+def _pass_unauthenticated(state: EmulatorState, handler: Handler, request: Request, body: bytes) -> Response:
+    """The Events API: its host's rate limit and injected errors, then the endpoint."""
+    instance = request.url.path
+    decision = state.admit_event_call()
+    if not decision.allowed:
+        return _with_rate(decision, _rate_problem(instance))
+    status = state.take_server_error()
+    if status is not None:
+        failure = problem("availability", CODE_INTERNAL_ERROR, "Internal error (injected fault)", instance)
+        return _with_rate(decision, error_response(status, failure))
+    return _with_rate(decision, handler(state, Call(request, body, None)))
 
 
 def _authenticate(state: EmulatorState, request: Request) -> tuple[ClientApp | None, Response | None]:

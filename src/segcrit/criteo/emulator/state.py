@@ -1,4 +1,5 @@
-"""Everything the Criteo emulator remembers, behind one lock.
+"""Everything the Criteo emulator remembers, behind one lock: segments and their members, Events API
+documents, catalogs per merchant with their batch reports, tokens, calls, rate limits and faults.
 
 The app runs on uvicorn's event loop while a test reads the same state from its own thread, so every
 public method takes the lock and the accessors hand out copies. Time comes from an injected Clock:
@@ -7,6 +8,7 @@ with a FakeClock a test expires tokens and empties the rate-limit window without
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import secrets
@@ -21,7 +23,12 @@ from typing import Any, Literal
 from urllib.parse import parse_qs
 
 from segcrit.clock import Clock, SystemClock
-from segcrit.criteo.constants import RATE_LIMIT_PER_MINUTE_DEFAULT, TOKEN_LIFETIME_SECS, IdentifierType
+from segcrit.criteo.constants import (
+    EVENTS_RATE_LIMIT_PER_MINUTE_DEFAULT,
+    RATE_LIMIT_PER_MINUTE_DEFAULT,
+    TOKEN_LIFETIME_SECS,
+    IdentifierType,
+)
 from segcrit.criteo.emulator.faults import FaultInjector, Faults, parse_faults
 from segcrit.criteo.emulator.ratelimit import RateDecision, SlidingWindowLimiter
 
@@ -36,6 +43,14 @@ DEMO_ADVERTISER_ID = "12345"
 # The log keeps the latest calls with their bodies (up to ~3.5 MB each); counters count every call.
 CALL_LOG_SIZE = 1_000
 FIRST_SEGMENT_ID = 1001
+# Accepted Events API documents kept for assertions (the demo's run stays far below).
+EVENT_LOG_SIZE = 10_000
+# The key of the Events API host in its own rate limiter: the host is limited as a whole.
+EVENTS_RATE_KEY = "events-api"
+# "The report is available for 4 days" (ReportOkResponse in Criteo's preview OpenAPI).
+REPORT_RETENTION_SECS = 4 * 86_400
+# Report polls answered ACCEPTED / IN_PROGRESS before the final status, unless configured.
+CATALOG_REPORT_POLLS_DEFAULT = 1
 
 
 class Endpoint(StrEnum):
@@ -48,6 +63,9 @@ class Endpoint(StrEnum):
     CONTACT_LIST_PATCH = "contact-list-patch"
     CONTACT_LIST_DELETE = "contact-list-delete"
     STATISTICS = "statistics"
+    EVENTS = "events"
+    CATALOG_BATCH = "catalog-batch"
+    CATALOG_REPORT = "catalog-report"
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,18 @@ class _Token:
     expires_at: float
 
 
+@dataclass
+class CatalogBatch:
+    """A catalog batch as the emulator keeps it: processed at once, its report revealed after polls."""
+
+    token: str
+    submitted_at: float
+    entries: int
+    pending_polls: int  # polls still to answer ACCEPTED / IN_PROGRESS
+    final_report: dict[str, Any] = field(repr=False)
+    polls: int = 0
+
+
 def iso(timestamp: float) -> str:
     """ISO-8601 UTC, as Criteo writes createdAt/updatedAt."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
@@ -149,6 +179,9 @@ class EmulatorState:
         match_rate: float = 1.0,
         decommissioned_versions: Iterable[str] = (),
         call_log_size: int = CALL_LOG_SIZE,
+        events_rate_limit_per_minute: int = EVENTS_RATE_LIMIT_PER_MINUTE_DEFAULT,
+        events_redirect_hops: int = 0,
+        catalog_report_polls: int = CATALOG_REPORT_POLLS_DEFAULT,
     ) -> None:
         self.lock = threading.RLock()
         self.clock: Clock = clock or SystemClock()
@@ -165,6 +198,15 @@ class EmulatorState:
         self._ids = itertools.count(FIRST_SEGMENT_ID)
         self._calls: deque[CallRecord] = deque(maxlen=call_log_size)
         self._call_counts: Counter[str] = Counter()
+        # Events API: its own limiter (a separate host), redirects before the document is read.
+        self._events_limiter = SlidingWindowLimiter(events_rate_limit_per_minute)
+        self.events_redirect_hops = events_redirect_hops  # 307s answered before one is accepted
+        self._event_documents: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG_SIZE)
+        self._event_counts: Counter[str] = Counter()
+        # Catalog: products per merchant id, batches by operation token.
+        self.catalog_report_polls = catalog_report_polls
+        self._catalogs: dict[str, dict[str, dict[str, Any]]] = {}
+        self._batches: dict[str, CatalogBatch] = {}
         self.set_faults(faults)
 
     # --- settings ---------------------------------------------------------------------------------
@@ -177,6 +219,15 @@ class EmulatorState:
     def rate_limit_per_minute(self, limit: int) -> None:
         with self.lock:
             self._limiter.limit = limit
+
+    @property
+    def events_rate_limit_per_minute(self) -> int:
+        return self._events_limiter.limit
+
+    @events_rate_limit_per_minute.setter
+    def events_rate_limit_per_minute(self, limit: int) -> None:
+        with self.lock:
+            self._events_limiter.limit = limit
 
     @property
     def faults(self) -> Faults:
@@ -195,7 +246,8 @@ class EmulatorState:
             self._clients[client_id] = ClientApp(client_id, client_secret, frozenset(advertiser_ids))
 
     def reset(self) -> None:
-        """Forget segments, tokens, calls and rate-limit windows; faults go back to those given at start."""
+        """Forget segments, event documents, catalogs, tokens, calls and rate-limit windows; faults go
+        back to those given at start."""
         with self.lock:
             self._tokens.clear()
             self._segments.clear()
@@ -203,6 +255,11 @@ class EmulatorState:
             self._calls.clear()
             self._call_counts.clear()
             self._limiter.reset()
+            self._events_limiter.reset()
+            self._event_documents.clear()
+            self._event_counts.clear()
+            self._catalogs.clear()
+            self._batches.clear()
             self._faults = FaultInjector()
             self.set_faults(self._initial_faults)
 
@@ -237,16 +294,63 @@ class EmulatorState:
         with self.lock:
             return dict(self._call_counts)
 
-    def snapshot(self, include_members: bool = True) -> dict[str, Any]:
-        """The JSON of GET /_emulator/state."""
+    def event_documents(self) -> list[dict[str, Any]]:
+        """The Events API documents accepted (the latest EVENT_LOG_SIZE), oldest first, as sent."""
         with self.lock:
-            return {
+            return copy.deepcopy(list(self._event_documents))
+
+    def events(self, event_name: str | None = None) -> list[dict[str, Any]]:
+        """The events of the accepted documents, in order, optionally of one name (`trackTransaction`)."""
+        return [
+            event
+            for document in self.event_documents()
+            for event in document.get("events", [])
+            if event_name is None or event.get("event") == event_name
+        ]
+
+    def transactions(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The first trackTransaction per (account, order id): what Criteo counts as conversions.
+
+        `len(state.events("trackTransaction"))` counts every one sent, duplicates included.
+        """
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for document in self.event_documents():
+            for event in document.get("events", []):
+                if event.get("event") == "trackTransaction":
+                    found.setdefault((str(document.get("account")), str(event.get("id"))), event)
+        return found
+
+    def catalog(self, merchant_id: str | int) -> dict[str, dict[str, Any]]:
+        """A merchant's products by id (copies of the last inserted version)."""
+        with self.lock:
+            return copy.deepcopy(self._catalogs.get(str(merchant_id), {}))
+
+    def snapshot(self, include_members: bool = True) -> dict[str, Any]:
+        """The JSON of GET /_emulator/state (members, event documents and products with `include_members`)."""
+        with self.lock:
+            body: dict[str, Any] = {
                 "segments": [s.to_json(include_members) for s in self._segments_of(None)],
                 "calls": dict(self._call_counts),
                 "faults": self._faults.faults.to_json(),
                 "duplicateNameMode": self.duplicate_name_mode,
                 "rateLimitPerMinute": self._limiter.limit,
+                "events": {
+                    "documents": len(self._event_documents),
+                    "byName": dict(self._event_counts),
+                    "rateLimitPerMinute": self._events_limiter.limit,
+                    "redirectHops": self.events_redirect_hops,
+                },
+                "catalog": {
+                    merchant: {"products": len(products)} for merchant, products in sorted(self._catalogs.items())
+                },
+                "catalogBatches": len(self._batches),
+                "catalogReportPolls": self.catalog_report_polls,
             }
+            if include_members:
+                body["eventDocuments"] = copy.deepcopy(list(self._event_documents))
+                for merchant, products in self._catalogs.items():
+                    body["catalog"][merchant]["items"] = copy.deepcopy(products)
+            return body
 
     def create_segment(
         self,
@@ -294,6 +398,56 @@ class EmulatorState:
     def admit_call(self, client_id: str) -> RateDecision:
         with self.lock:
             return self._limiter.admit(client_id, self.clock.now())
+
+    def admit_event_call(self) -> RateDecision:
+        """Count a call to the Events API host against its own limit (not the Marketing API's)."""
+        with self.lock:
+            return self._events_limiter.admit(EVENTS_RATE_KEY, self.clock.now())
+
+    def record_event_document(self, document: dict[str, Any]) -> None:
+        with self.lock:
+            self._event_documents.append(copy.deepcopy(document))
+            for event in document.get("events", []):
+                self._event_counts[str(event.get("event"))] += 1
+
+    def submit_catalog_batch(
+        self,
+        upserts: Iterable[tuple[str, dict[str, Any]]],
+        deletes: Iterable[tuple[str, str]],
+        final_report: dict[str, Any],
+        entries: int,
+    ) -> str:
+        """Apply a validated batch at once ((merchant, product) upserts, (merchant, id) deletes) and
+        keep its report; returns the operation token."""
+        with self.lock:
+            for merchant, product in upserts:
+                self._catalogs.setdefault(merchant, {})[str(product["id"])] = copy.deepcopy(product)
+            for merchant, product_id in deletes:
+                self._catalogs.get(merchant, {}).pop(product_id, None)
+            self._forget_old_batches()
+            token = secrets.token_urlsafe(32)
+            self._batches[token] = CatalogBatch(
+                token=token,
+                submitted_at=self.clock.now(),
+                entries=entries,
+                pending_polls=self.catalog_report_polls,
+                final_report=copy.deepcopy(final_report),
+            )
+            return token
+
+    def poll_catalog_report(self, token: str) -> tuple[CatalogBatch, dict[str, Any] | None] | None:
+        """One poll of a batch's report: the batch and its final report once the pending polls are
+        used up (None before), or None for an unknown or expired token."""
+        with self.lock:
+            self._forget_old_batches()
+            batch = self._batches.get(token)
+            if batch is None:
+                return None
+            batch.polls += 1
+            if batch.pending_polls > 0:
+                batch.pending_polls -= 1
+                return replace(batch), None
+            return replace(batch), copy.deepcopy(batch.final_report)
 
     def rate_headers(self, client_id: str | None) -> RateDecision:
         with self.lock:
@@ -378,6 +532,11 @@ class EmulatorState:
             segment.updated_at = self.clock.now()
 
     # --- internals (lock held) ------------------------------------------------------------------
+
+    def _forget_old_batches(self) -> None:
+        cutoff = self.clock.now() - REPORT_RETENTION_SECS
+        for token in [t for t, b in self._batches.items() if b.submitted_at <= cutoff]:
+            del self._batches[token]
 
     def _segments_of(self, advertiser_ids: AbstractSet[str] | None) -> list[Segment]:
         found = [s for s in self._segments.values() if advertiser_ids is None or s.advertiser_id in advertiser_ids]
