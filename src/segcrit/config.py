@@ -76,6 +76,8 @@ class CriteoConfig(_Model):
     caller_id: str | None = None
     gum_caller_id: int | None = None
     rate_limit_per_minute: int = Field(250, ge=1, le=100_000)
+    # The Events API host is limited separately from the Marketing API (SPEC §7).
+    events_rate_limit_per_minute: int = Field(1_000, ge=1, le=1_000_000)
     timeout_secs: float = Field(30.0, gt=0)
 
     @field_validator("api_url", "events_url")

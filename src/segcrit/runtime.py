@@ -12,34 +12,87 @@ import asyncio
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 
 from segcrit.clock import Clock, SystemClock
 from segcrit.config import Config
+from segcrit.criteo.catalog_client import CatalogClient
 from segcrit.criteo.client import CriteoClient
+from segcrit.criteo.events_client import EventsClient
 from segcrit.delivery.backoff import Backoff
+from segcrit.delivery.commerce_workers import CatalogWorker, EventsWorker
 from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.delivery.worker import DeliveryWorker
 from segcrit.engine import Processor
 from segcrit.metrics import Metrics
+from segcrit.scheduler import Scheduler
 from segcrit.store.sqlite import SqliteStore
 
 log = logging.getLogger("segcrit.runtime")
 
 IDLE_WAIT_SECS = 0.05  # processor: how long to wait for a wake-up before looking again
-HOUSEKEEPING_EVERY_SECS = 600.0
+SCHEDULER_TICK_SECS = 1.0
 SHUTDOWN_FLUSH_SECS = 5.0
 
 
 def build_criteo_client(
-    config: Config, clock: Clock, metrics: Metrics, transport: httpx.AsyncBaseTransport | None = None
+    config: Config,
+    clock: Clock,
+    metrics: Metrics,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> tuple[CriteoClient, httpx.AsyncClient]:
     http = httpx.AsyncClient(timeout=config.criteo.timeout_secs, transport=transport, follow_redirects=False)
-    limiter = SlidingWindowLimiter(config.criteo.rate_limit_per_minute, clock)
+    limiter = SlidingWindowLimiter(config.criteo.rate_limit_per_minute, clock, sleep)
     return CriteoClient(config.criteo, http, limiter, clock, metrics), http
+
+
+@dataclass
+class Workers:
+    """Everything that calls Criteo, driven by one thread: one Marketing API rate limiter."""
+
+    contacts: DeliveryWorker
+    events: EventsWorker
+    catalog: CatalogWorker
+    http: list[httpx.AsyncClient]
+
+    async def drain_once(self, *, force: bool = False) -> int:
+        calls = await self.contacts.create_lookalikes()
+        calls += await self.contacts.drain_once(force=force)
+        calls += await self.events.drain_once(force=force)
+        calls += await self.catalog.drain_once(force=force)
+        return calls
+
+    async def aclose(self) -> None:
+        for http in self.http:
+            await http.aclose()
+
+
+def build_workers(
+    store: SqliteStore,
+    config: Config,
+    clock: Clock,
+    metrics: Metrics,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> Workers:
+    """The delivery workers with their Criteo clients (call inside the event loop that runs them)."""
+    client, http = build_criteo_client(config, clock, metrics, transport, sleep)
+    events_http = httpx.AsyncClient(timeout=config.criteo.timeout_secs, transport=transport, follow_redirects=False)
+    events_limiter = SlidingWindowLimiter(config.criteo.events_rate_limit_per_minute, clock, sleep)
+    events_client = EventsClient(config.criteo.events_url, events_http, events_limiter, clock, metrics)
+    backoff = Backoff.from_config(config.delivery, rng or random.Random())
+    return Workers(
+        DeliveryWorker(store, config, client, clock, metrics, backoff),
+        EventsWorker(store, config, events_client, clock, metrics, backoff),
+        CatalogWorker(store, config, CatalogClient(client.api), clock, metrics, backoff),
+        [http, events_http],
+    )
 
 
 @dataclass
@@ -57,6 +110,7 @@ class Runtime:
         self.metrics = metrics
         self.clock = clock or SystemClock()
         self.processor = Processor(store, config, self.clock, metrics)
+        self.scheduler = Scheduler(store, config, self.processor, self.clock)
         self._wake = threading.Event()
         self._threads: list[_Thread] = []
         self.failed: str | None = None
@@ -66,6 +120,7 @@ class Runtime:
     def start(self) -> None:
         self._spawn("segcrit-processor", self._process_loop)
         self._spawn("segcrit-delivery", self._delivery_thread)
+        self._spawn("segcrit-scheduler", self._scheduler_loop)
 
     def stop(self, timeout: float = SHUTDOWN_FLUSH_SECS + 2) -> None:
         for t in self._threads:
@@ -101,7 +156,6 @@ class Runtime:
     # ------------------------------------------------------------------ processor
 
     def _process_loop(self, stop: threading.Event) -> None:
-        last_housekeeping = self.clock.monotonic()
         while not stop.is_set():
             try:
                 processed = self.processor.drain_once()
@@ -113,14 +167,6 @@ class Runtime:
             if processed == 0:
                 self._wake.wait(IDLE_WAIT_SECS)
                 self._wake.clear()
-            if self.clock.monotonic() - last_housekeeping > HOUSEKEEPING_EVERY_SECS:
-                last_housekeeping = self.clock.monotonic()
-                self.housekeeping()
-
-    def housekeeping(self) -> None:
-        horizon = self.clock.now() - self.config.ingest.dedupe_hours * 3600
-        pruned = self.store.prune_seen(horizon)
-        log.info("housekeeping", extra={"seen_pruned": pruned})
 
     # ------------------------------------------------------------------ delivery
 
@@ -128,28 +174,31 @@ class Runtime:
         asyncio.run(self._delivery_loop(stop))
 
     async def _delivery_loop(self, stop: threading.Event) -> None:
-        client, http = build_criteo_client(self.config, self.clock, self.metrics)
-        worker = DeliveryWorker(
-            self.store,
-            self.config,
-            client,
-            self.clock,
-            self.metrics,
-            Backoff.from_config(self.config.delivery, random.Random()),
-        )
+        workers = build_workers(self.store, self.config, self.clock, self.metrics)
         poll = max(0.02, min(0.25, self.config.delivery.max_wait_secs / 4))
         try:
             while not stop.is_set():
                 try:
-                    await worker.drain_once()
+                    await workers.drain_once()
                 except Exception:
                     log.exception("delivery round failed")
                     await asyncio.sleep(1.0)
                 await asyncio.sleep(poll)
             # Shutting down: send what is pending now rather than after max_wait, within a bound.
             try:
-                await asyncio.wait_for(worker.drain_once(force=True), SHUTDOWN_FLUSH_SECS)
+                await asyncio.wait_for(workers.drain_once(force=True), SHUTDOWN_FLUSH_SECS)
             except (TimeoutError, Exception):
                 log.warning("shutdown flush incomplete")
         finally:
-            await http.aclose()
+            await workers.aclose()
+
+    # ------------------------------------------------------------------ scheduler
+
+    def _scheduler_loop(self, stop: threading.Event) -> None:
+        self.scheduler.start(self.clock.now())
+        while not stop.is_set():
+            try:
+                self.scheduler.run_due()
+            except Exception:
+                log.exception("scheduler round failed")
+            stop.wait(SCHEDULER_TICK_SECS)

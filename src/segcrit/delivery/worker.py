@@ -26,6 +26,7 @@ from segcrit.criteo.errors import (
     CredentialsError,
     PermanentError,
     RetryableError,
+    SegmentNameTakenError,
 )
 from segcrit.delivery.backoff import Backoff
 from segcrit.errors import CriteoError
@@ -95,6 +96,28 @@ class DeliveryWorker:
                 if not await self._send(key, changes[start : start + MAX_IDENTIFIERS_PER_CALL]):
                     break  # the rest of this group would meet the same failure
         return calls
+
+    async def create_lookalikes(self) -> int:
+        """Create each wanted lookalike segment once, on its seed audience's contact list."""
+        created = 0
+        for record in self.store.lookalikes_to_create():
+            try:
+                seed_id = await self.segment_for(record.seed_audience)
+                try:
+                    segment_id = await self.client.create_lookalike(record.name, seed_id, record.target_size)
+                except SegmentNameTakenError:
+                    # Created before (a lost answer, another process): use it, never make a second.
+                    found = await self.client.find_segment(record.name, "Lookalike")
+                    if found is None:
+                        raise
+                    segment_id = found
+            except CriteoError as error:
+                log.warning("lookalike not created yet", extra={"lookalike": record.name, "error": str(error)[:200]})
+                continue
+            self.store.lookalike_created(record.name, segment_id, self.clock.now())
+            log.info("lookalike created", extra={"lookalike": record.name, "segment_id": segment_id})
+            created += 1
+        return created
 
     def _due(self, changes: Sequence[PendingChange], now: float) -> bool:
         if len(changes) >= MAX_IDENTIFIERS_PER_CALL:

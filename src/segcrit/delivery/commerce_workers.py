@@ -1,0 +1,198 @@
+"""Delivery of the commerce flows: Events API documents and catalog batches.
+
+EventsWorker: the events of one person that wait together (within `delivery.max_wait_secs`) go in
+one Events API document; a document that fails is retried with backoff, then dead-lettered with
+Criteo's answer after `delivery.retry_window_hours`, like contact-list changes.
+
+CatalogWorker: changed products go to Criteo in batches (never the same product twice in one
+batch), each batch's report is polled until it is final, and each product's outcome (accepted, or
+Criteo's errors) is kept for `segcrit status`. A product is sent again only when its data changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+import orjson
+
+from segcrit.clock import Clock
+from segcrit.config import CatalogFlow, Config
+from segcrit.criteo.catalog_client import CatalogClient
+from segcrit.criteo.errors import CredentialsError, PermanentError, RetryableError
+from segcrit.criteo.events_client import EventsClient
+from segcrit.delivery.backoff import Backoff
+from segcrit.errors import CriteoError
+from segcrit.flows.catalog import ProductData, criteo_product
+from segcrit.metrics import Metrics
+from segcrit.store.sqlite import SqliteStore
+from segcrit.store.sqlite_commerce import OpenBatch, PendingEvent, PendingProduct
+
+log = logging.getLogger("segcrit.delivery")
+
+EVENTS_SCAN = 10_000
+MAX_EVENTS_PER_DOCUMENT = 100
+DOCUMENT_VERSION = "segcrit_1.0"
+REPORT_POLL_SECS = (5.0, 15.0, 60.0, 300.0)  # then every 5 min until final
+
+
+def describe(error: BaseException) -> str:
+    problem = getattr(error, "problem", None)
+    return f"{error} {orjson.dumps(problem).decode()}" if problem else str(error)
+
+
+def window_over(first_failure_at: float | None, now: float, config: Config) -> bool:
+    return first_failure_at is not None and now - first_failure_at >= config.delivery.retry_window_hours * 3600
+
+
+class EventsWorker:
+    def __init__(
+        self,
+        store: SqliteStore,
+        config: Config,
+        client: EventsClient,
+        clock: Clock,
+        metrics: Metrics,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.client = client
+        self.clock = clock
+        self.metrics = metrics
+        self.backoff = backoff or Backoff.from_config(config.delivery)
+
+    async def drain_once(self, *, force: bool = False) -> int:
+        """Send one document per person whose oldest event has waited long enough; returns calls."""
+        now = self.clock.now()
+        people: dict[str, list[PendingEvent]] = defaultdict(list)
+        for event in self.store.due_events(now, EVENTS_SCAN):
+            people[event.person].append(event)
+        calls = 0
+        for events in people.values():
+            waited = now - min(e.created_at for e in events) >= self.config.delivery.max_wait_secs
+            if not (force or waited or any(e.attempts for e in events)):
+                continue
+            for start in range(0, len(events), MAX_EVENTS_PER_DOCUMENT):
+                calls += 1
+                await self._send(events[start : start + MAX_EVENTS_PER_DOCUMENT])
+        return calls
+
+    async def _send(self, events: Sequence[PendingEvent]) -> None:
+        # The latest event's context (ip, user agent, url) speaks for the document.
+        document = {**events[-1].header, "version": DOCUMENT_VERSION, "events": [e.body for e in events]}
+        ids = [e.id for e in events]
+        try:
+            await self.client.send(document)
+        except PermanentError as error:
+            self.store.dead_letter_events(ids, error.status, describe(error), self.clock.now())
+            self.metrics.dead_lettered.labels("events_rejected").inc()
+            return
+        except (RetryableError, CredentialsError, CriteoError) as error:
+            now = self.clock.now()
+            if window_over(min((e.first_failure_at or now) for e in events), now, self.config):
+                self.store.dead_letter_events(
+                    ids, getattr(error, "status", None), f"retry window exhausted: {error}", now
+                )
+                self.metrics.dead_lettered.labels("retry_window").inc()
+                return
+            delay = self.backoff.delay(error, max(e.attempts for e in events), now)
+            self.store.defer_events(ids, now + delay, now)
+            return
+        now = self.clock.now()
+        self.store.events_sent(ids)
+        for event in events:
+            self.metrics.delivery_latency.observe(max(0.0, now - event.created_at))
+
+
+class CatalogWorker:
+    def __init__(
+        self,
+        store: SqliteStore,
+        config: Config,
+        client: CatalogClient,
+        clock: Clock,
+        metrics: Metrics,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.client = client
+        self.clock = clock
+        self.metrics = metrics
+        self.backoff = backoff or Backoff.from_config(config.delivery)
+        self.flows: list[CatalogFlow] = config.flows_of(CatalogFlow)
+
+    async def drain_once(self, *, force: bool = False) -> int:
+        """Poll open batches, then send what changed; returns the calls made."""
+        if not self.flows:
+            return 0
+        calls = 0
+        for batch in self.store.batches_to_poll(self.clock.now()):
+            calls += 1
+            await self._poll(batch)
+        for flow in self.flows:
+            products = self.store.due_products(flow.merchant_id, self.clock.now(), flow.max_batch_products)
+            if not products:
+                continue
+            full = len(products) >= flow.max_batch_products
+            waited = self.clock.now() - min(p.updated_at for p in products) >= flow.max_wait_secs
+            if force or full or waited or any(p.attempts for p in products):
+                calls += 1
+                await self._send(flow, products)
+        return calls
+
+    async def _send(self, flow: CatalogFlow, products: Sequence[PendingProduct]) -> None:
+        # due_products reads one row per (merchant, product): no product twice in a batch.
+        entries = [
+            {"method": "insert", "product": criteo_product(ProductData(p.product_id, p.fields))} for p in products
+        ]
+        ids = [p.product_id for p in products]
+        try:
+            token = await self.client.send_batch(flow.merchant_id, entries)
+        except PermanentError as error:
+            self.store.dead_letter_products(flow.merchant_id, ids, error.status, describe(error), self.clock.now())
+            self.metrics.dead_lettered.labels("catalog_rejected").inc()
+            return
+        except (RetryableError, CredentialsError, CriteoError) as error:
+            now = self.clock.now()
+            if window_over(min((p.first_failure_at or now) for p in products), now, self.config):
+                self.store.dead_letter_products(flow.merchant_id, ids, None, f"retry window exhausted: {error}", now)
+                self.metrics.dead_lettered.labels("retry_window").inc()
+                return
+            delay = self.backoff.delay(error, max(p.attempts for p in products), now)
+            self.store.defer_products(flow.merchant_id, ids, now + delay, now)
+            return
+        now = self.clock.now()
+        self.store.open_batch(
+            token, flow.merchant_id, [(p.product_id, p.fingerprint) for p in products], now, now + REPORT_POLL_SECS[0]
+        )
+        log.info("catalog batch sent", extra={"merchant_id": flow.merchant_id, "products": len(products)})
+
+    async def _poll(self, batch: OpenBatch) -> None:
+        try:
+            report = await self.client.report(batch.token)
+        except (CriteoError, ValueError) as error:
+            log.warning("catalog report unavailable", extra={"token_age_secs": self.clock.now() - batch.created_at})
+            if isinstance(error, PermanentError):
+                # The report is gone (expired, unknown): send the batch's products again.
+                self.store.close_batch(batch, {}, self.clock.now(), failed=True)
+            else:
+                self._poll_later(batch)
+            return
+        if not report.done:
+            self._poll_later(batch)
+            return
+        if report.status == "FAILED":
+            self.store.close_batch(batch, {}, self.clock.now(), failed=True)
+            return
+        errors = {
+            product_id: "; ".join(f"{e.type}: {e.message}" for e in problems)
+            for product_id, problems in report.errors_by_product().items()
+        }
+        self.store.close_batch(batch, errors, self.clock.now())
+
+    def _poll_later(self, batch: OpenBatch) -> None:
+        wait = REPORT_POLL_SECS[min(batch.polls + 1, len(REPORT_POLL_SECS) - 1)]
+        self.store.batch_polled(batch.token, self.clock.now() + wait)
