@@ -177,7 +177,7 @@ def status(config_file: str | None) -> None:
     config = load_config(config_file)
     store = open_store(config.store)
     try:
-        render_status(collect_status(store))
+        render_status(collect_status(store, config))
     finally:
         store.close()
 

@@ -16,15 +16,16 @@ from typing import Any
 import orjson
 
 from segcrit.clock import SystemClock
-from segcrit.config import Config
+from segcrit.config import Config, LifecycleFlow, SuppressionFlow
 from segcrit.criteo.constants import CONTACT_LIST_PATH
 from segcrit.criteo.models import ContactlistAmendmentRequest
+from segcrit.delivery.commerce_workers import DOCUMENT_VERSION
 from segcrit.engine import Processor
 from segcrit.errors import UserError
 from segcrit.metrics import Metrics
 from segcrit.sources.validate import MessageRules, prepare_messages
 from segcrit.store.base import InboxEvent, TargetKey
-from segcrit.store.sqlite import SqliteStore
+from segcrit.store.sqlite import SqliteStore, SqliteTx
 
 PREVIEW_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias", "delete"})
 
@@ -66,12 +67,17 @@ def preview_event(config: Config, text: str) -> str:
                     lines.append(f"  skipped: {outcome.skipped}")
                     continue
                 lines.append(f"  profile: #{outcome.profile_id}")
-                if not outcome.memberships:
+                if not outcome.memberships and not outcome.criteo_events and not outcome.products_changed:
                     lines.append("  flows: none matched (no audience change)")
                 for audience, member in outcome.memberships:
-                    lines.append(f"  audience_sync: {'enter' if member else 'exit'} {audience}")
+                    lines.append(f"  {_flow_of(config, audience)}: {'enter' if member else 'exit'} {audience}")
+                for note in outcome.notes:
+                    lines.append(f"  adjusted: {note}")
+                if outcome.products_changed:
+                    lines.append(f"  catalog: {outcome.products_changed} product(s) changed, queued for the next batch")
                 pending = tx.pending_of_profile(outcome.profile_id) if outcome.profile_id else []
                 lines.extend(_requests(config, store, pending))
+                lines.extend(_events(config, tx, outcome.profile_id) if outcome.criteo_events else [])
     finally:
         store.close()
         if scratch is not None:
@@ -98,3 +104,21 @@ def _requests(config: Config, store: SqliteStore, pending: list[tuple[TargetKey,
         lines.append(f"  criteo: PATCH {config.criteo.api_url}{path}")
         lines.append("    " + orjson.dumps(body.to_json()).decode())
     return lines
+
+
+def _flow_of(config: Config, audience: str) -> str:
+    for flow in config.flows:
+        if isinstance(flow, SuppressionFlow) and flow.add_to == audience:
+            return "suppression"
+        if isinstance(flow, LifecycleFlow) and audience in flow.stages.values():
+            return "lifecycle"
+    return "audience_sync"
+
+
+def _events(config: Config, tx: SqliteTx, profile_id: int | None) -> list[str]:
+    """The Events API document the queued events of this person would go out in."""
+    queued = [e for e in tx.queued_events(str(profile_id))] if profile_id is not None else []
+    if not queued:
+        return []
+    document = {**queued[-1][0], "version": DOCUMENT_VERSION, "events": [body for _, body in queued]}
+    return [f"  criteo: POST {config.criteo.events_url}", "    " + orjson.dumps(document).decode()]

@@ -1,15 +1,21 @@
-"""`segcrit status`: backlog, delivery lag, audiences (desired vs acknowledged), dead letters."""
+"""`segcrit status`: backlog, delivery lag, audiences (desired vs acknowledged), dead letters,
+and per flow: Events API queue, catalog products (and why some are not sent), suppressed people,
+lifecycle stage sizes, cohort size and last run, scheduled jobs."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.table import Table
 
+from segcrit.config import Config, LifecycleFlow, LookalikeSeedFlow, SuppressionFlow
+from segcrit.profile_flows import lifecycle_audiences, suppression_key
 from segcrit.store.base import AudienceStats, DeadLetter
 from segcrit.store.sqlite import SqliteStore
+from segcrit.store.sqlite_cohorts import JobRecord
+from segcrit.store.sqlite_commerce import CatalogStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +27,17 @@ class Status:
     dead_letters: list[DeadLetter]
     dead_letter_count: int
     failed_events: int
+    pending_events: int = 0
+    catalog: CatalogStats | None = None
+    product_errors: list[tuple[str, str, str]] = field(default_factory=list)
+    flows: list[str] = field(default_factory=list)  # one line per suppression/lifecycle/cohort flow
+    jobs: list[JobRecord] = field(default_factory=list)
 
 
-def collect_status(store: SqliteStore, now: float | None = None) -> Status:
+def collect_status(store: SqliteStore, config: Config | None = None, now: float | None = None) -> Status:
     now = time.time() if now is None else now
     oldest = store.oldest_pending_since()
+    catalog = store.catalog_stats()
     return Status(
         backlog=store.backlog(),
         pending_changes=store.pending_count(),
@@ -34,7 +46,41 @@ def collect_status(store: SqliteStore, now: float | None = None) -> Status:
         dead_letters=store.dead_letters(limit=10),
         dead_letter_count=store.dead_letter_count(),
         failed_events=store.failed_event_count(),
+        pending_events=store.pending_event_count(),
+        catalog=catalog if catalog.products else None,
+        product_errors=store.product_errors(10) if catalog.with_errors else [],
+        flows=flow_lines(store, config, now) if config is not None else [],
+        jobs=store.jobs(),
     )
+
+
+def flow_lines(store: SqliteStore, config: Config, now: float) -> list[str]:
+    lines = []
+    for index, flow in enumerate(config.flows):
+        if isinstance(flow, SuppressionFlow):
+            count = store.suppressed_count(suppression_key(index), now)
+            lines.append(f"suppression flows[{index}] ({', '.join(flow.on)}): {count} suppressed now")
+        elif isinstance(flow, LifecycleFlow):
+            sizes = ", ".join(f"{a} {store.member_count(a)}" for a in lifecycle_audiences(flow))
+            lines.append(f"lifecycle flows[{index}]: {sizes}")
+        elif isinstance(flow, LookalikeSeedFlow):
+            job = store.job(f"cohort:{flow.audience}")
+            last = "never" if job is None or job.last_run_at is None else _ago(now - job.last_run_at)
+            line = f"lookalike_seed {flow.audience}: {store.member_count(flow.audience)} in the cohort, last run {last}"
+            if flow.lookalike is not None:
+                record = store.lookalike(flow.lookalike.name)
+                made = record.segment_id if record is not None and record.segment_id else "not created yet"
+                line += f"; lookalike {flow.lookalike.name!r}: {made}"
+            lines.append(line)
+    return lines
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
 
 
 def render_status(status: Status, console: Console | None = None) -> None:
@@ -56,4 +102,23 @@ def render_status(status: Status, console: Console | None = None) -> None:
             f"  #{letter.id} {letter.audience} {letter.operation} {letter.count} {letter.id_type}: "
             f"{letter.status or '-'} {letter.error[:200]}",
             markup=False,
+        )
+    if status.pending_events:
+        console.print(f"Events API: {status.pending_events} event(s) waiting to be sent")
+    if status.catalog is not None:
+        c = status.catalog
+        console.print(
+            f"catalog: {c.products} product(s): {c.accepted} accepted, {c.with_errors} with errors, "
+            f"{c.pending} to send, {c.in_flight} in a batch being processed"
+        )
+        for reason, count in sorted(c.not_sent.items()):
+            console.print(f"  not sent, {count} product(s) lack Criteo's required {reason}", markup=False)
+        for merchant, product_id, errors in status.product_errors:
+            console.print(f"  {merchant}/{product_id}: {errors[:200]}", markup=False)
+    for line in status.flows:
+        console.print(line, markup=False)
+    for job in status.jobs:
+        result = f" ({job.last_result})" if job.last_result else ""
+        console.print(
+            f"job {job.name}: next run in {max(0.0, job.next_run_at - time.time()):.0f} s{result}", markup=False
         )

@@ -85,6 +85,14 @@ class CommerceTxMixin:
             (person, profile_id, orjson.dumps(header), orjson.dumps(body), now),
         )
 
+    def queued_events(self, person: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(header, body) of the person's events waiting to be sent, oldest first."""
+        rows = self.conn.execute(
+            "SELECT header, body FROM criteo_events WHERE person = ? AND dead_letter_id IS NULL ORDER BY id",
+            (person,),
+        ).fetchall()
+        return [(orjson.loads(r[0]), orjson.loads(r[1])) for r in rows]
+
     def product_fields(self, merchant_id: str, product_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT fields FROM products WHERE merchant_id = ? AND product_id = ?", (merchant_id, product_id)
