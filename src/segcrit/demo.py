@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,11 @@ from rich.console import Console
 from rich.table import Table
 
 from segcrit.app import create_app
-from segcrit.config import Config, parse_config
+from segcrit.config import Config, LookalikeSeedFlow, parse_config
 from segcrit.criteo.emulator import EmulatorState
 from segcrit.criteo.emulator.server import running_app, running_emulator
 from segcrit.errors import SegcritError
+from segcrit.status import flow_lines
 from segcrit.store.sqlite import SqliteStore
 
 WRITE_KEY = "demo-write-key"
@@ -45,11 +47,37 @@ criteo:
   client_id: demo-client
   client_secret: demo-secret
   advertiser_id: "12345"
+  partner_id: "6789"
+  caller_id: demo-caller
   api_url: {api_url}
+  events_url: {api_url}/m/event?version=s2s_v0
 identity:
   send: [email, madid]
+audiences:
+  cart_abandoners: {{}}
 flows:
   - type: audience_sync
+  - type: conversions
+    events: [Order Completed]
+  - type: product_signals
+  - type: catalog
+    merchant_id: "6789"
+    max_wait_secs: 1
+  - type: suppression
+    on: [Order Completed]
+    remove_from: [cart_abandoners]
+    add_to: recent_buyers
+    for_days: 30
+  - type: lifecycle
+    stages:
+      Trial Started: trialists
+      Subscription Started: subscribers
+      Subscription Lapsed: lapsed
+  - type: lookalike_seed
+    audience: high_value
+    when: "order_count >= 2 or revenue_total >= 500"
+    every_minutes: 0.05
+    lookalike: {{name: High value lookalike, target_size: 1000000}}
 delivery:
   max_wait_secs: 1
 """
@@ -91,9 +119,9 @@ def run_demo(*, keep: bool = False, console: Console | None = None) -> dict[str,
                     console.print(f"segcrit on {base_url}, Criteo emulator on {api_url}, data in {folder}")
                     sent = send_traffic(base_url)
                     console.print(f"sent {sent} messages; waiting for delivery to Criteo ...")
-                    _settle(store)
+                    _settle(store, config, time.time())
                 summary = state.snapshot(include_members=True)
-                render_summary(summary, store, console)
+                render_summary(summary, store, config, console)
             finally:
                 store.close()
         return summary
@@ -110,10 +138,24 @@ def _serving(config: Config, store: SqliteStore) -> Iterator[str]:
         yield url
 
 
-def _settle(store: SqliteStore) -> None:
+def _settled(store: SqliteStore, config: Config, traffic_done: float) -> bool:
+    """Everything sent and acknowledged, and the cohort recomputed after the traffic."""
+    if store.backlog() or store.pending_count() or store.pending_event_count():
+        return False
+    catalog = store.catalog_stats()
+    if catalog.pending or catalog.in_flight:
+        return False
+    for flow in config.flows_of(LookalikeSeedFlow):
+        job = store.job(f"cohort:{flow.audience}")
+        if job is None or job.last_run_at is None or job.last_run_at < traffic_done:
+            return False
+    return not store.lookalikes_to_create()
+
+
+def _settle(store: SqliteStore, config: Config, traffic_done: float) -> None:
     deadline = time.monotonic() + SETTLE_TIMEOUT_SECS
     while time.monotonic() < deadline:
-        if store.backlog() == 0 and store.pending_count() == 0:
+        if store.backlog() == 0 and _settled(store, config, traffic_done):
             return
         time.sleep(0.1)  # a wait for a real server in real time, not test synchronisation
     raise SegcritError(f"delivery did not settle within {SETTLE_TIMEOUT_SECS:.0f} s")
@@ -162,6 +204,8 @@ def send_traffic(base_url: str) -> int:
         context={"consent": {"categoryPreferences": {"Advertising": False, "Analytics": True}}},
     )
     count += 2
+    count += _shop(client)
+    count += _lifecycle(client)
     client.flush()
     client.shutdown()
     if errors:
@@ -173,6 +217,84 @@ def send_traffic(base_url: str) -> int:
     _post_webhook(base_url, high_value)
     _post_webhook(base_url, [{"type": "delete", "userId": SHOPPERS[9].user_id, "messageId": "demo-delete-1"}])
     return count + len(high_value) + 1
+
+
+CATALOG = [
+    {
+        "product_id": f"SKU-{n}",
+        "sku": f"SKU-{n}",
+        "name": name,
+        "price": price,
+        "currency": "EUR",
+        "brand": "Acme",
+        "category": "Shoes",
+        "url": f"https://shop.example/p/{n}",
+        "image_url": f"https://shop.example/img/{n}.jpg",
+    }
+    for n, (name, price) in enumerate(
+        [
+            ("Trail runner", 120.0),
+            ("City sneaker", 89.9),
+            ("Rain boot", 65.0),
+            ("Sandal", 39.5),
+            ("Hiking boot", 210.0),
+        ],
+        start=1,
+    )
+]
+
+
+def _shop(client: Any) -> int:
+    """Browsing to buying for shoppers 3-8; shopper 3 orders twice and 5 spends 600 (high value)."""
+    count = 0
+    for index, shopper in enumerate(SHOPPERS[2:8]):
+        product = CATALOG[index % len(CATALOG)]
+        context = {
+            "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148",
+            "ip": f"203.0.113.{index + 10}",
+            "page": {"url": f"https://shop.example/p/{index}"},
+        }
+        client.track(shopper.user_id, "Products Searched", {"query": "boots", "products": CATALOG[:4]}, context=context)
+        client.track(shopper.user_id, "Product Viewed", product, context=context)
+        client.track(shopper.user_id, "Product Added", {**product, "quantity": 1}, context=context)
+        client.track(shopper.user_id, "Cart Viewed", {"products": [product]}, context=context)
+        count += 4
+        if index in (0, 2, 4):
+            orders = [(f"ORD-{index}-1", product["price"])]
+            if index == 0:
+                orders.append((f"ORD-{index}-2", product["price"]))
+            if index == 2:
+                orders = [(f"ORD-{index}-1", 600.0)]
+            for order_id, revenue in orders:
+                client.track(shopper.user_id, "Checkout Started", {"products": [product]}, context=context)
+                properties = {
+                    "order_id": order_id,
+                    "revenue": revenue,
+                    "currency": "EUR",
+                    "products": [{**product, "quantity": 1}],
+                }
+                client.track(shopper.user_id, "Order Completed", properties, context=context)
+                count += 2
+            # Segment delivered one order twice (a retry with a new messageId): one conversion all the same.
+            client.track(shopper.user_id, "Order Completed", properties, context=context)
+            count += 1
+    return count
+
+
+def _lifecycle(client: Any) -> int:
+    """Subscriptions: a trial, a conversion, and a lapse that arrives before an older start."""
+    now = time.time()
+
+    def ago(minutes: float) -> datetime:
+        return datetime.fromtimestamp(now - minutes * 60, UTC)
+
+    trial, subscriber, lapsed = SHOPPERS[12:15]
+    client.track(trial.user_id, "Trial Started", timestamp=ago(30))
+    client.track(subscriber.user_id, "Trial Started", timestamp=ago(30))
+    client.track(subscriber.user_id, "Subscription Started", timestamp=ago(10))
+    client.track(lapsed.user_id, "Subscription Lapsed", timestamp=ago(5))  # the latest, arriving first
+    client.track(lapsed.user_id, "Subscription Started", timestamp=ago(20))
+    return 5
 
 
 def _audience_props(key: str, member: bool) -> dict[str, Any]:
@@ -212,22 +334,54 @@ def _post_webhook(base_url: str, messages: list[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------------------------- summary
 
 
-def render_summary(snapshot: dict[str, Any], store: SqliteStore, console: Console) -> None:
-    table = Table(title="What Criteo received: contact-list audiences", title_justify="left")
-    for column in ("segment", "id", "identifiers", "emails", "mobile ids"):
-        table.add_column(column, justify="left" if column in ("segment", "id") else "right")
+def render_summary(snapshot: dict[str, Any], store: SqliteStore, config: Config, console: Console) -> None:
+    table = Table(title="What Criteo received: audience segments", title_justify="left")
+    for column in ("segment", "id", "type", "identifiers", "emails", "mobile ids"):
+        table.add_column(column, justify="left" if column in ("segment", "id", "type") else "right")
     for segment in snapshot.get("segments", []):
         members = segment.get("members") or {}
-        total = sum(len(v) for v in members.values()) if isinstance(members, dict) else len(members)
-        emails = len(members.get("email", [])) if isinstance(members, dict) else "-"
-        madids = len(members.get("madid", [])) if isinstance(members, dict) else "-"
-        table.add_row(segment.get("name", "?"), str(segment.get("id")), str(total), str(emails), str(madids))
+        total = sum(len(v) for v in members.values())
+        lookalike = segment.get("lookalike") or {}
+        kind = segment.get("type", "?")
+        if kind == "Lookalike":
+            kind = f"Lookalike of {lookalike.get('seedSegmentId')}"
+        table.add_row(
+            segment.get("name", "?"),
+            str(segment.get("id")),
+            kind,
+            str(total),
+            str(len(members.get("email", []))),
+            str(len(members.get("madid", []))),
+        )
     console.print(table)
-    calls = snapshot.get("call_counts") or snapshot.get("calls") or {}
-    console.print("Criteo calls by endpoint: " + ", ".join(f"{k}={v}" for k, v in sorted(calls.items())))
-    letters = store.dead_letter_count()
-    console.print(f"dead letters: {letters}; pending changes: {store.pending_count()}")
+
+    events = snapshot.get("eventDocuments") or []
+    by_name: dict[str, int] = {}
+    orders: list[str] = []
+    for document in events:
+        for event in document.get("events", []):
+            by_name[event["event"]] = by_name.get(event["event"], 0) + 1
+            if event["event"] == "trackTransaction":
+                orders.append(str(event.get("id")))
+    per_doc = sum(len(d.get("events", [])) for d in events) / len(events) if events else 0.0
     console.print(
-        "Notes: user-001 entered and left cart_abandoners; user-002 withdrew consent; user-010 was "
-        "deleted; user-004/008/.. were also seen in the app, so their mobile ids joined their audiences."
+        f"Events API: {len(events)} document(s), {per_doc:.1f} event(s) per document; "
+        + ", ".join(f"{name} {n}" for name, n in sorted(by_name.items()))
+    )
+    console.print(f"conversions (trackTransaction, once per order): {', '.join(sorted(orders)) or 'none'}")
+    merchants = snapshot.get("catalog") or {}
+    for merchant, info in sorted(merchants.items()):
+        products = info.get("items") or info.get("products") or {}
+        names = sorted(products) if isinstance(products, dict) else products
+        console.print(f"catalog {merchant}: {len(names) if isinstance(names, list) else names} product(s)")
+    for line in flow_lines(store, config, time.time()):
+        console.print(line, markup=False)
+    calls = snapshot.get("calls") or {}
+    console.print("Criteo calls by endpoint: " + ", ".join(f"{k}={v}" for k, v in sorted(calls.items())))
+    console.print(f"dead letters: {store.dead_letter_count()}; pending changes: {store.pending_count()}")
+    console.print(
+        "Notes: user-001 entered and left cart_abandoners; user-002 withdrew consent; user-010 was deleted; "
+        "user-004/008/.. were also seen in the app, so their mobile ids joined their audiences; buyers "
+        "left cart_abandoners for recent_buyers (suppression); user-003 and user-005 form the high-value "
+        "seed of the lookalike; user-015's lapse arrived before an older start and still wins."
     )
