@@ -12,13 +12,16 @@ builtins), never `eval`. What an expression can use:
     trait(name, default=None), in_audience(name), days_since(epoch)
     and / or / not, comparisons, in, arithmetic, literals
 
-A comparison with a missing value (None) is false rather than an error, so
-`days_since_last_order < 30` simply excludes people who never ordered.
+A missing value reads as None and an ordering comparison with it (<, <=, >, >=) is false rather
+than an error, so `days_since_last_order < 30` excludes people who never ordered while
+`days_since_last_order > 90 or order_count == 0` still includes them; `traits['plan']` of someone
+without a plan is None.
 """
 
 from __future__ import annotations
 
 import ast
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +68,49 @@ class CohortError(ValueError):
     """The expression cannot be used (syntax, unknown name, forbidden construct)."""
 
 
+# The syntax an expression may use. Anything else (lambda, comprehensions, f-strings, walrus...)
+# is refused when the config is checked, rather than making every evaluation fail quietly.
+ALLOWED_NODES: tuple[type[ast.AST], ...] = (
+    ast.Expression,
+    ast.Expr,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.BinOp,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.FloorDiv,
+    ast.Mod,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.Is,
+    ast.IsNot,
+    ast.IfExp,
+    ast.Call,
+    ast.keyword,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.Subscript,
+    ast.List,
+    ast.Tuple,
+    ast.Set,
+)
+
+
 def _days_since(now: float) -> Callable[[Any], float | None]:
     def days_since(epoch: Any) -> float | None:
         if isinstance(epoch, int | float) and not isinstance(epoch, bool):
@@ -74,6 +120,45 @@ def _days_since(now: float) -> Callable[[Any], float | None]:
     return days_since
 
 
+def _ordered(compare: Callable[[Any, Any], Any]) -> Callable[[Any, Any], bool]:
+    """An ordering comparison that is false, not an error, for values without an order between them
+    (None: a fact the person does not have; text against a number). Why not an error: an error
+    would end the whole expression, so `days_since_last_order > 90 or order_count == 0` would be
+    false for exactly the people who never ordered."""
+
+    def safe(left: Any, right: Any) -> bool:
+        try:
+            return bool(compare(left, right))
+        except TypeError:
+            return False
+
+    return safe
+
+
+class _Evaluator(EvalWithCompoundTypes):  # type: ignore[misc]  # simpleeval is untyped
+    """simpleeval, with the two relaxations that make missing facts read as "not in the cohort"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.operators.update(
+            {
+                ast.Lt: _ordered(operator.lt),
+                ast.LtE: _ordered(operator.le),
+                ast.Gt: _ordered(operator.gt),
+                ast.GtE: _ordered(operator.ge),
+            }
+        )
+
+    def _eval_subscript(self, node: ast.Subscript) -> Any:
+        # traits['plan'] of someone without a plan is None (as trait('plan') is), not an error.
+        container = self._eval(node.value)
+        key = self._eval(node.slice)
+        try:
+            return container[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+
+
 class Cohort:
     """A compiled `when` expression."""
 
@@ -81,23 +166,29 @@ class Cohort:
         if len(expression) > MAX_EXPRESSION_CHARS:
             raise CohortError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
         self.expression = expression
-        self._evaluator = EvalWithCompoundTypes()
+        self._evaluator = _Evaluator()
         try:
-            self._parsed = self._evaluator.parse(expression)
+            module = ast.parse(expression.strip())
         except SyntaxError as exc:
-            raise CohortError(f"not a valid expression ({exc.msg})") from None
-        unknown = sorted(
-            {n.id for n in ast.walk(self._parsed) if isinstance(n, ast.Name)}
-            - FACT_NAMES
-            - FUNCTION_NAMES
-            - {"True", "False", "None"}
-        )
+            where = f" at column {exc.offset}" if exc.offset else ""
+            raise CohortError(f"not a valid expression ({exc.msg}{where})") from None
+        if len(module.body) != 1 or not isinstance(module.body[0], ast.Expr):
+            raise CohortError("should be one expression, such as order_count >= 2 and revenue_total > 100")
+        self._parsed: ast.expr = module.body[0].value
+        nodes = list(ast.walk(self._parsed))
+        if any(isinstance(n, ast.Attribute) for n in nodes):
+            raise CohortError("attribute access (a.b) is not allowed; use traits['name'] or trait('name')")
+        unknown = sorted({n.id for n in nodes if isinstance(n, ast.Name)} - FACT_NAMES - FUNCTION_NAMES)
         if unknown:
             raise CohortError(
                 f"unknown name(s) {', '.join(unknown)}; use: {', '.join(sorted(FACT_NAMES | FUNCTION_NAMES))}"
             )
-        if any(isinstance(n, ast.Attribute) for n in ast.walk(self._parsed)):
-            raise CohortError("attribute access (a.b) is not allowed; use traits['name'] or trait('name')")
+        forbidden = sorted({type(n).__name__ for n in nodes if not isinstance(n, ALLOWED_NODES)})
+        if forbidden:
+            raise CohortError(f"not allowed in a cohort expression: {', '.join(forbidden)}")
+        calls = [n.func for n in nodes if isinstance(n, ast.Call)]
+        if any(not (isinstance(f, ast.Name) and f.id in FUNCTION_NAMES) for f in calls):
+            raise CohortError(f"only these functions can be called: {', '.join(sorted(FUNCTION_NAMES))}")
 
     def matches(self, facts: ProfileFacts, now: float) -> bool:
         """True when the profile is in the cohort; an evaluation error counts as not in it."""
@@ -133,9 +224,6 @@ def names_for(facts: ProfileFacts, now: float) -> Mapping[str, Any]:
         "traits": facts.traits,
         "audiences": facts.audiences,
         "now": now,
-        "True": True,
-        "False": False,
-        "None": None,
     }
 
 

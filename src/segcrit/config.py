@@ -20,10 +20,12 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from segcrit.cohort import validate_expression
 from segcrit.errors import ConfigError
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -239,6 +241,145 @@ class DeliveryConfig(_Model):
     backoff_max_secs: float = Field(300, gt=0)
 
 
+def filled_audiences(flows: list[Any]) -> dict[str, list[int]]:
+    """Audience -> the positions of the flows that decide who is in it, for the audiences known from
+    the config alone (audience_sync fills whatever Engage sends, so only its renamings count)."""
+    fillers: dict[str, list[int]] = {}
+
+    def add(audience: str, index: int) -> None:
+        where = fillers.setdefault(audience, [])
+        if index not in where:
+            where.append(index)
+
+    for index, flow in enumerate(flows):
+        if isinstance(flow, AudienceSyncFlow):
+            for audience in flow.audiences.values():
+                add(audience, index)
+        elif isinstance(flow, SuppressionFlow) and flow.add_to:
+            add(flow.add_to, index)
+        elif isinstance(flow, LookalikeSeedFlow):
+            add(flow.audience, index)
+        elif isinstance(flow, LifecycleFlow):
+            for audience in lifecycle_stage_audiences(flow):
+                add(audience, index)
+    return fillers
+
+
+def lifecycle_stage_audiences(flow: LifecycleFlow) -> list[str]:
+    """The stage audiences of a lifecycle flow, dormant last, each once."""
+    audiences = list(dict.fromkeys(flow.stages.values()))
+    if flow.dormant and flow.dormant not in audiences:
+        audiences.append(flow.dormant)
+    return audiences
+
+
+def _seed_problems(flow: LookalikeSeedFlow) -> list[str]:
+    problem = validate_expression(flow.when)
+    return [] if problem is None else [f"when: {problem}"]
+
+
+def _lifecycle_problems(flow: LifecycleFlow) -> list[str]:
+    problems: list[str] = []
+    events_of: dict[str, list[str]] = {}
+    for event, audience in flow.stages.items():
+        events_of.setdefault(audience, []).append(event)
+    for audience, events in events_of.items():
+        if len(events) > 1:
+            problems.append(
+                f"stages: the stage {audience!r} is mapped twice ({', '.join(map(repr, events))}); "
+                "give each event its own stage audience, or keep one of the events"
+            )
+    if flow.dormant is not None and flow.dormant in events_of:
+        problems.append(
+            f"dormant: {flow.dormant!r} is also the stage of {events_of[flow.dormant][0]!r}; "
+            "the dormant stage needs an audience of its own"
+        )
+    if flow.dormant is not None and flow.dormant_after_days is None:
+        problems.append("dormant_after_days: required with dormant (after how many days unseen someone moves)")
+    if flow.dormant_after_days is not None and flow.dormant is None:
+        problems.append("dormant: required with dormant_after_days (the stage audience of dormant people)")
+    return problems
+
+
+def flow_problems(flows: list[Any], listed: set[str] | None) -> list[str]:
+    """What the schema cannot see: an invalid `when`, a stage mapped twice, a dormant stage half
+    configured, flows that contradict each other, unknown audiences. Checked together, so that
+    `segcrit check` lists all of them at once, in the order of the flows.
+
+    Each problem starts with its key path (`flows[i]...`). `listed` are the audiences under
+    `audiences:`; None when that section is itself invalid, and then unknown audiences are not
+    reported (the list they would be checked against is wrong already).
+    """
+    found: list[tuple[int, str]] = []
+
+    def report(index: int, problem: str) -> None:
+        found.append((index, f"flows[{index}].{problem}"))
+
+    for index, flow in enumerate(flows):
+        if isinstance(flow, LookalikeSeedFlow):
+            for problem in _seed_problems(flow):
+                report(index, problem)
+        elif isinstance(flow, LifecycleFlow):
+            for problem in _lifecycle_problems(flow):
+                report(index, problem)
+
+    fillers = filled_audiences(flows)
+    known = set(fillers) | (listed or set())
+    for index, flow in enumerate(flows):
+        if isinstance(flow, SuppressionFlow) and isinstance(flow.remove_from, list) and listed is not None:
+            for audience in dict.fromkeys(flow.remove_from):
+                if audience not in known:
+                    report(
+                        index,
+                        f"remove_from: unknown audience {audience!r}; list it under `audiences:` "
+                        f"(`{audience}: {{}}` for an Engage audience that audience_sync fills) or name an "
+                        "audience that a flow fills",
+                    )
+
+    first_flow_of_event: dict[str, int] = {}
+    for index, flow in enumerate(flows):
+        for event in flow.stages if isinstance(flow, LifecycleFlow) else ():
+            first = first_flow_of_event.setdefault(event, index)
+            if first != index:
+                report(
+                    index,
+                    f"stages: the event {event!r} is mapped twice, here and in flows[{first}].stages; "
+                    "keep it in one lifecycle flow",
+                )
+    for audience, where in fillers.items():
+        # A person is in one stage per lifecycle flow: two flows sharing a stage would undo each other.
+        lifecycles = [i for i in where if isinstance(flows[i], LifecycleFlow)]
+        if len(lifecycles) > 1:
+            report(
+                lifecycles[1],
+                f"stages: the stage {audience!r} is mapped twice, here and in flows[{lifecycles[0]}]; "
+                "give each lifecycle flow stage audiences of its own",
+            )
+
+    first_flow_of_lookalike: dict[str, int] = {}
+    for index, flow in enumerate(flows):
+        if not isinstance(flow, LookalikeSeedFlow):
+            continue
+        # The cohort recomputes the whole seed audience on every run: another flow filling it would
+        # be undone each time, and the lookalike would be built on a mix of both.
+        others = [f"flows[{i}]" for i in fillers.get(flow.audience, []) if i != index]
+        if others:
+            report(
+                index,
+                f"audience: the seed audience {flow.audience!r} is also filled by {', '.join(others)}; "
+                "a lookalike needs a seed that only its cohort fills: give this flow an audience of its own",
+            )
+        if flow.lookalike is not None:
+            first = first_flow_of_lookalike.setdefault(flow.lookalike.name, index)
+            if first != index:
+                report(
+                    index,
+                    f"lookalike.name: {flow.lookalike.name!r} is already the lookalike of flows[{first}]; "
+                    "a lookalike is created once, on one seed: give it a name of its own",
+                )
+    return [problem for _, problem in sorted(found, key=lambda item: item[0])]
+
+
 class Config(_Model):
     store: str = "sqlite:///segcrit.db"
     server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
@@ -265,6 +406,18 @@ class Config(_Model):
         if isinstance(value, dict):
             return {k: ({} if v is None else v) for k, v in value.items()}
         return value
+
+    @field_validator("flows")
+    @classmethod
+    def _flows_fit_together(cls, flows: list[Any], info: ValidationInfo) -> list[Any]:
+        # A field check, not a model check: it runs whenever the flows (and `audiences`, declared
+        # before them) are valid, so its problems are listed with those of any other section.
+        audiences = info.data.get("audiences")
+        problems = flow_problems(flows, set(audiences) if audiences is not None else None)
+        if problems:
+            # Relative to `flows`, where pydantic reports a problem of this field.
+            raise ValueError("\n".join(p.removeprefix("flows") for p in problems))
+        return flows
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -327,6 +480,8 @@ def substitute_env(value: Any, env: Mapping[str, str], path: str, problems: list
 
 
 def _join(path: str, key: str) -> str:
+    if key.startswith("["):
+        return f"{path}{key}"  # a list position: flows + [2] -> flows[2]
     return f"{path}.{key}" if path else key
 
 
@@ -371,7 +526,7 @@ def format_validation_error(error: ValidationError) -> list[str]:
     return problems
 
 
-_RELATIVE_PROBLEM = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\[\]]*): (.+)$")
+_RELATIVE_PROBLEM = re.compile(r"^((?:[A-Za-z_]|\[[0-9]+\])[A-Za-z0-9_.\[\]]*): (.+)$")
 _FLOW_TYPES = "audience_sync, conversions, suppression, product_signals, catalog, lookalike_seed, lifecycle"
 
 
@@ -396,10 +551,51 @@ def _message(item: Any) -> str:
     return str(item["msg"]).removeprefix("Value error, ").removeprefix("Input ")
 
 
+def _load_yaml(text: str) -> tuple[Any, list[str]]:
+    """The YAML document, and a problem for every key given twice in one mapping."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        return loader.construct_document(node), duplicate_keys(node)
+    finally:
+        loader.dispose()
+
+
+def duplicate_keys(node: yaml.Node, path: str = "", seen_nodes: set[int] | None = None) -> list[str]:
+    """`key.path: the key 'k' appears twice` for every mapping in the tree that repeats a key."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias (*anchor): its node was checked where it was defined
+        return []
+    seen_nodes.add(id(node))
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            first = lines.get((key_node.tag, key))
+            if first is not None and key != "<<":
+                where = f"line {line}" if first == line else f"lines {first} and {line}"
+                problems.append(
+                    f"{path or '<root>'}: the key {key!r} appears twice ({where}); "
+                    "YAML would keep only the last one, so remove or merge one of them"
+                )
+            lines.setdefault((key_node.tag, key), line)
+            problems += duplicate_keys(value_node, _join(path, key), seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += duplicate_keys(item, f"{path}[{index}]", seen_nodes)
+    return problems
+
+
 def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
     """Parse and validate config text; raise ConfigError with every problem."""
     try:
-        raw = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader)
+        raw, duplicates = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -409,7 +605,8 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: P
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["<root>: the config must be a mapping of keys"])
-    problems: list[str] = []
+    # YAML keeps the last of two equal keys without a word: a stage or an audience would vanish.
+    problems: list[str] = duplicates
     resolved = substitute_env(raw, os.environ if env is None else env, "", problems)
     try:
         config = Config.model_validate(resolved)

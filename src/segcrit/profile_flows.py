@@ -12,11 +12,14 @@ lookalike_seed flow is entirely scheduled.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from segcrit.config import Config, LifecycleFlow, SuppressionFlow
+import orjson
+
+from segcrit.config import Config, LifecycleFlow, SuppressionFlow, lifecycle_stage_audiences
 from segcrit.store.base import ProfileState
 from segcrit.store.sqlite import SqliteTx
 
@@ -60,8 +63,11 @@ def cohort_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def suppression_key(index: int) -> str:
-    return f"suppression:{index}"
+def suppression_key(flow: SuppressionFlow) -> str:
+    """A suppression's stable name in the store: what it does, not where it stands in the config,
+    so reordering flows (or changing for_days) keeps the people it holds."""
+    what = orjson.dumps([sorted(flow.on), flow.remove_from, flow.add_to], option=orjson.OPT_SORT_KEYS)
+    return "suppression:" + hashlib.sha256(what).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +79,7 @@ class StepResult:
 class ProfileFlowsStep:
     def __init__(self, config: Config) -> None:
         self.suppressions: list[tuple[str, SuppressionFlow]] = [
-            (suppression_key(i), f) for i, f in enumerate(config.flows) if isinstance(f, SuppressionFlow)
+            (suppression_key(f), f) for f in config.flows if isinstance(f, SuppressionFlow)
         ]
         self.lifecycles: list[LifecycleFlow] = config.flows_of(LifecycleFlow)
 
@@ -127,7 +133,5 @@ class ProfileFlowsStep:
 
 
 def lifecycle_audiences(flow: LifecycleFlow) -> list[str]:
-    audiences = list(dict.fromkeys(flow.stages.values()))
-    if flow.dormant and flow.dormant not in audiences:
-        audiences.append(flow.dormant)
-    return audiences
+    """The flow's stage audiences, dormant last (the config checks use the same list)."""
+    return lifecycle_stage_audiences(flow)

@@ -104,7 +104,7 @@ class Scheduler:
         return f"{pruned} dedupe entries pruned"
 
     def expire_suppressions(self, now: float) -> str:
-        flows = {suppression_key(i): f for i, f in enumerate(self.config.flows) if isinstance(f, SuppressionFlow)}
+        flows = {suppression_key(f): f for f in self.config.flows if isinstance(f, SuppressionFlow)}
         ended = 0
         while True:
             expired = self.store.expired_suppressions(now, BATCH)
@@ -114,7 +114,9 @@ class Scheduler:
                 for profile_id, key, until in expired:
                     tx.end_suppression(profile_id, key)
                     flow = flows.get(key)
-                    if flow is not None and flow.add_to:
+                    # Another suppression that is still on may hold the person in the same add_to.
+                    still_held = {flows[k].add_to for k in tx.active_suppressions(profile_id, now) if k in flows}
+                    if flow is not None and flow.add_to and flow.add_to not in still_held:
                         tx.set_membership(profile_id, flow.add_to, False, until)
                     self.processor.refresh_targets(tx, profile_id, now)
             ended += len(expired)

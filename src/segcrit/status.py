@@ -58,7 +58,7 @@ def flow_lines(store: SqliteStore, config: Config, now: float) -> list[str]:
     lines = []
     for index, flow in enumerate(config.flows):
         if isinstance(flow, SuppressionFlow):
-            count = store.suppressed_count(suppression_key(index), now)
+            count = store.suppressed_count(suppression_key(flow), now)
             lines.append(f"suppression flows[{index}] ({', '.join(flow.on)}): {count} suppressed now")
         elif isinstance(flow, LifecycleFlow):
             sizes = ", ".join(f"{a} {store.member_count(a)}" for a in lifecycle_audiences(flow))

@@ -444,3 +444,146 @@ def test_defaults_match_the_spec() -> None:
     assert (config.ingest.dedupe_hours, config.delivery.retry_window_hours) == (24, 24)
     assert config.flows == []
     assert AudienceSyncFlow(type="audience_sync").auto_create is True
+
+
+# ----------------------------------------------------------------------------------- flows that cannot work
+
+SEED_FLOW = "  - {type: lookalike_seed, audience: high_value, when: 'order_count >= 2'}\n"
+
+
+@pytest.mark.parametrize(
+    ("when", "problem"),
+    [
+        ("order_count >=", "flows[0].when: not a valid expression (invalid syntax at column 15)"),
+        ("orders >= 2", "flows[0].when: unknown name(s) orders; use: "),
+        ("traits.plan == 'pro'", "flows[0].when: attribute access (a.b) is not allowed; use traits['name']"),
+        ("(lambda: 1)()", "flows[0].when: not allowed in a cohort expression: Lambda"),
+        ("order_count > 1; revenue_total > 9", "flows[0].when: should be one expression"),
+        ("traits['score']() > 1", "flows[0].when: only these functions can be called: "),
+        ("open('x')", "flows[0].when: unknown name(s) open; use: "),
+    ],
+)
+def test_an_invalid_when_expression_is_named_at_its_key_path(when: str, problem: str) -> None:
+    text = MINIMAL + f'flows:\n  - {{type: lookalike_seed, audience: hv, when: "{when}"}}\n'
+    [found] = problems_of(text)
+    assert found.startswith(problem), found
+
+
+def test_an_unknown_audience_in_remove_from_is_named_with_how_to_fix_it() -> None:
+    text = MINIMAL + "audiences: {cart: {}}\nflows:\n  - {type: suppression, remove_from: [cart, crat]}\n"
+    assert problems_of(text) == [
+        "flows[0].remove_from: unknown audience 'crat'; list it under `audiences:` (`crat: {}` for an Engage "
+        "audience that audience_sync fills) or name an audience that a flow fills"
+    ]
+
+
+def test_remove_from_may_name_any_audience_a_flow_fills_or_all() -> None:
+    text = (
+        MINIMAL
+        + "audiences: {cart: {}}\nflows:\n"
+        + "  - {type: audience_sync, audiences: {cart_7d: browsers}}\n"
+        + "  - {type: lifecycle, stages: {Trial Started: trialists}, dormant: sleeping, dormant_after_days: 9}\n"
+        + SEED_FLOW
+        + "  - {type: suppression, on: [Lead Submitted], add_to: leads}\n"
+        + "  - {type: suppression, remove_from: [cart, browsers, trialists, sleeping, high_value, leads]}\n"
+        + "  - {type: suppression, on: [Subscription Started], remove_from: all}\n"
+    )
+    config = parse_config(text, env={})
+    assert [f.type for f in config.flows].count("suppression") == 3
+
+
+def test_a_stage_mapped_twice_is_an_error_in_one_flow_and_across_flows() -> None:
+    text = MINIMAL + (
+        "flows:\n"
+        "  - type: lifecycle\n"
+        "    stages: {Trial Started: trialists, Trial Extended: trialists, Subscription Started: subscribers}\n"
+        "  - type: lifecycle\n"
+        "    stages: {Trial Started: b2b_trialists, Subscription Lapsed: subscribers}\n"
+    )
+    assert problems_of(text) == [
+        "flows[0].stages: the stage 'trialists' is mapped twice ('Trial Started', 'Trial Extended'); give each "
+        "event its own stage audience, or keep one of the events",
+        "flows[1].stages: the event 'Trial Started' is mapped twice, here and in flows[0].stages; keep it in one "
+        "lifecycle flow",
+        "flows[1].stages: the stage 'subscribers' is mapped twice, here and in flows[0]; give each lifecycle flow "
+        "stage audiences of its own",
+    ]
+
+
+def test_an_event_given_twice_in_yaml_is_reported_rather_than_silently_dropped() -> None:
+    text = MINIMAL + (
+        "flows:\n"
+        "  - type: lifecycle\n"
+        "    stages:\n"
+        "      Trial Started: trialists\n"
+        "      Subscription Started: subscribers\n"
+        "      Trial Started: subscribers\n"
+    )
+    # Only the first mistake: "subscribers is mapped twice" would follow from YAML's choice.
+    assert problems_of(text) == [
+        "flows[0].stages: the key 'Trial Started' appears twice (lines 7 and 9); YAML would keep only the last "
+        "one, so remove or merge one of them",
+    ]
+
+
+def test_duplicate_keys_are_found_anywhere_with_their_key_path() -> None:
+    text = MINIMAL + "audiences: {vip: {}, vip: {segment_id: '1'}}\nflows: []\nflows: []\n"
+    assert problems_of(text) == [
+        "audiences: the key 'vip' appears twice (line 4); YAML would keep only the last one, so remove or merge "
+        "one of them",
+        "<root>: the key 'flows' appears twice (lines 5 and 6); YAML would keep only the last one, so remove or "
+        "merge one of them",
+    ]
+
+
+def test_the_dormant_stage_needs_both_keys_and_an_audience_of_its_own() -> None:
+    text = MINIMAL + (
+        "flows:\n"
+        "  - {type: lifecycle, stages: {Trial Started: trialists}, dormant: trialists, dormant_after_days: 30}\n"
+        "  - {type: lifecycle, stages: {Subscription Started: subscribers}, dormant: sleeping}\n"
+        "  - {type: lifecycle, stages: {Lead Submitted: leads}, dormant_after_days: 30}\n"
+    )
+    assert problems_of(text) == [
+        "flows[0].dormant: 'trialists' is also the stage of 'Trial Started'; the dormant stage needs an audience "
+        "of its own",
+        "flows[1].dormant_after_days: required with dormant (after how many days unseen someone moves)",
+        "flows[2].dormant: required with dormant_after_days (the stage audience of dormant people)",
+    ]
+
+
+def test_a_lookalike_seed_that_another_flow_also_fills_is_an_error() -> None:
+    lookalike = "lookalike: {name: Best lookalike, target_size: 100000}"
+    text = MINIMAL + (
+        "flows:\n"
+        "  - {type: lifecycle, stages: {Subscription Started: subscribers}}\n"
+        "  - {type: suppression, add_to: buyers}\n"
+        f"  - {{type: lookalike_seed, audience: subscribers, when: 'order_count > 0', {lookalike}}}\n"
+        f"  - {{type: lookalike_seed, audience: buyers, when: 'order_count > 0', {lookalike}}}\n"
+        "  - {type: lookalike_seed, audience: buyers, when: 'order_count > 5'}\n"
+    )
+    assert problems_of(text) == [
+        "flows[2].audience: the seed audience 'subscribers' is also filled by flows[0]; a lookalike needs a seed "
+        "that only its cohort fills: give this flow an audience of its own",
+        "flows[3].audience: the seed audience 'buyers' is also filled by flows[1], flows[4]; a lookalike needs a "
+        "seed that only its cohort fills: give this flow an audience of its own",
+        "flows[3].lookalike.name: 'Best lookalike' is already the lookalike of flows[2]; a lookalike is created "
+        "once, on one seed: give it a name of its own",
+        "flows[4].audience: the seed audience 'buyers' is also filled by flows[1], flows[3]; a lookalike needs a "
+        "seed that only its cohort fills: give this flow an audience of its own",
+    ]
+
+
+def test_flow_problems_are_listed_together_with_problems_elsewhere() -> None:
+    text = MINIMAL + (
+        "server: {port: 99999}\n"
+        "flows:\n"
+        "  - {type: suppression, remove_from: [nowhere]}\n"
+        "  - {type: lookalike_seed, audience: hv, when: 'order_count >'}\n"
+        "  - {type: lifecycle, stages: {A: x, B: x}}\n"
+    )
+    assert [p.split(":", 1)[0] for p in problems_of(text)] == [
+        "server.port",
+        "flows[0].remove_from",
+        "flows[1].when",
+        "flows[2].stages",
+    ]
