@@ -26,7 +26,10 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/processing.py
 	$(BIN)/python benchmarks/delivery.py
+	$(BIN)/python benchmarks/events.py
+	$(BIN)/python benchmarks/cohort.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

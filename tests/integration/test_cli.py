@@ -32,7 +32,7 @@ UNREACHABLE = "http://127.0.0.1:9"  # commands that must not call Criteo get a d
 RUN_TIMEOUT_SECS = 60
 JANE_SHA = email_hashes("jane.doe@example.com")[0]
 JANE_IDS = (("email", JANE_SHA), ("madid", "AD-1"))
-COMMANDS = {"serve", "check", "demo", "emulator", "status", "replay", "forget", "preview", "import", "resync"}
+COMMANDS = {"serve", "check", "demo", "emulator", "status", "replay", "forget", "preview", "import", "resync", "init"}
 
 
 def segcrit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
