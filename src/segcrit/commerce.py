@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segcrit.config import CatalogFlow, CommerceMapping, Config, ConversionsFlow, ProductSignalsFlow
-from segcrit.consent import effective_consent
+from segcrit.consent import consent_in_message, effective_consent
 from segcrit.flows.catalog import merge_fields, missing_required, products_in
 from segcrit.flows.commerce import CriteoEvent, PersonIds, conversion_event, document_header, signal_event
 from segcrit.identity.normalize import sha256_md5
@@ -47,6 +47,8 @@ class CommerceStep:
         self, tx: SqliteTx, message: Mapping[str, Any], profile_id: int, ts: float, now: float
     ) -> CommerceOutcome:
         outcome = CommerceOutcome()
+        if consent_in_message(message, self.config.consent.category) is False:
+            self._withdraw(tx, profile_id)
         if message.get("type") not in ("track", "page", "screen"):
             return outcome
         events: list[CriteoEvent] = []
@@ -59,6 +61,8 @@ class CommerceStep:
             if self.conversions:
                 outcome.notes += order.notes
                 events.append(order)
+            elif "revenue_not_a_number" in order.notes:
+                outcome.notes.append("revenue_not_a_number")  # profile facts skipped it
         for signal_flow in self.signals:
             signal = signal_event(message, signal_flow)
             if signal is None:
@@ -74,6 +78,14 @@ class CommerceStep:
         if events:
             self._queue(tx, message, profile_id, events, now, outcome)
         return outcome
+
+    def _withdraw(self, tx: SqliteTx, profile_id: int) -> None:
+        """Consent withdrawn: what still waits for delivery is dropped, dead letters included, since
+        nothing about the person may be sent until they consent again (SPEC §1). An older refusal
+        that lost to a newer consent (latest timestamp wins) drops nothing."""
+        profile = tx.load_profile(profile_id)
+        if profile is not None and not effective_consent(profile.consent, self.config.consent):
+            tx.drop_events_of(profile_id)
 
     def _queue(
         self,

@@ -181,6 +181,14 @@ class ProductSignalsFlow(_Model):
 class CatalogFlow(_Model):
     type: Literal["catalog"]
     merchant_id: str = Field(pattern=r"^[0-9]+$")
+
+    @field_validator("merchant_id")
+    @classmethod
+    def _int32(cls, value: str) -> str:
+        if int(value) > 2**31 - 1:  # Criteo's merchantId is an int32
+            raise ValueError("should be at most 2147483647 (Criteo's merchantId is a 32-bit number)")
+        return value
+
     events: list[str] = Field(
         default_factory=lambda: [
             "Product Viewed",

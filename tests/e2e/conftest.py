@@ -91,12 +91,29 @@ criteo:
   client_secret: demo-secret
   advertiser_id: "12345"
   api_url: {api_url}
-identity:
+{criteo_extra}identity:
   send: [email, madid]
 flows:
   - type: audience_sync
-delivery:
+{flows}delivery:
   max_wait_secs: 0.5
+"""
+
+# The shop flows (SPEC §1): Events API on the emulator, catalog batches after half a second.
+SHOP_PARTNER_ID = "6789"
+SHOP_CALLER_ID = "e2e-caller"
+SHOP_MERCHANT_ID = "6789"
+SHOP_CRITEO = """\
+  partner_id: "{partner_id}"
+  caller_id: {caller_id}
+  events_url: {api_url}/m/event?version=s2s_v0
+"""
+SHOP_FLOWS = """\
+  - type: conversions
+  - type: product_signals
+  - type: catalog
+    merchant_id: "{merchant_id}"
+    max_wait_secs: 0.5
 """
 
 
@@ -139,12 +156,24 @@ class Server:
         )
 
 
-@pytest.fixture
-def server(tmp_path: Path, emulator: Emulator) -> Iterator[Server]:
+def _server(tmp_path: Path, emulator: Emulator, *, shop: bool) -> Iterator[Server]:
+    """A `segcrit serve` (not started) on a config of its own; `shop` adds the commerce flows."""
     port = free_port()
     config_path = tmp_path / "segcrit.yaml"
+    criteo_extra = flows = ""
+    if shop:
+        criteo_extra = SHOP_CRITEO.format(partner_id=SHOP_PARTNER_ID, caller_id=SHOP_CALLER_ID, api_url=emulator.url)
+        flows = SHOP_FLOWS.format(merchant_id=SHOP_MERCHANT_ID)
     config_path.write_text(
-        CONFIG.format(db="segcrit.db", port=port, write_key=WRITE_KEY, secret=SECRET, api_url=emulator.url)
+        CONFIG.format(
+            db="segcrit.db",
+            port=port,
+            write_key=WRITE_KEY,
+            secret=SECRET,
+            api_url=emulator.url,
+            criteo_extra=criteo_extra,
+            flows=flows,
+        )
     )
     srv = Server(f"http://127.0.0.1:{port}", config_path, (tmp_path / "serve.log").open("ab"))
     try:
@@ -154,6 +183,18 @@ def server(tmp_path: Path, emulator: Emulator) -> Iterator[Server]:
             srv.process.kill()
             srv.process.wait(10)
         srv.log.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path, emulator: Emulator) -> Iterator[Server]:
+    """segcrit serve with contact-list audiences only (audience_sync)."""
+    yield from _server(tmp_path, emulator, shop=False)
+
+
+@pytest.fixture
+def shop_server(tmp_path: Path, emulator: Emulator) -> Iterator[Server]:
+    """segcrit serve with audience_sync plus conversions, product_signals and catalog on the emulator."""
+    yield from _server(tmp_path, emulator, shop=True)
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -587,3 +587,9 @@ def test_flow_problems_are_listed_together_with_problems_elsewhere() -> None:
         "flows[1].when",
         "flows[2].stages",
     ]
+
+
+def test_a_catalog_merchant_id_beyond_32_bits_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL + 'flows:\n  - {type: catalog, merchant_id: "99999999999"}\n', env={})
+    assert any(p.startswith("flows[0].merchant_id:") and "32-bit" in p for p in caught.value.problems)

@@ -92,3 +92,13 @@ def test_email_forms() -> None:
     assert criteo_value(ident, "sha256") == ident.value
     assert criteo_value(ident, "md5") == md5
     assert criteo_value(ident, "sha256_md5") == "000e3171a5110c35c69d060112bd0ba55d9631c7c2ec93f1840e4570095b263a"
+
+
+def test_a_junk_revenue_does_not_hide_a_valid_total() -> None:
+    from segcrit.config import CommerceMapping
+    from segcrit.flows.commerce import conversion_event
+
+    event = conversion_event({"properties": {"order_id": "o", "revenue": "n/a", "total": "42.5"}}, CommerceMapping())
+    assert event.value == 42.5 and "revenue_not_a_number" not in event.notes
+    junk = conversion_event({"properties": {"order_id": "o", "revenue": "n/a"}}, CommerceMapping())
+    assert junk.value is None and "revenue_not_a_number" in junk.notes

@@ -135,7 +135,8 @@ class EventsClient:
         code = problem.get("code")
         message = f"Criteo {EP_EVENTS} answered {status}" + (f" {code}" if isinstance(code, str) else "")
         if decision is Decision.RETRY:
-            retry_at = _retry_at(response, self._clock.now())
+            # x-ratelimit-reset comes with every answer; it says "not before" only on a 429.
+            retry_at = _retry_at(response, self._clock.now()) if status == 429 else None
             raise RetryableError(message, retry_at=retry_at, status=status, problem=problem)
         # REFRESH_TOKEN (a 401) and RE_RESOLVE cannot be cured here: no token, no segment.
         raise PermanentError(message, status=status, problem=problem)

@@ -1,8 +1,9 @@
 """Delivery of the commerce flows: Events API documents and catalog batches.
 
 EventsWorker: the events of one person that wait together (within `delivery.max_wait_secs`) go in
-one Events API document; a document that fails is retried with backoff, then dead-lettered with
-Criteo's answer after `delivery.retry_window_hours`, like contact-list changes.
+one Events API document, several people's documents in flight at once; a document that fails is
+retried with backoff, then dead-lettered with Criteo's answer after `delivery.retry_window_hours`,
+like contact-list changes.
 
 CatalogWorker: changed products go to Criteo in batches (never the same product twice in one
 batch), each batch's report is polled until it is final, and each product's outcome (accepted, or
@@ -11,7 +12,9 @@ Criteo's errors) is kept for `segcrit status`. A product is sent again only when
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -33,6 +36,7 @@ log = logging.getLogger("segcrit.delivery")
 
 EVENTS_SCAN = 10_000
 MAX_EVENTS_PER_DOCUMENT = 100
+MAX_DOCUMENTS_IN_FLIGHT = 16  # Events API calls under way at once (the rate limiter still applies)
 DOCUMENT_VERSION = "segcrit_1.0"
 REPORT_POLL_SECS = (5.0, 15.0, 60.0, 300.0)  # then every 5 min until final
 
@@ -69,15 +73,27 @@ class EventsWorker:
         people: dict[str, list[PendingEvent]] = defaultdict(list)
         for event in self.store.due_events(now, EVENTS_SCAN):
             people[event.person].append(event)
-        calls = 0
-        for events in people.values():
-            waited = now - min(e.created_at for e in events) >= self.config.delivery.max_wait_secs
-            if not (force or waited or any(e.attempts for e in events)):
-                continue
+        due = [
+            events
+            for events in people.values()
+            if force
+            or any(e.attempts for e in events)
+            or now - min(e.created_at for e in events) >= self.config.delivery.max_wait_secs
+        ]
+        # Each document is a round trip of its own: sent one after the other, a 50 ms Criteo would
+        # cap delivery at 20 documents/s. People go in parallel, one person's documents in order.
+        in_flight = asyncio.Semaphore(MAX_DOCUMENTS_IN_FLIGHT)
+
+        async def send_person(events: list[PendingEvent]) -> None:
             for start in range(0, len(events), MAX_EVENTS_PER_DOCUMENT):
-                calls += 1
-                await self._send(events[start : start + MAX_EVENTS_PER_DOCUMENT])
-        return calls
+                async with in_flight:
+                    await self._send(events[start : start + MAX_EVENTS_PER_DOCUMENT])
+
+        # A TaskGroup cancels the rest if one fails, so no send outlives this round.
+        async with asyncio.TaskGroup() as group:
+            for events in due:
+                group.create_task(send_person(events))
+        return sum(math.ceil(len(events) / MAX_EVENTS_PER_DOCUMENT) for events in due)
 
     async def _send(self, events: Sequence[PendingEvent]) -> None:
         # The latest event's context (ip, user agent, url) speaks for the document.
@@ -154,6 +170,12 @@ class CatalogWorker:
         except PermanentError as error:
             self.store.dead_letter_products(flow.merchant_id, ids, error.status, describe(error), self.clock.now())
             self.metrics.dead_lettered.labels("catalog_rejected").inc()
+            return
+        except ValueError as error:
+            # Refused before sending (a merchant id or entry Criteo's schema cannot take): raising
+            # would fail every delivery round on the same products, so they wait as a dead letter.
+            self.store.dead_letter_products(flow.merchant_id, ids, None, f"not sent: {error}", self.clock.now())
+            self.metrics.dead_lettered.labels("catalog_invalid").inc()
             return
         except (RetryableError, CredentialsError, CriteoError) as error:
             now = self.clock.now()

@@ -150,9 +150,11 @@ def conversion_event(message: Mapping[str, Any], mapping: CommerceMapping) -> Cr
     else:
         notes.append("no_currency")
     body["item"] = items
-    raw_value = lookup(message, mapping.value)
-    value = number(raw_value)
-    if raw_value is not None and value is None:
+    # revenue, else total, else value: the first alternative that is a number (a junk revenue
+    # must not hide a valid total).
+    present = [lookup(message, path) for path in mapping.value.split("|")]
+    value = next((v for v in map(number, present) if v is not None), None)
+    if value is None and any(v is not None for v in present):
         notes.append("revenue_not_a_number")
     if value is None and items:
         value = sum(i["price"] * i["quantity"] for i in items)

@@ -119,6 +119,11 @@ class CommerceTxMixin:
         )
         return cursor.rowcount > 0
 
+    def drop_events_of(self, profile_id: int) -> int:
+        """The person's events not yet sent (waiting or dead-lettered) are dropped; returns how many."""
+        cursor = self.conn.execute("DELETE FROM criteo_events WHERE profile_id = ?", (profile_id,))
+        return cursor.rowcount
+
     def forget_commerce(self, profile_id: int) -> None:
         """Erasure: the person's queued events and order links go with them."""
         self.conn.execute("DELETE FROM criteo_events WHERE profile_id = ?", (profile_id,))
@@ -126,7 +131,10 @@ class CommerceTxMixin:
 
     def merge_commerce(self, into: int, other: int) -> None:
         self.conn.execute("UPDATE orders SET profile_id = ? WHERE profile_id = ?", (into, other))
-        self.conn.execute("UPDATE criteo_events SET profile_id = ? WHERE profile_id = ?", (into, other))
+        # One person, one document: the merged profile's waiting events join the survivor's.
+        self.conn.execute(
+            "UPDATE criteo_events SET profile_id = ?, person = ? WHERE profile_id = ?", (into, str(into), other)
+        )
 
 
 class CommerceStoreMixin:
@@ -143,7 +151,7 @@ class CommerceStoreMixin:
             self._conn()
             .execute(
                 "SELECT id, person, header, body, created_at, attempts, first_failure FROM criteo_events "
-                "WHERE dead_letter_id IS NULL AND next_at <= ? ORDER BY created_at LIMIT ?",
+                "WHERE dead_letter_id IS NULL AND next_at <= ? ORDER BY created_at, id LIMIT ?",
                 (now, limit),
             )
             .fetchall()
