@@ -36,7 +36,10 @@ from segcrit.store.sqlite import SqliteStore
 
 log = logging.getLogger("segcrit.delivery")
 
-SCAN_LIMIT = 4 * MAX_IDENTIFIERS_PER_CALL  # changes read per round; the oldest first
+# Changes read per round, the oldest first: one call's worth, so memory stays bounded whatever
+# the backlog; a group cut off by the scan is then read and sent a call's worth at a time.
+SCAN_LIMIT = MAX_IDENTIFIERS_PER_CALL
+MAX_CALLS_PER_GROUP_ROUND = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +92,18 @@ class DeliveryWorker:
                 continue  # read before its acks were reset: the next round sends the whole membership
             if not force and not self._due(changes, now):
                 continue
-            if truncated:
-                changes = self.store.due_changes_of(key.audience, key.add, key.id_type, now, SCAN_LIMIT)
-            for start in range(0, len(changes), MAX_IDENTIFIERS_PER_CALL):
+            for _ in range(MAX_CALLS_PER_GROUP_ROUND):
+                if truncated:
+                    changes = self.store.due_changes_of(
+                        key.audience, key.add, key.id_type, now, MAX_IDENTIFIERS_PER_CALL
+                    )
+                if not changes:
+                    break
                 calls += 1
-                if not await self._send(key, changes[start : start + MAX_IDENTIFIERS_PER_CALL]):
+                if not await self._send(key, changes[:MAX_IDENTIFIERS_PER_CALL]):
                     break  # the rest of this group would meet the same failure
+                if not truncated or len(changes) < MAX_IDENTIFIERS_PER_CALL:
+                    break
         return calls
 
     async def create_lookalikes(self) -> int:

@@ -1,0 +1,148 @@
+"""Restart after a crash with a large backlog (SPEC §9: serving again in <= 5 s with 1M pending changes).
+
+Builds a store holding N pending audience changes (and an inbox backlog), then starts
+`segcrit serve` on it as a subprocess and measures the time until `/readyz` answers 200 and a
+`/v1/batch` request is acknowledged. Criteo is a closed loopback port: delivery keeps failing and
+retrying in the background, as it would during an outage, while ingest must serve.
+
+    .venv/bin/python benchmarks/restart.py [--changes 1000000] [--inbox 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from segcrit.store.sqlite import SqliteStore
+
+TARGET_SECS = 5.0
+CONFIG = """\
+store: sqlite:///{db}
+server: {{host: 127.0.0.1, port: {port}}}
+sources:
+  - {{name: web, type: tracking_api, write_key: WK}}
+criteo:
+  client_id: c
+  client_secret: s
+  advertiser_id: "12345"
+  api_url: http://127.0.0.1:9
+flows:
+  - type: audience_sync
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fill(db: Path, changes: int, inbox: int) -> None:
+    store = SqliteStore(str(db))
+    conn = store._conn()  # bulk generation only; what is measured is the server's start
+    now = time.time()
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO targets (audience, id_type, id_value, profile_id, desired, since) VALUES (?, 'email', ?, ?, 1, ?)",
+        ((f"aud{i % 5}", f"{i:064x}", i, now) for i in range(changes)),
+    )
+    body = orjson.dumps({"type": "track", "event": "x", "userId": "u", "_segcrit": {"ts": now}})
+    conn.executemany(
+        "INSERT INTO profiles (id, created_at, last_seen_at) VALUES (?, ?, ?)", ((i, now, now) for i in range(changes))
+    )
+    conn.executemany(
+        "INSERT INTO identifiers (kind, value, profile_id) VALUES ('user_id', ?, ?)",
+        ((f"user-{i}", i) for i in range(changes)),
+    )
+    conn.executemany(
+        "INSERT INTO inbox (source, received_at, body) VALUES ('web', ?, ?)", ((now, body) for _ in range(inbox))
+    )
+    conn.execute("COMMIT")
+    store.close()
+
+
+def rss(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=1_000_000)
+    parser.add_argument("--inbox", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="segcrit-restart-") as folder:
+        db = Path(folder) / "segcrit.db"
+        started = time.monotonic()
+        fill(db, args.changes, args.inbox)
+        print(
+            f"store: {args.changes:,} pending changes, {args.inbox:,} events in the inbox "
+            f"(built in {time.monotonic() - started:.1f} s, {db.stat().st_size / 1e6:.0f} MB)"
+        )
+        port = free_port()
+        config = Path(folder) / "segcrit.yaml"
+        config.write_text(CONFIG.format(db=db, port=port))
+        url = f"http://127.0.0.1:{port}"
+        auth = {"Authorization": "Basic " + base64.b64encode(b"WK:").decode()}
+        batch = {"batch": [{"type": "track", "event": "Restarted", "userId": "u1"}]}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "segcrit", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        ready = acked = None
+        rss_mb = 0.0
+        try:
+            deadline = started + 60
+            while time.monotonic() < deadline and (ready is None or acked is None):
+                try:
+                    if ready is None and httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        ready = time.monotonic() - started
+                    if ready is not None:
+                        answer = httpx.post(f"{url}/v1/batch", json=batch, headers=auth, timeout=5)
+                        acked = time.monotonic() - started if answer.status_code == 200 else None
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.02)
+            # Memory once the processor and the (failing) delivery have worked on the backlog.
+            settle = time.monotonic() + 10
+            while time.monotonic() < settle:
+                rss_mb = max(rss_mb, rss(process.pid))
+                time.sleep(0.5)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    if ready is None or acked is None:
+        print("MISS: the server did not serve within 60 s")
+        return 1
+    print(f"server peak RSS over 10 s of work on the backlog: {rss_mb:.0f} MB (SPEC §9: <= 256 MB with 1M profiles)")
+    print(f"process start -> /readyz 200: {ready:.2f} s; -> first batch acknowledged: {acked:.2f} s")
+    verdict = "PASS" if acked <= TARGET_SECS else "MISS"
+    print(
+        f"{verdict} serving again in {acked:.2f} s with {args.changes:,} pending changes "
+        f"(target <= {TARGET_SECS:.0f} s)"
+    )
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
