@@ -1,7 +1,9 @@
 """The processor: accepted events -> identity -> consent -> flows -> desired targets.
 
-It takes events from the inbox in chunks; each chunk is one transaction, so a crash replays the
-chunk, and replay is harmless because every decision is "latest timestamp wins" on desired state.
+It takes events from the inbox in chunks; a chunk commits in one transaction, or in several when
+it gives way to ingest (see `drain_once`), each holding the effects of its events and the deletion
+of their inbox rows. A crash replays what had not committed, and replay is harmless because every
+decision is "latest timestamp wins" on desired state.
 The decisions themselves are pure functions (identity.graph, consent, flows, membership); this
 module only moves data between them and the store.
 """
@@ -30,9 +32,9 @@ from segcrit.store.sqlite import SqliteStore, SqliteTx
 log = logging.getLogger("segcrit.engine")
 
 CHUNK_EVENTS = 500
-# A transaction that an ingest commit waits for commits and gives way once it has run this long
-# (less would spend the processor's time on commits, more would delay acks).
-GIVE_WAY_AFTER_SECS = 0.01
+# A transaction that ingest waits for commits and gives way once it has run this long (less
+# would spend the processor's time on commits, more would delay acks).
+GIVE_WAY_AFTER_SECS = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +70,10 @@ class Processor:
     def drain_once(self, limit: int = CHUNK_EVENTS) -> int:
         """Process up to `limit` waiting events; returns how many.
 
-        The chunk is one transaction unless an ingest commit starts waiting for the write lock:
-        then the events done so far commit (with the deletion of their inbox rows), the ingest
-        commit goes first, and the rest of the chunk follows in a new transaction. An ack never
-        waits for a whole chunk.
+        Ingest goes first: a transaction starts when no ingest request waits for its commit (or
+        after `give_way_to_ingest`'s timeout), and when one starts waiting, the events done so far
+        commit with the deletion of their inbox rows and the rest of the chunk follows in a new
+        transaction. Without ingest traffic, the chunk is one transaction.
         """
         events = self.store.claim_events(limit)
         if not events:
@@ -79,6 +81,7 @@ class Processor:
         now = self.clock.now()
         outcomes: list[Outcome] = []
         while len(outcomes) < len(events):
+            self.store.give_way_to_ingest()
             rest = events[len(outcomes) :]
             try:
                 outcomes += self._process_until_ingest_waits(rest, now)
@@ -87,8 +90,6 @@ class Processor:
                 # set aside only the events that fail on their own.
                 log.exception("chunk failed, retrying event by event")
                 outcomes += [self._process_alone(event, now) for event in rest]
-            if len(outcomes) < len(events):
-                self.store.give_way_to_ingest()
         self.metrics.events_processed.inc(len(events))
         for outcome in outcomes:
             if outcome.skipped:

@@ -92,7 +92,9 @@ def pseudonymous_id(email: str) -> str:
     return EMAIL_ID_PREFIX + email_hashes(email)[0]
 
 
-def sanitize_message(message: dict[str, Any], *, phone_region: str | None = None) -> dict[str, Any]:
+def sanitize_message(
+    message: dict[str, Any], *, phone_region: str | None = None, may_hold_email: bool = True
+) -> dict[str, Any]:
     """A copy of `message` with raw emails and phones replaced by their hashes (module docstring).
 
     `email`/`phone` are removed from `traits`, `context.traits` and `properties`; valid ones are
@@ -100,10 +102,13 @@ def sanitize_message(message: dict[str, Any], *, phone_region: str | None = None
     call's `traits` describe the group, not the person, so its email/phone are removed unhashed.
     Any other string in those objects (and anywhere in `context`) that contains an email becomes
     "[redacted]". A client-sent `_segcrit` is discarded. The input is never modified.
+
+    `may_hold_email=False` says that no string in the message contains "@" (ingest knows it from
+    the serialisation it measures), which skips the search for emails inside other strings.
     """
     out = dict(message)
     out.pop(RESERVED_KEY, None)
-    found = _Identifiers(phone_region)
+    found = _Identifiers(phone_region, redact=may_hold_email)
     for key in _ID_FIELDS:
         value = out.get(key)
         if isinstance(value, str) and "@" in value:
@@ -121,7 +126,7 @@ def sanitize_message(message: dict[str, Any], *, phone_region: str | None = None
         context_traits = context.get("traits")
         if isinstance(context_traits, dict):
             context["traits"] = found.take(context_traits)
-        out["context"] = _redact_tree(context)
+        out["context"] = _redact_tree(context) if may_hold_email else context
     properties = out.get("properties")
     if isinstance(properties, dict):
         out["properties"] = found.take(properties)
@@ -132,10 +137,11 @@ def sanitize_message(message: dict[str, Any], *, phone_region: str | None = None
 class _Identifiers:
     """Collects the hashed emails and phones of one message, each once, in the order found."""
 
-    __slots__ = ("_phone_region", "_seen", "emails", "phones")
+    __slots__ = ("_phone_region", "_redact", "_seen", "emails", "phones")
 
-    def __init__(self, phone_region: str | None) -> None:
+    def __init__(self, phone_region: str | None, *, redact: bool = True) -> None:
         self._phone_region = phone_region
+        self._redact = redact
         self._seen: set[str] = set()
         self.emails: list[dict[str, str]] = []
         self.phones: list[dict[str, str]] = []
@@ -149,7 +155,7 @@ class _Identifiers:
             if hash_them:
                 self.add_email(normalize_email(raw_email))
                 self._add_phone(normalize_phone(raw_phone, self._phone_region))
-        return _redact_tree(container)
+        return _redact_tree(container) if self._redact else container
 
     def add_email(self, email: str | None) -> None:
         if email is not None and email not in self._seen:

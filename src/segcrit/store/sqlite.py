@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import sqlite3
 import threading
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -39,6 +40,10 @@ from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin
 
 BUSY_TIMEOUT_MS = 30_000
 GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
+# The longest the processor waits for ingest to have nothing to commit before it writes anyway.
+INGEST_FIRST_MAX_WAIT_SECS = 0.05
+
+_T = TypeVar("_T")
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -54,7 +59,7 @@ def _connect(path: str) -> sqlite3.Connection:
 @dataclass(slots=True)
 class _AcceptRequest:
     source: str
-    messages: Sequence[dict[str, Any]]
+    rows: list[tuple[str, bytes]]  # (messageId or "", body) per message, from `_inbox_rows`
     received_at: float
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[AcceptResult]
@@ -71,10 +76,10 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.RLock()
-        # True while an ingest commit waits for the write lock: the processor then commits what it
-        # has done and gives way (`ingest_waiting`, `give_way_to_ingest`).
-        self._ingest_waiting = False
-        self._ingest_turn = threading.Condition()
+        # Ingest goes first on the write lock: while requests wait for their commit, the processor
+        # commits what it has done and waits (`ingest_waiting`, `give_way_to_ingest`).
+        self._ingest_busy = False  # the writer holds a group it has not committed yet
+        self._ingest_idle = threading.Condition()
         schema = resources.files("segcrit.store").joinpath("schema_sqlite.sql").read_text()
         self._conn().executescript(schema)
         self._writer_queue: queue.SimpleQueue[_AcceptRequest | None] = queue.SimpleQueue()
@@ -137,13 +142,15 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
             self._start_writer()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AcceptResult] = loop.create_future()
-        self._writer_queue.put(_AcceptRequest(source, messages, received_at, loop, future))
+        # Serialised here, so that the writer thread holds the write lock for SQL only.
+        self._writer_queue.put(_AcceptRequest(source, _inbox_rows(messages), received_at, loop, future))
         return await future
 
     def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
         """The same as `accept` for callers without an event loop (import, tests)."""
+        rows = _inbox_rows(messages)
         with self._write() as conn:
-            return self._insert_messages(conn, source, messages, received_at)
+            return self._insert_messages(conn, source, rows, received_at)
 
     def _start_writer(self) -> None:
         with self._conns_lock:
@@ -167,65 +174,73 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
                     stop = True
                     break
                 batch.append(item)
-            self._commit_group(batch)
+            self._ingest_busy = True
+            try:
+                self._commit_group(batch)
+            finally:
+                if self._writer_queue.empty():
+                    with self._ingest_idle:
+                        self._ingest_busy = False
+                        self._ingest_idle.notify_all()
             if stop:
                 return
 
     def _commit_group(self, batch: list[_AcceptRequest]) -> None:
         results: list[AcceptResult] = []
-        self._ingest_waiting = True
         try:
             with self._write() as conn:
-                self._ingest_got_lock()
                 for request in batch:
-                    results.append(self._insert_messages(conn, request.source, request.messages, request.received_at))
+                    results.append(self._insert_messages(conn, request.source, request.rows, request.received_at))
         except Exception as exc:  # the whole group failed: every request gets the error, none is acked
             error = StoreError(f"commit failed: {exc.__class__.__name__}")
             for request in batch:
                 request.loop.call_soon_threadsafe(_set_exception, request.future, error)
             return
-        finally:
-            self._ingest_got_lock()
         for request, result in zip(batch, results, strict=True):
             request.loop.call_soon_threadsafe(_set_result, request.future, result)
 
-    def _ingest_got_lock(self) -> None:
-        if self._ingest_waiting:
-            with self._ingest_turn:
-                self._ingest_waiting = False
-                self._ingest_turn.notify_all()
-
     def ingest_waiting(self) -> bool:
-        """True while an ingest commit (an ack) waits for the write lock: a long write transaction
-        should commit what it has and call `give_way_to_ingest` before going on."""
-        return self._ingest_waiting
+        """True while ingest requests wait for their commit: a long write transaction should commit
+        what it has and call `give_way_to_ingest` before starting another."""
+        return self._ingest_busy or not self._writer_queue.empty()
 
-    def give_way_to_ingest(self, timeout: float = 0.1) -> None:
-        """Wait, at most `timeout` seconds, until the waiting ingest commit holds the write lock."""
-        with self._ingest_turn:
-            self._ingest_turn.wait_for(lambda: not self._ingest_waiting, timeout)
+    def give_way_to_ingest(self, timeout: float = INGEST_FIRST_MAX_WAIT_SECS) -> None:
+        """Wait until no ingest request waits for its commit, or `timeout` seconds (so that
+        processing goes on, more slowly, under a load that never lets up)."""
+        if not self.ingest_waiting():
+            return
+        with self._ingest_idle:
+            self._ingest_idle.wait_for(lambda: not self.ingest_waiting(), timeout)
 
     @staticmethod
     def _insert_messages(
-        conn: sqlite3.Connection, source: str, messages: Sequence[dict[str, Any]], received_at: float
+        conn: sqlite3.Connection, source: str, rows: Sequence[tuple[str, bytes]], received_at: float
     ) -> AcceptResult:
-        stored = duplicates = 0
-        for message in messages:
-            message_id = str(message.get("messageId") or "")
+        """Store the messages whose (source, messageId) is new, in order; count the others.
+
+        Three multi-row statements per request (up to 256 messages) rather than two per message:
+        every statement hands the GIL over and back, and under load each handover can wait for
+        the other threads.
+        """
+        known: set[str] = set()
+        for piece in _pieces([message_id for message_id, _ in rows if message_id]):
+            known.update(row[0] for row in conn.execute(_seen_lookup_sql(len(piece)), (source, *piece)))
+        seen_rows: list[tuple[str, str, float]] = []
+        inbox_rows: list[tuple[str, float, bytes]] = []
+        duplicates = 0
+        for message_id, body in rows:
             if message_id:
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO seen (source, message_id, seen_at) VALUES (?, ?, ?)",
-                    (source, message_id, received_at),
-                )
-                if cursor.rowcount == 0:
+                if message_id in known:  # seen before, or earlier in this batch
                     duplicates += 1
                     continue
-            conn.execute(
-                "INSERT INTO inbox (source, received_at, body) VALUES (?, ?, ?)",
-                (source, received_at, orjson.dumps(message)),
-            )
-            stored += 1
-        return AcceptResult(stored=stored, duplicates=duplicates)
+                known.add(message_id)
+                seen_rows.append((source, message_id, received_at))
+            inbox_rows.append((source, received_at, body))
+        for seen_piece in _pieces(seen_rows):
+            conn.execute(_insert_sql(_SEEN_INSERT, len(seen_piece)), [v for row in seen_piece for v in row])
+        for inbox_piece in _pieces(inbox_rows):
+            conn.execute(_insert_sql(_INBOX_INSERT, len(inbox_piece)), [v for row in inbox_piece for v in row])
+        return AcceptResult(stored=len(inbox_rows), duplicates=duplicates)
 
     def backlog(self) -> int:
         # Two subqueries: each reads one end of the primary key, where `min(seq), max(seq)` in one
@@ -494,6 +509,32 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
                 (name, holder, now + ttl),
             )
         return True
+
+
+_PIECE_MAX = 256
+_SEEN_INSERT = "INSERT OR IGNORE INTO seen (source, message_id, seen_at) VALUES "
+_INBOX_INSERT = "INSERT INTO inbox (source, received_at, body) VALUES "
+
+
+def _inbox_rows(messages: Iterable[dict[str, Any]]) -> list[tuple[str, bytes]]:
+    return [(str(message.get("messageId") or ""), orjson.dumps(message)) for message in messages]
+
+
+def _pieces(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """`items` in runs of at most 256, one multi-row statement each (batches mostly have the same
+    size, so their statements stay in the connection's statement cache)."""
+    for start in range(0, len(items), _PIECE_MAX):
+        yield items[start : start + _PIECE_MAX]
+
+
+@functools.cache
+def _insert_sql(prefix: str, rows: int) -> str:
+    return prefix + ", ".join(["(?, ?, ?)"] * rows)
+
+
+@functools.cache
+def _seen_lookup_sql(ids: int) -> str:
+    return f"SELECT message_id FROM seen WHERE source = ? AND message_id IN ({', '.join(['?'] * ids)})"
 
 
 def _set_result(future: asyncio.Future[AcceptResult], result: AcceptResult) -> None:
