@@ -33,8 +33,10 @@ from pathlib import Path
 
 import orjson
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import bench_config
 from segcrit.clock import FakeClock
-from segcrit.config import LookalikeSeedFlow, parse_config
+from segcrit.config import LookalikeSeedFlow
 from segcrit.engine import Processor
 from segcrit.metrics import Metrics
 from segcrit.scheduler import Scheduler
@@ -47,29 +49,6 @@ DAY = 86_400.0
 SEED = 7
 WHEN = "(order_count >= 2 or revenue_total >= 500) and trait('plan') != 'free' and days_since_last_seen < 365"
 INSERT_BATCH = 50_000
-
-CONFIG = """\
-store: sqlite:///{db}
-sources:
-  - {{name: web, type: tracking_api, write_key: bench-write-key}}
-criteo:
-  client_id: demo-client
-  client_secret: demo-secret
-  advertiser_id: "12345"
-  api_url: http://127.0.0.1:9
-identity:
-  send: [email, madid]
-audiences:
-  newsletter: {{}}
-  cart_abandoners: {{}}
-flows:
-  - type: audience_sync
-  - type: lookalike_seed
-    audience: high_value
-    when: "{when}"
-    every_minutes: 60
-    lookalike: {{name: High value lookalike, target_size: 1000000}}
-"""
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -175,7 +154,21 @@ def main() -> int:
         subprocess.run([sys.executable, __file__, "--generate", db, "--profiles", str(args.profiles)], check=True)
         print(f"generated {args.profiles:,} profiles in {time.perf_counter() - started:.1f} s (child process)")
 
-        config = parse_config(CONFIG.format(db=db, when=WHEN), env={})
+        config = bench_config(
+            db,
+            identity={"send": ["email", "madid"]},
+            audiences={"newsletter": {}, "cart_abandoners": {}},
+            flows=[
+                {"type": "audience_sync"},
+                {
+                    "type": "lookalike_seed",
+                    "audience": "high_value",
+                    "when": WHEN,
+                    "every_minutes": 60,
+                    "lookalike": {"name": "High value lookalike", "target_size": 1_000_000},
+                },
+            ],
+        )
         [flow] = config.flows_of(LookalikeSeedFlow)
         store = SqliteStore(db)
         clock = FakeClock(NOW)

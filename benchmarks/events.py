@@ -42,17 +42,15 @@ folder removed on the way out (Ctrl-C included). `--check` makes a MISS exit 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +58,24 @@ from typing import Any
 import httpx
 import orjson
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (
+    INGEST_BATCH,
+    MAX_WAIT_SECS,
+    Results,
+    bench_config,
+    drain_processor,
+    feed_paced,
+    ingest,
+    latency_figures,
+    latency_target,
+    poll_worker,
+    run_in_temp_folder,
+    run_until,
+    tracking_rules,
+)
 from segcrit.clock import SystemClock
-from segcrit.config import Config, parse_config
+from segcrit.config import Config
 from segcrit.criteo.emulator.server import running_emulator
 from segcrit.criteo.emulator.state import EmulatorState
 from segcrit.criteo.events_client import EventsClient
@@ -69,40 +83,12 @@ from segcrit.delivery.commerce_workers import EventsWorker
 from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.engine import Processor
 from segcrit.metrics import Metrics
-from segcrit.sources.validate import TRACKING_TYPES, MessageRules, format_timestamp, prepare_messages
+from segcrit.sources.validate import MessageRules, format_timestamp
 from segcrit.store.sqlite import SqliteStore
 
-MAX_WAIT_SECS = 2.0
-POLL_SECS = 0.25  # the delivery loop's poll in `segcrit serve` for max_wait_secs 2
-INGEST_BATCH = 100
 SEGCRIT_EVENTS_LIMIT = 1_000_000  # criteo.events_rate_limit_per_minute for the run (the config's maximum)
 EMULATOR_EVENTS_LIMIT = 10_000_000
-TARGET_P50_SECS = 3.0
-TARGET_P99_SECS = 10.0
-SOURCE = "web"
 SHOP = "https://shop.example"
-
-CONFIG = """
-store: sqlite:///{db}
-sources:
-  - {{name: {source}, type: tracking_api, write_key: bench-write-key}}
-criteo:
-  client_id: demo-client
-  client_secret: demo-secret
-  advertiser_id: "12345"
-  partner_id: "6789"
-  caller_id: bench-caller
-  api_url: {api_url}
-  events_url: {api_url}/m/event?version=s2s_v0
-  events_rate_limit_per_minute: {events_limit}
-identity:
-  send: [email]
-flows:
-  - type: conversions
-  - type: product_signals
-delivery:
-  max_wait_secs: {max_wait}
-"""
 
 AGENTS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
@@ -113,10 +99,6 @@ AGENTS = [
 ]
 CATEGORIES = ["shoes", "outerwear", "accessories", "kids", "sportswear"]
 SEARCHES = ["trail shoes", "rain jacket", "wool socks", "running shorts", "kids boots"]
-
-
-class BenchTimeout(Exception):
-    """The run did not finish inside --timeout-secs."""
 
 
 # ----------------------------------------------------------------------------------- the traffic
@@ -247,24 +229,6 @@ class Traffic:
 # ------------------------------------------------------------------------------------ the parts
 
 
-def ingest(store: SqliteStore, messages: list[dict[str, Any]], rules: MessageRules) -> float:
-    """What `/v1/batch` does after authentication; returns the time of the acknowledgement."""
-    now = time.time()
-    prepared = prepare_messages(messages, rules, received_at=now)
-    if prepared.rejected:
-        raise RuntimeError(f"events rejected at ingest: {prepared.rejected[:3]}")
-    store.accept_sync(SOURCE, prepared.messages, now)
-    return time.time()
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of `values` (q in 0..100); NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
 @dataclass
 class Received:
     """The Events API documents the emulator accepted in a phase, with when it received each."""
@@ -317,19 +281,17 @@ async def deliver(bench: Bench, until_done: threading.Event) -> None:
     async with httpx.AsyncClient(timeout=bench.config.criteo.timeout_secs) as http:
         client = EventsClient(bench.config.criteo.events_url, http, limiter, clock, metrics)
         worker = EventsWorker(bench.store, bench.config, client, clock, metrics)
-        while not (until_done.is_set() and bench.store.backlog() == 0 and bench.store.pending_event_count() == 0):
-            if time.monotonic() > bench.deadline:
-                raise BenchTimeout("delivering")
-            await worker.drain_once()
-            await asyncio.sleep(POLL_SECS)
+        store = bench.store
+        await poll_worker(
+            worker,
+            lambda: until_done.is_set() and store.backlog() == 0 and store.pending_event_count() == 0,
+            bench.deadline,
+            "delivering",
+        )
 
 
 def run_delivery(bench: Bench, until_done: threading.Event) -> None:
-    try:
-        # wait_for also bounds a call that hangs.
-        asyncio.run(asyncio.wait_for(deliver(bench, until_done), max(0.0, bench.deadline - time.monotonic())))
-    except TimeoutError:
-        raise BenchTimeout("delivering") from None
+    run_until(deliver(bench, until_done), bench.deadline, "delivering")
 
 
 # ------------------------------------------------------------------------------------ phase 1
@@ -344,9 +306,7 @@ def backlog(bench: Bench) -> Phase:
         ingest(store, messages[start : start + INGEST_BATCH], bench.rules)
     processor = Processor(store, bench.config, SystemClock(), Metrics())
     started = time.monotonic()
-    while processor.drain_once():
-        if time.monotonic() > bench.deadline:
-            raise BenchTimeout("processing the backlog")
+    drain_processor(processor, bench.deadline, "processing the backlog")
     processed = time.monotonic() - started
     waiting = store.pending_event_count()
     print(
@@ -382,26 +342,17 @@ def stream(bench: Bench) -> Phase:
     stop = threading.Event()
     wake = threading.Event()
 
+    def send_batch() -> None:
+        messages = traffic.next_batch(INGEST_BATCH, time.time(), rng)
+        ack = ingest(store, messages, bench.rules)
+        wake.set()
+        for m in messages:
+            acked_at[(str(m.get("userId") or m.get("anonymousId")), m["timestamp"])] = ack
+        phase.messages += len(messages)
+
     def feed() -> None:
-        interval = INGEST_BATCH / args.stream_rate
-        batches = max(1, round(args.stream_rate * args.stream_secs / INGEST_BATCH))
-        due = time.monotonic()
         try:
-            for _ in range(batches):
-                if stop.is_set():
-                    return
-                messages = traffic.next_batch(INGEST_BATCH, time.time(), rng)
-                ack = ingest(store, messages, bench.rules)
-                wake.set()
-                for m in messages:
-                    acked_at[(str(m.get("userId") or m.get("anonymousId")), m["timestamp"])] = ack
-                phase.messages += len(messages)
-                due += interval
-                pause = due - time.monotonic()
-                if pause > 0:
-                    stop.wait(pause)  # pacing the load, not synchronising
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
+            feed_paced(args.stream_rate, args.stream_secs, stop, send_batch, failures)
         finally:
             fed.set()
 
@@ -458,14 +409,10 @@ def print_phase(phase: Phase) -> None:
     calls = ", ".join(f"{status}: {n:,}" for status, n in sorted(received.statuses.items()))
     print(f"  Events API answers: {calls or 'none'}")
     if phase.latencies:
-        lat = phase.latencies
-        print(
-            f"  ack -> document received: p50 {percentile(lat, 50):.2f} s, p99 {percentile(lat, 99):.2f} s, "
-            f"max {max(lat):.2f} s ({len(lat):,} events)"
-        )
+        print(f"  ack -> document received: {latency_figures(phase.latencies)} ({len(phase.latencies):,} events)")
 
 
-def checks(bench: Bench, phases: list[Phase]) -> list[tuple[bool, str]]:
+def checks(bench: Bench, phases: list[Phase]) -> Results:
     out = []
     for phase in phases:
         transactions = phase.received.transactions()
@@ -481,55 +428,45 @@ def checks(bench: Bench, phases: list[Phase]) -> list[tuple[bool, str]]:
         out.append((refused == 0, f"{phase.name}: {refused} Events API calls refused (429, 5xx, 4xx)"))
     stream_phase = next((p for p in phases if p.name == "stream"), None)
     if stream_phase is not None:
-        p50, p99 = percentile(stream_phase.latencies, 50), percentile(stream_phase.latencies, 99)
-        out.append(
-            (
-                p50 <= TARGET_P50_SECS and p99 <= TARGET_P99_SECS,
-                f"ack -> Events API call p50 {p50:.2f} s (target <= {TARGET_P50_SECS:g}), "
-                f"p99 {p99:.2f} s (target <= {TARGET_P99_SECS:g})",
-            )
-        )
+        out.append(latency_target("Events API call", stream_phase.latencies))
     letters = bench.store.dead_letter_count()
     out.append((letters == 0, f"dead letters: {letters}"))
     return out
 
 
-def run(args: argparse.Namespace, folder: Path) -> list[tuple[bool, str]]:
+def run(args: argparse.Namespace, folder: Path) -> Results:
     state = EmulatorState(events_rate_limit_per_minute=EMULATOR_EVENTS_LIMIT, call_log_size=2_000_000)
     if args.latency_ms:
         state.set_faults(f"latency_ms={args.latency_ms}")
-    with running_emulator(state) as url:
-        config = parse_config(
-            CONFIG.format(
-                db=folder / "segcrit.db",
-                source=SOURCE,
-                api_url=url,
-                events_limit=SEGCRIT_EVENTS_LIMIT,
-                max_wait=MAX_WAIT_SECS,
-            ),
-            env={},
+    db = folder / "segcrit.db"
+    with running_emulator(state) as url, closing(SqliteStore(str(db))) as store:
+        config = bench_config(
+            db,
+            api_url=url,
+            criteo={
+                "partner_id": "6789",
+                "caller_id": "bench-caller",
+                "events_url": f"{url}/m/event?version=s2s_v0",
+                "events_rate_limit_per_minute": SEGCRIT_EVENTS_LIMIT,
+            },
+            identity={"send": ["email"]},
+            flows=[{"type": "conversions"}, {"type": "product_signals"}],
+            delivery={"max_wait_secs": MAX_WAIT_SECS},
         )
-        store = SqliteStore(str(folder / "segcrit.db"))
-        rules = MessageRules(types=TRACKING_TYPES, max_message_bytes=config.server.max_message_bytes)
-        bench = Bench(args, config, store, state, time.monotonic() + args.timeout_secs, rules)
+        bench = Bench(args, config, store, state, time.monotonic() + args.timeout_secs, tracking_rules(config))
         phases: list[Phase] = []
-        try:
-            if args.backlog_people > 0:
-                print(
-                    f"phase 1, backlog: {args.backlog_people:,} sessions processed first, then one EventsWorker drains"
-                )
-                phases.append(backlog(bench))
-                print_phase(phases[-1])
-            if args.stream_rate > 0:
-                print(
-                    f"phase 2, stream: {args.stream_rate:,.0f} events/s for {args.stream_secs:g} s, "
-                    f"{args.people:,} sessions at a time; processor thread + EventsWorker"
-                )
-                phases.append(stream(bench))
-                print_phase(phases[-1])
-            return checks(bench, phases)
-        finally:
-            store.close()
+        if args.backlog_people > 0:
+            print(f"phase 1, backlog: {args.backlog_people:,} sessions processed first, then one EventsWorker drains")
+            phases.append(backlog(bench))
+            print_phase(phases[-1])
+        if args.stream_rate > 0:
+            print(
+                f"phase 2, stream: {args.stream_rate:,.0f} events/s for {args.stream_secs:g} s, "
+                f"{args.people:,} sessions at a time; processor thread + EventsWorker"
+            )
+            phases.append(stream(bench))
+            print_phase(phases[-1])
+        return checks(bench, phases)
 
 
 def main() -> int:
@@ -550,22 +487,9 @@ def main() -> int:
         f"(+{args.latency_ms} ms per answer); Events API limits raised for the run: segcrit "
         f"{SEGCRIT_EVENTS_LIMIT:,}/min, emulator {EMULATOR_EVENTS_LIMIT:,}/min"
     )
-    folder = Path(tempfile.mkdtemp(prefix="segcrit-bench-events-"))
-    try:
-        results = run(args, folder)
-    except BenchTimeout as timeout:
-        results = [(False, f"did not finish within {args.timeout_secs:g} s ({timeout})")]
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-    print("checks:")
-    for ok, line in results:
-        print(f"{'PASS' if ok else 'MISS'} {line}")
-    missed = not all(ok for ok, _ in results)
-    return 1 if args.check and missed else 0
+    return run_in_temp_folder(
+        "events", lambda folder: run(args, folder), args.timeout_secs, "checks:", check=args.check
+    )
 
 
 if __name__ == "__main__":

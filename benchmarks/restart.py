@@ -14,7 +14,6 @@ import argparse
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 import httpx
 import orjson
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import free_port
 from segcrit.store.sqlite import SqliteStore
 
 TARGET_SECS = 5.0
@@ -40,12 +41,6 @@ criteo:
 flows:
   - type: audience_sync
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fill(db: Path, changes: int, inbox: int) -> None:

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 from pydantic.fields import FieldInfo
 
 from segcrit.criteo.models import CriteoModel
@@ -23,9 +24,24 @@ def document_path(name: str) -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "criteo-openapi" / name
 
 
+def criteo_models(module: types.ModuleType) -> list[type[CriteoModel]]:
+    """The models of `module` that mirror a Criteo schema, by name."""
+    found = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, CriteoModel) and value.criteo_schema
+    ]
+    return sorted(found, key=lambda model: model.__name__)
+
+
 class OpenApiDocument:
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    @property
+    def needed(self) -> pytest.MarkDecorator:
+        """A mark that skips the test, naming the path, when the document is not there."""
+        return pytest.mark.skipif(not self.path.exists(), reason=f"Criteo's OpenAPI document not found at {self.path}")
 
     @cached_property
     def body(self) -> dict[str, Any]:

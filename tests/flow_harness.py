@@ -16,23 +16,13 @@ from typing import Any, Protocol
 from segcrit.clock import FakeClock
 from segcrit.config import Config
 from segcrit.engine import Processor
-from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
 from segcrit.runtime import Workers, build_workers
 from segcrit.scheduler import Scheduler
 from segcrit.store.sqlite import SqliteStore
-from tests.helpers import iso, put
+from tests.helpers import advancing, email_of, iso, put
 
 DELIVERY_STEP_SECS = 5.0  # longer than max_wait and the first catalog report poll
-
-
-def email_of(user: str) -> str:
-    return f"{user}@example.com"
-
-
-def shas(*users: str) -> set[str]:
-    """The identifiers Criteo holds for these people's emails (sha256 of the normalised email)."""
-    return {email_hashes(email_of(u))[0] for u in users}
 
 
 def track(user: str, event: str, ts: float, **properties: Any) -> dict[str, Any]:
@@ -114,9 +104,6 @@ class Processes:
         self.loop = asyncio.new_event_loop()
         self.running: list[Process] = []
 
-    async def _sleep(self, seconds: float) -> None:
-        self.clock.advance(seconds)  # the rate limiter waits by moving the shared clock
-
     def start(self, config: Config, *, holder: str = "test-process") -> Process:
         """A process on the config's store; call again on the same file for a restart."""
         store = SqliteStore(config.store.removeprefix("sqlite:///"))
@@ -124,7 +111,7 @@ class Processes:
         processor = Processor(store, config, self.clock, metrics)
         scheduler = Scheduler(store, config, processor, self.clock, holder=holder)
         scheduler.start(self.clock.now())
-        workers = build_workers(store, config, self.clock, metrics, sleep=self._sleep, rng=random.Random(0))
+        workers = build_workers(store, config, self.clock, metrics, sleep=advancing(self.clock), rng=random.Random(0))
         process = Process(store, config, self.clock, self.loop, metrics, processor, scheduler, workers)
         self.running.append(process)
         return process

@@ -75,6 +75,7 @@ class Processor:
         commit with the deletion of their inbox rows and the rest of the chunk follows in a new
         transaction. Without ingest traffic, the chunk is one transaction.
         """
+        self.store.use_large_cache()
         events = self.store.claim_events(limit)
         if not events:
             return 0
@@ -107,6 +108,7 @@ class Processor:
                 outcomes.append(self.process(tx, event, now))
                 if self.store.ingest_waiting() and time.monotonic() - started >= GIVE_WAY_AFTER_SECS:
                     break
+            tx.flush_seen()
             tx.delete_events([e.seq for e in events[: len(outcomes)]])
         return outcomes
 
@@ -114,6 +116,7 @@ class Processor:
         try:
             with self.store.transaction() as tx:
                 outcome = self.process(tx, event, now)
+                tx.flush_seen()
                 tx.delete_events([event.seq])
             return outcome
         except Exception as error:
@@ -151,7 +154,10 @@ class Processor:
             return Outcome(None, skipped="deleted")
 
         owners = tx.find_profiles(keys)
-        counts = {pid: tx.identifier_counts(pid) for pid in set(owners.values())}
+        owner_ids = set(owners.values())
+        # Counts matter only to a merge or an attachment; a returning visitor needs neither.
+        settled = len(owner_ids) == 1 and len(owners) == len(keys)
+        counts = {} if settled else {pid: tx.identifier_counts(pid) for pid in owner_ids}
         resolution = plan_resolution(ids.identifiers, owners, counts, self.config.identity.max_per_profile)
         profile_id = resolution.primary if resolution.primary is not None else tx.create_profile(now)
         changed = resolution.primary is None
@@ -162,7 +168,8 @@ class Processor:
             tx.attach_identifier(profile_id, ident, ts)
             changed = True
         for madid, tracking in ids.ad_tracking.items():
-            changed |= tx.set_identifier_active("madid", madid, tracking, ts)
+            if ("madid", madid) in owners:  # a new one was attached with this setting already
+                changed |= tx.set_identifier_active("madid", madid, tracking, ts)
 
         consent = consent_in_message(message, self.config.consent.category)
         if consent is not None:
@@ -179,7 +186,9 @@ class Processor:
         memberships += step.memberships
         tx.touch_profile(profile_id, ts)
 
-        targets_changed = self.refresh_targets(tx, profile_id, now) if changed else 0
+        # A brand-new profile that joined no audience has nothing for Criteo yet.
+        trivial = resolution.primary is None and not memberships and not resolution.merge
+        targets_changed = self.refresh_targets(tx, profile_id, now) if changed and not trivial else 0
         commerce = self.commerce.apply(tx, message, profile_id, ts, now) if self.commerce.active else None
         if commerce is None:
             return Outcome(profile_id, None, targets_changed, tuple(memberships))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
 from segcrit.runtime import Workers, build_workers
 from segcrit.store.sqlite import SqliteStore
-from tests.helpers import BASE_CONFIG, iso, make_config, put
+from tests.helpers import BASE_CONFIG, PinnedJitter, advancing, iso, make_config, put
 
 MAX_WAIT_SECS = 2.0
 CATALOG_WAIT_SECS = 10.0
@@ -141,17 +140,6 @@ def email_block(email: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------- the harness
 
 
-class PinnedJitter(random.Random):
-    """Full jitter drawn at a fixed point of its range (1 = the cap): exact retry times."""
-
-    def __init__(self, fraction: float) -> None:
-        super().__init__(0)
-        self.fraction = fraction
-
-    def uniform(self, a: float, b: float) -> float:
-        return a + (b - a) * self.fraction
-
-
 class RefusingEventsApi(httpx.AsyncBaseTransport):
     """The real network, except that documents of `refused` visitors get the Events API's own 400.
 
@@ -230,14 +218,10 @@ def start(db: str, emulator_url: str, emulator_clock: FakeClock) -> Iterator[Sta
     ) -> Segcrit:
         config = make_config(db, api_url=emulator_url, max_wait=MAX_WAIT_SECS, flows=flows)
         clock = emulator_clock
-
-        async def sleep(seconds: float) -> None:
-            clock.advance(seconds)
-
         store = SqliteStore(db)
         metrics = Metrics()
         workers = build_workers(
-            store, config, clock, metrics, transport=transport, sleep=sleep, rng=PinnedJitter(jitter)
+            store, config, clock, metrics, transport=transport, sleep=advancing(clock), rng=PinnedJitter(jitter)
         )
         segcrit = Segcrit(store, config, clock, loop, Processor(store, config, clock, metrics), workers)
         running.append(segcrit)

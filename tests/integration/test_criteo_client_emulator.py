@@ -32,6 +32,7 @@ from segcrit.criteo.errors import (
 )
 from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.metrics import Metrics
+from tests.helpers import advancing
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -55,10 +56,6 @@ def make_client(
     emulator: Emulator, *, limit: int = 250, secret: str = DEMO_CLIENT_SECRET
 ) -> tuple[CriteoClient, httpx.AsyncClient, SlidingWindowLimiter]:
     clock = emulator.clock
-
-    async def sleep(seconds: float) -> None:
-        clock.advance(seconds)
-
     config = CriteoConfig.model_validate(
         {
             "client_id": DEMO_CLIENT_ID,
@@ -70,7 +67,7 @@ def make_client(
         }
     )
     http = httpx.AsyncClient()
-    limiter = SlidingWindowLimiter(limit, clock, sleep)
+    limiter = SlidingWindowLimiter(limit, clock, advancing(clock))
     return CriteoClient(config, http, limiter, clock, Metrics()), http, limiter
 
 

@@ -9,8 +9,6 @@ members of each Criteo segment (`EmulatorState.members`) and the exact calls Cri
 from __future__ import annotations
 
 import asyncio
-import random
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +31,11 @@ from segcrit.delivery.backoff import Backoff
 from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.delivery.worker import DeliveryWorker
 from segcrit.engine import Processor
-from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
 from segcrit.store.base import TargetKey
 from segcrit.store.sqlite import SqliteStore
-from tests.helpers import audience_event, make_config, put
+from tests.helpers import PinnedJitter, advancing, audience_event, email_of, email_sha, madid_of, make_config, put
+from tests.helpers import shas as emails
 
 MAX_WAIT_SECS = 2.0
 TOKEN_REFRESH_AT_SECS = 840.0  # a 900 s token is replaced 60 s before it expires
@@ -45,23 +43,6 @@ OTHER_ADVERTISER_ID = "67890"
 
 
 # ----------------------------------------------------------------------------------- identities
-
-
-def email_of(user: str) -> str:
-    return f"{user}@example.com"
-
-
-def email_sha(user: str) -> str:
-    return email_hashes(email_of(user))[0]
-
-
-def madid_of(user: str) -> str:
-    # The emulator counts only UUID-shaped mobile ids as valid, as Criteo does.
-    return str(uuid.uuid5(uuid.NAMESPACE_DNS, user))
-
-
-def emails(*users: str) -> set[str]:
-    return {email_sha(u) for u in users}
 
 
 def madids(*users: str) -> set[str]:
@@ -110,17 +91,6 @@ def count(state: EmulatorState, endpoint: str) -> int:
 
 
 # ---------------------------------------------------------------------------------- the harness
-
-
-class PinnedJitter(random.Random):
-    """Full jitter drawn at a fixed point of its range (0 = no wait, 1 = the cap): exact retry times."""
-
-    def __init__(self, fraction: float) -> None:
-        super().__init__(0)
-        self.fraction = fraction
-
-    def uniform(self, a: float, b: float) -> float:
-        return a + (b - a) * self.fraction
 
 
 class Crash(Exception):
@@ -221,13 +191,9 @@ def start(
         config = make_config(db, api_url=emulator_url, max_wait=MAX_WAIT_SECS, extra=extra)
         clock = emulator_clock
         metrics = Metrics()
-
-        async def sleep(seconds: float) -> None:
-            clock.advance(seconds)
-
         store = store_class(db)
         http = httpx.AsyncClient()
-        limiter = SlidingWindowLimiter(config.criteo.rate_limit_per_minute, clock, sleep)
+        limiter = SlidingWindowLimiter(config.criteo.rate_limit_per_minute, clock, advancing(clock))
         client = CriteoClient(config.criteo, http, limiter, clock, metrics)
         backoff = Backoff(config.delivery.backoff_initial_secs, config.delivery.backoff_max_secs, PinnedJitter(jitter))
         segcrit = Segcrit(

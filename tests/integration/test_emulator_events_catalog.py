@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Iterator
@@ -16,41 +15,14 @@ from segcrit.criteo.catalog_models import BatchAcceptedResponse, ReportOkRespons
 from segcrit.criteo.constants import CATALOG_BATCH_PATH, CATALOG_REPORT_PATH, TOKEN_PATH
 from segcrit.criteo.emulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState, Endpoint
 from segcrit.criteo.emulator.state import REPORT_RETENTION_SECS
+from tests.helpers import EVENTS_ORDER as ORDER
+from tests.helpers import catalog_product as product
+from tests.helpers import changed
 
 EVENTS = "/m/event"
 REGIONAL = "/m/event/regional"
 QUERY = {"version": "s2s_v0"}
 MERCHANT = 6789
-SHA256 = "375320dd9ae7ed408002f3768e16cb5f28c861062fd50dff9a3bff62e9dce4ef"
-
-ORDER: dict[str, Any] = {
-    "account": "6789",
-    "site_type": "d",
-    "id": {"mapping_key": "caller-abc", "email": {"sha256": SHA256}},
-    "retailer_visitor_id": "u1",
-    "events": [
-        {
-            "event": "trackTransaction",
-            "timestamp": "2026-01-01T00:00:00.000Z",
-            "id": "O-1",
-            "currency": "EUR",
-            "item": [{"id": "P1", "price": 5.5, "quantity": 2}],
-        }
-    ],
-}
-
-
-def product(product_id: str, **fields: Any) -> dict[str, Any]:
-    body = {
-        "id": product_id,
-        "title": f"Product {product_id}",
-        "link": f"https://shop.example.com/p/{product_id}",
-        "imageLink": f"https://shop.example.com/img/{product_id}.jpg",
-        "channel": "online",
-        "price": {"currency": "EUR", "value": "9.90"},
-    }
-    body.update(fields)
-    return {key: value for key, value in body.items() if value is not None}
 
 
 def insert(*products: dict[str, Any], merchant: int = MERCHANT) -> dict[str, Any]:
@@ -119,16 +91,7 @@ def test_a_get_carries_the_document_in_data(http: httpx.Client, emulator_state: 
 
 def change(path: str, value: Any) -> dict[str, Any]:
     """ORDER with one dotted path set (None: removed)."""
-    document = copy.deepcopy(ORDER)
-    *parents, last = path.split(".")
-    node: Any = document
-    for part in parents:
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    if value is None:
-        del node[last]
-    else:
-        node[last] = value
-    return document
+    return changed(ORDER, path, value)
 
 
 @pytest.mark.parametrize(
@@ -274,8 +237,16 @@ def test_an_empty_batch_is_400_batch_empty(http: httpx.Client, auth: dict[str, s
 @pytest.mark.parametrize(
     ("entry", "code", "detail"),
     [
-        ({"merchantId": MERCHANT, "product": product("A")}, "required-field", "entries.method: field is required"),
-        ({"method": "insert", "product": product("A")}, "required-field", "entries.merchantId: field is required"),
+        (
+            {"merchantId": MERCHANT, "product": product("A")},
+            "required-field",
+            "entries.method: field is required",
+        ),
+        (
+            {"method": "insert", "product": product("A")},
+            "required-field",
+            "entries.merchantId: field is required",
+        ),
         ({"merchantId": MERCHANT, "method": "upsert"}, "invalid", "entries.method: "),
         ({"merchantId": MERCHANT, "method": "insert"}, "required-field", "entries.product: "),
         ({"merchantId": MERCHANT, "method": "delete"}, "required-field", "entries.productId: "),

@@ -32,23 +32,10 @@ from segcrit.criteo.errors import PermanentError, RetryableError
 from segcrit.criteo.events_client import EventsClient
 from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.metrics import Metrics
+from tests.helpers import EVENTS_ORDER, advancing, changed
+from tests.helpers import catalog_product as product
 
-SHA256 = "375320dd9ae7ed408002f3768e16cb5f28c861062fd50dff9a3bff62e9dce4ef"
-DOCUMENT: dict[str, Any] = {
-    "account": "6789",
-    "site_type": "d",
-    "id": {"mapping_key": "caller-abc", "mapped_user_id": "gum-1", "email": {"sha256": SHA256}},
-    "retailer_visitor_id": "u1",
-    "events": [
-        {
-            "event": "trackTransaction",
-            "timestamp": "2026-01-01T00:00:00.000Z",
-            "id": "O-1",
-            "currency": "EUR",
-            "item": [{"id": "P1", "price": 5.5, "quantity": 2}],
-        }
-    ],
-}
+DOCUMENT = changed(EVENTS_ORDER, "id.mapped_user_id", "gum-1")
 
 
 @dataclass
@@ -64,9 +51,6 @@ class Clients:
 
 @pytest.fixture
 def clients(emulator_state: EmulatorState, emulator_url: str, emulator_clock: FakeClock) -> Clients:
-    async def sleep(seconds: float) -> None:
-        emulator_clock.advance(seconds)
-
     config = CriteoConfig.model_validate(
         {
             "client_id": DEMO_CLIENT_ID,
@@ -79,7 +63,7 @@ def clients(emulator_state: EmulatorState, emulator_url: str, emulator_clock: Fa
     metrics = Metrics()
     http = httpx.AsyncClient()
     events_limiter = _limiter(emulator_clock)  # the Events API host has its own
-    marketing_limiter = SlidingWindowLimiter(config.rate_limit_per_minute, emulator_clock, sleep)
+    marketing_limiter = SlidingWindowLimiter(config.rate_limit_per_minute, emulator_clock, advancing(emulator_clock))
     audiences = CriteoClient(config, http, marketing_limiter, emulator_clock, metrics)
     return Clients(
         state=emulator_state,
@@ -194,26 +178,10 @@ def test_an_invalid_document_never_leaves(clients: Clients) -> None:
 
 
 def _limiter(clock: FakeClock) -> SlidingWindowLimiter:
-    async def sleep(seconds: float) -> None:
-        clock.advance(seconds)
-
-    return SlidingWindowLimiter(EVENTS_RATE_LIMIT_PER_MINUTE_DEFAULT, clock, sleep)
+    return SlidingWindowLimiter(EVENTS_RATE_LIMIT_PER_MINUTE_DEFAULT, clock, advancing(clock))
 
 
 # --- Catalog --------------------------------------------------------------------------------------
-
-
-def product(product_id: str, **fields: Any) -> dict[str, Any]:
-    body = {
-        "id": product_id,
-        "title": f"Product {product_id}",
-        "link": f"https://shop.example.com/p/{product_id}",
-        "imageLink": f"https://shop.example.com/i/{product_id}.jpg",
-        "channel": "online",
-        "price": {"currency": "EUR", "value": "9.90"},
-    }
-    body.update(fields)
-    return body
 
 
 def test_a_batch_is_polled_to_its_final_report(clients: Clients) -> None:

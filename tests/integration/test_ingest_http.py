@@ -11,8 +11,6 @@ import gzip
 import hashlib
 import hmac
 import json
-import socket
-import threading
 import time
 import tracemalloc
 import zlib
@@ -23,13 +21,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from segment.analytics import Client
 from segment.analytics.request import APIError
 from starlette.applications import Starlette
 
 from segcrit.clock import FakeClock
 from segcrit.config import parse_config
+from segcrit.criteo.emulator.server import running_app
 from segcrit.metrics import Metrics
 from segcrit.sources import ingest_routes
 from segcrit.store.base import AcceptResult
@@ -80,20 +78,6 @@ class RecordingSink:
         return orjson.dumps(self.calls)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn that signals when it is listening (or gave up), so tests wait on an event."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = threading.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets=sockets)
-        finally:
-            self.ready.set()
-
-
 class Ingest:
     """A running server plus the handles the tests look at."""
 
@@ -140,20 +124,9 @@ def server() -> Iterator[_Running]:
     config = parse_config(CONFIG, env={})
     running = _Running("", _SinkHolder(), Metrics(), FakeClock())
     app = Starlette(routes=ingest_routes(config, running.holder, running.metrics, running.clock))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    running.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    uv = _Server(uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, ws="none"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    assert uv.ready.wait(timeout=10), "uvicorn did not start within 10 s"
-    assert uv.started, "uvicorn failed to start"
-    try:
+    with running_app(app) as url:
+        running.base_url = url
         yield running
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture

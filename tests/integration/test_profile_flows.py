@@ -20,8 +20,8 @@ from segcrit.config import Config
 from segcrit.criteo.emulator import EmulatorState
 from segcrit.profile_flows import suppression_key
 from segcrit.scheduler import LEASE_SECS
-from tests.flow_harness import Process, Processes, Start, email_of, identify, order, shas, track
-from tests.helpers import audience_event, make_config
+from tests.flow_harness import Process, Processes, Start, identify, order, track
+from tests.helpers import audience_event, email_of, make_config, members, shas
 
 DAY = 86_400.0
 
@@ -62,13 +62,6 @@ def patches(state: EmulatorState) -> list[tuple[str, str, frozenset[str]]]:
         segment_id = call.path.rstrip("/").split("/")[-2]
         out.append((names[segment_id], attributes["operation"], frozenset(attributes["identifiers"])))
     return out
-
-
-def members(state: EmulatorState, audience: str) -> set[str]:
-    try:
-        return state.members(audience, "email")
-    except KeyError:
-        return set()  # never created: nobody was ever added
 
 
 def adjusted(p: Process, reason: str) -> float:

@@ -7,7 +7,6 @@ events in, the expected audiences, conversions, catalog and lookalike out.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ from segcrit.clock import FakeClock
 from segcrit.config import Config, parse_config
 from segcrit.config_templates import TEMPLATES, template_env, template_text
 from segcrit.criteo.emulator import DEMO_ADVERTISER_ID, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState
-from tests.flow_harness import Process, Processes, Start, email_of, identify, order, shas, track
-from tests.helpers import audience_event
+from tests.flow_harness import Process, Processes, Start, identify, order, track
+from tests.helpers import audience_event, email_of, madid_of, members, shas
 from tests.integration.test_cli import assert_one_line_error, segcrit
 
 DAY = 86_400.0
@@ -54,19 +53,8 @@ def template_config(name: str, tmp_path: Path, emulator_url: str) -> Config:
     return config.model_copy(update={"store": f"sqlite:///{tmp_path / 'segcrit.db'}", "criteo": criteo})
 
 
-def madid_of(user: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_DNS, user))
-
-
 def engage(p: Process, user: str, audience: str, member: bool = True) -> None:
     p.send(audience_event(user, audience, member, p.now(), email=email_of(user), madid=madid_of(user)))
-
-
-def members(state: EmulatorState, audience: str) -> set[str]:
-    try:
-        return state.members(audience, "email")
-    except KeyError:
-        return set()
 
 
 def product(product_id: str) -> dict[str, Any]:

@@ -15,22 +15,13 @@ from segcrit.criteo.catalog_models import (
     ReportOkResponse,
 )
 from segcrit.criteo.models import CriteoModel
-from tests.criteo_openapi import OpenApiDocument, document_path
+from tests.criteo_openapi import OpenApiDocument, criteo_models, document_path
 
 PREVIEW = OpenApiDocument(document_path("marketingsolutions_preview.json"))
 
-needs_preview = pytest.mark.skipif(
-    not PREVIEW.path.exists(), reason=f"Criteo's preview OpenAPI document not found at {PREVIEW.path}"
-)
+needs_preview = PREVIEW.needed
 
-CATALOG_MODELS = sorted(
-    (
-        value
-        for value in vars(catalog_models).values()
-        if isinstance(value, type) and issubclass(value, CriteoModel) and value.criteo_schema
-    ),
-    key=lambda model: model.__name__,
-)
+CATALOG_MODELS = criteo_models(catalog_models)
 
 REQUIRED_SCHEMAS = {
     "ProductsCustomBatchRequest",

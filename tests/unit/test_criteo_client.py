@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -25,8 +25,8 @@ from segcrit.criteo.errors import (
     SegmentNotFoundError,
     TokenRejectedError,
 )
-from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.metrics import Metrics
+from tests.helpers import CountingLimiter
 
 API = "https://api.test"
 BASE = f"{API}/2026-07/marketing-solutions/audience-segments"
@@ -125,29 +125,11 @@ class FakeCriteo:
         return await answer if isinstance(answer, Awaitable) else answer
 
 
-class CountingLimiter(SlidingWindowLimiter):
-    def __init__(self, clock: FakeClock) -> None:
-        async def sleep(seconds: float) -> None:
-            clock.advance(seconds)
-
-        super().__init__(250, clock, sleep)
-        self.acquired = 0
-        self.observed: list[tuple[int, dict[str, str]]] = []
-
-    async def acquire(self) -> None:
-        self.acquired += 1
-        await super().acquire()
-
-    async def observe(self, status: int, headers: Mapping[str, str], now: float) -> None:
-        self.observed.append((status, dict(headers)))
-        await super().observe(status, headers, now)
-
-
 class Setup:
     def __init__(self, fake: FakeCriteo, **config: Any) -> None:
         self.fake = fake
         self.clock = FakeClock(START)
-        self.limiter = CountingLimiter(self.clock)
+        self.limiter = CountingLimiter(self.clock, 250)
         self.metrics = Metrics()
         settings: dict[str, Any] = {
             "client_id": "cid",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -11,8 +10,8 @@ from pydantic import ValidationError
 from segcrit.config import CommerceMapping, ProductSignalsFlow
 from segcrit.criteo.event_models import EventsDocument
 from segcrit.flows.commerce import conversion_event, document_header, person_ids, signal_event
+from tests.helpers import SHA256, changed
 
-SHA256 = "375320dd9ae7ed408002f3768e16cb5f28c861062fd50dff9a3bff62e9dce4ef"
 MD5 = "e13743a7f1db7f4246badd6fd6ff54ff"
 SHA256_MD5 = "000e3171a5110c35c69d060112bd0ba55d9631c7c2ec93f1840e4570095b263a"
 
@@ -49,16 +48,7 @@ REFERENCE_DOCUMENT: dict[str, Any] = {
 
 def with_change(path: str, value: Any) -> dict[str, Any]:
     """The reference document with one key (dotted path, list indices as numbers) set or removed."""
-    document = copy.deepcopy(REFERENCE_DOCUMENT)
-    *parents, last = path.split(".")
-    node: Any = document
-    for part in parents:
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    if value is None:
-        del node[last]
-    else:
-        node[last] = value
-    return document
+    return changed(REFERENCE_DOCUMENT, path, value)
 
 
 def test_the_reference_document_is_valid() -> None:

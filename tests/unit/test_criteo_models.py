@@ -2,113 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import types
 import typing
-from functools import cache
-from pathlib import Path
-from typing import Any, Literal
 
 import pytest
-from pydantic.fields import FieldInfo
 
 from segcrit.criteo import constants, models
 from segcrit.criteo.models import CriteoModel
+from tests.criteo_openapi import OpenApiDocument, criteo_models, document_path
 
-OPENAPI_FILE = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "reference"
-    / "criteo-openapi"
-    / "marketingsolutions_2026-07.json"
-)
+OPENAPI = OpenApiDocument(document_path("marketingsolutions_2026-07.json"))
 SPEC_VERSION = "2026-07"
 
-needs_openapi = pytest.mark.skipif(
-    not OPENAPI_FILE.exists(), reason=f"Criteo's OpenAPI document not found at {OPENAPI_FILE}"
-)
-
-
-@cache
-def openapi() -> dict[str, Any]:
-    return typing.cast(dict[str, Any], json.loads(OPENAPI_FILE.read_text()))
-
-
-def ref_name(node: dict[str, Any]) -> str | None:
-    ref = node.get("$ref")
-    return ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
-
-
-def resolve(node: dict[str, Any]) -> dict[str, Any]:
-    name = ref_name(node)
-    return typing.cast(dict[str, Any], openapi()["components"]["schemas"][name]) if name else node
-
-
-def schema_at(location: str) -> dict[str, Any]:
-    """`Name` or `Name#/a/b`: a component schema, or an inline object inside one."""
-    name, _, pointer = location.partition("#")
-    node = resolve({"$ref": f"#/components/schemas/{name}"})
-    for part in filter(None, pointer.split("/")):
-        node = resolve(node[part])
-    return node
-
-
-def modelled_models() -> list[type[CriteoModel]]:
-    found = [
-        value
-        for value in vars(models).values()
-        if isinstance(value, type) and issubclass(value, CriteoModel) and value.criteo_schema
-    ]
-    return sorted(found, key=lambda model: model.__name__)
-
-
-def wire_name(name: str, field: FieldInfo) -> str:
-    return field.alias or name
-
-
-def flatten(annotation: Any) -> list[Any]:
-    """Every type inside an annotation: unions, lists and dicts opened up."""
-    origin = typing.get_origin(annotation)
-    if origin is None:
-        return [annotation]
-    if origin is Literal:
-        return [annotation]
-    inner: list[Any] = []
-    for arg in typing.get_args(annotation):
-        inner.extend(flatten(arg))
-    return inner if origin in (typing.Union, types.UnionType) else [annotation, *inner]
-
-
-def literal_values(annotation: Any) -> set[str] | None:
-    literals = [t for t in flatten(annotation) if typing.get_origin(t) is Literal]
-    if not literals:
-        return None
-    return {value for literal in literals for value in typing.get_args(literal)}
-
-
-def nested_models(annotation: Any) -> list[type[CriteoModel]]:
-    return [t for t in flatten(annotation) if isinstance(t, type) and issubclass(t, CriteoModel)]
-
-
-def property_enum(prop: dict[str, Any]) -> set[str] | None:
-    prop = resolve(prop)
-    if "enum" in prop:
-        return set(prop["enum"])
-    items = prop.get("items")
-    if isinstance(items, dict) and "enum" in resolve(items):
-        return set(resolve(items)["enum"])
-    return None
-
-
-def property_target(owner: str, name: str, prop: dict[str, Any]) -> str | None:
-    """The schema a nested model must mirror: the $ref'd schema, or the inline object's location."""
-    target = ref_name(prop) or (ref_name(prop["items"]) if isinstance(prop.get("items"), dict) else None)
-    if target:
-        return target
-    if prop.get("type") == "object" and "properties" in prop:
-        base, _, pointer = owner.partition("#")
-        return f"{base}#{pointer}/properties/{name}"
-    return None
+needs_openapi = OPENAPI.needed
+MODELS = criteo_models(models)
 
 
 # The schemas segcrit must model (the brief of the emulator and the client).
@@ -134,28 +40,15 @@ REQUIRED_SCHEMAS = {
 
 
 def test_every_needed_schema_has_a_model() -> None:
-    modelled = {model.criteo_schema for model in modelled_models()}
+    modelled = {model.criteo_schema for model in MODELS}
     assert modelled >= REQUIRED_SCHEMAS, REQUIRED_SCHEMAS - modelled
 
 
 @needs_openapi
-@pytest.mark.parametrize("model", modelled_models(), ids=lambda model: model.__name__)
+@pytest.mark.parametrize("model", MODELS, ids=lambda model: model.__name__)
 def test_model_matches_openapi_schema(model: type[CriteoModel]) -> None:
-    schema = schema_at(model.criteo_schema)
-    properties: dict[str, Any] = schema.get("properties", {})
-    fields = {wire_name(name, field): field for name, field in model.model_fields.items()}
-
-    assert set(fields) == set(properties), "property names differ"
-    required = {name for name, field in fields.items() if field.is_required()}
-    assert required == set(schema.get("required", [])), "required properties differ"
-
-    for name, prop in properties.items():
-        field = fields[name]
-        assert literal_values(field.annotation) == property_enum(prop), f"enum of {name} differs"
-        target = property_target(model.criteo_schema, name, prop)
-        nested = nested_models(field.annotation)
-        if nested:
-            assert [m.criteo_schema for m in nested] == [target], f"{name} nests the wrong model"
+    # Property names, required ones, enum values and nested models (no model here is criteo_partial).
+    assert OPENAPI.mismatches(model) == []
 
 
 ENDPOINTS = [
@@ -189,13 +82,6 @@ ENDPOINTS = [
 ]
 
 
-def json_schema_of(node: dict[str, Any]) -> str | None:
-    for media in ("application/json", "text/json", "application/*+json"):
-        if media in node.get("content", {}):
-            return ref_name(node["content"][media]["schema"])
-    return None
-
-
 @needs_openapi
 @pytest.mark.parametrize(("template", "method", "request_model", "response_model"), ENDPOINTS)
 def test_paths_and_bodies_match_openapi(
@@ -205,26 +91,26 @@ def test_paths_and_bodies_match_openapi(
     response_model: type[CriteoModel],
 ) -> None:
     path = template.format(version=SPEC_VERSION, segment_id="{audience-segment-id}")
-    operation = openapi()["paths"][path][method]
+    operation = OPENAPI.body["paths"][path][method]
     body = operation.get("requestBody")
-    assert (json_schema_of(body) if body else None) == (request_model.criteo_schema if request_model else None)
-    assert json_schema_of(operation["responses"]["200"]) == response_model.criteo_schema
+    assert (OPENAPI.json_schema_of(body) if body else None) == (request_model.criteo_schema if request_model else None)
+    assert OPENAPI.json_schema_of(operation["responses"]["200"]) == response_model.criteo_schema
 
 
 @needs_openapi
 def test_pinned_enums_and_search_limits_match_openapi() -> None:
-    attributes = schema_at("ContactlistAmendment#/properties/attributes")["properties"]
+    attributes = OPENAPI.schema_at("ContactlistAmendment#/properties/attributes")["properties"]
     assert list(constants.IDENTIFIER_TYPES) == attributes["identifierType"]["enum"]
     assert list(constants.OPERATIONS) == attributes["operation"]["enum"]
     assert set(typing.get_args(constants.IdentifierType)) == set(constants.IDENTIFIER_TYPES)
-    segment_type = schema_at("AudienceSegmentEntityV1")["properties"]["type"]["enum"]
+    segment_type = OPENAPI.schema_at("AudienceSegmentEntityV1")["properties"]["type"]["enum"]
     assert list(constants.SEGMENT_TYPES) == segment_type
 
-    search = openapi()["paths"][constants.SEARCH_SEGMENTS_PATH.format(version=SPEC_VERSION)]["post"]
+    search = OPENAPI.body["paths"][constants.SEARCH_SEGMENTS_PATH.format(version=SPEC_VERSION)]["post"]
     limit = next(p for p in search["parameters"] if p["name"] == "limit")["schema"]
     assert limit["maximum"] == constants.SEARCH_LIMIT_MAX
     assert limit["default"] == constants.SEARCH_LIMIT_DEFAULT
-    token_url = openapi()["components"]["securitySchemes"]["oauth"]["flows"]["clientCredentials"]["tokenUrl"]
+    token_url = OPENAPI.body["components"]["securitySchemes"]["oauth"]["flows"]["clientCredentials"]["tokenUrl"]
     assert token_url == constants.API_URL_DEFAULT + constants.TOKEN_PATH
 
 

@@ -19,13 +19,13 @@ from segcrit.criteo.catalog_client import CatalogClient, DuplicateProductError
 from segcrit.criteo.client import CriteoClient
 from segcrit.criteo.errors import Decision, PermanentError, RetryableError
 from segcrit.criteo.events_client import EventsClient
-from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.metrics import Metrics
+from tests.helpers import SHA256, CountingLimiter
 
 START = 1_800_000_000.0
 EVENTS_URL = "https://widget.criteo.test/m/event?version=s2s_v0"
 API = "https://api.criteo.test"
-SHA256 = "375320dd9ae7ed408002f3768e16cb5f28c861062fd50dff9a3bff62e9dce4ef"
+LIMIT = 1_000  # calls per minute the limiters allow
 DOCUMENT: dict[str, Any] = {
     "account": "6789",
     "id": {"mapping_key": "caller-abc", "email": {"sha256": SHA256}},
@@ -58,19 +58,6 @@ class Recorder:
         return self.answer(request)
 
 
-class CountingLimiter(SlidingWindowLimiter):
-    def __init__(self, clock: FakeClock, limit: int = 1_000) -> None:
-        async def sleep(seconds: float) -> None:
-            clock.advance(seconds)
-
-        super().__init__(limit, clock, sleep)
-        self.acquired = 0
-
-    async def acquire(self) -> None:
-        self.acquired += 1
-        await super().acquire()
-
-
 def calls(metrics: Metrics, endpoint: str, status: str) -> float:
     value = metrics.registry.get_sample_value("segcrit_criteo_calls_total", {"endpoint": endpoint, "status": status})
     return value or 0.0
@@ -85,7 +72,7 @@ class EventsSetup:
     def __init__(self, answer: Answer | Callable[[httpx.Request], Any]) -> None:
         self.recorder = Recorder(answer)
         self.clock = FakeClock(START)
-        self.limiter = CountingLimiter(self.clock)
+        self.limiter = CountingLimiter(self.clock, LIMIT)
         self.metrics = Metrics()
         self.http = httpx.AsyncClient(transport=httpx.MockTransport(self.recorder))
         self.client = EventsClient(EVENTS_URL, self.http, self.limiter, self.clock, self.metrics)
@@ -238,7 +225,7 @@ def test_an_invalid_document_is_refused_before_sending() -> None:
 def test_events_url_must_be_http() -> None:
     clock = FakeClock(START)
     with pytest.raises(ValueError, match="http"):
-        EventsClient("widget.criteo.com/m/event", httpx.AsyncClient(), CountingLimiter(clock), clock)
+        EventsClient("widget.criteo.com/m/event", httpx.AsyncClient(), CountingLimiter(clock, LIMIT), clock)
 
 
 # ================================================================================================
@@ -258,7 +245,7 @@ class CatalogSetup:
         self.tokens = 0
         self.recorder = Recorder(with_tokens)
         self.clock = FakeClock(START)
-        self.limiter = CountingLimiter(self.clock, limit=250)
+        self.limiter = CountingLimiter(self.clock, 250)
         self.metrics = Metrics()
         config = CriteoConfig.model_validate(
             {"client_id": "cid", "client_secret": SecretStr("s"), "advertiser_id": "12345", "api_url": API}

@@ -17,19 +17,15 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import cached_property
 
-import orjson
-
-from segcrit.clock import Clock
-from segcrit.config import CatalogFlow, Config
+from segcrit.config import CatalogFlow
 from segcrit.criteo.catalog_client import CatalogClient
 from segcrit.criteo.errors import CredentialsError, PermanentError, RetryableError
 from segcrit.criteo.events_client import EventsClient
-from segcrit.delivery.backoff import Backoff
+from segcrit.delivery.base import Worker, describe
 from segcrit.errors import CriteoError
 from segcrit.flows.catalog import ProductData, criteo_product
-from segcrit.metrics import Metrics
-from segcrit.store.sqlite import SqliteStore
 from segcrit.store.sqlite_commerce import OpenBatch, PendingEvent, PendingProduct
 
 log = logging.getLogger("segcrit.delivery")
@@ -41,32 +37,7 @@ DOCUMENT_VERSION = "segcrit_1.0"
 REPORT_POLL_SECS = (5.0, 15.0, 60.0, 300.0)  # then every 5 min until final
 
 
-def describe(error: BaseException) -> str:
-    problem = getattr(error, "problem", None)
-    return f"{error} {orjson.dumps(problem).decode()}" if problem else str(error)
-
-
-def window_over(first_failure_at: float | None, now: float, config: Config) -> bool:
-    return first_failure_at is not None and now - first_failure_at >= config.delivery.retry_window_hours * 3600
-
-
-class EventsWorker:
-    def __init__(
-        self,
-        store: SqliteStore,
-        config: Config,
-        client: EventsClient,
-        clock: Clock,
-        metrics: Metrics,
-        backoff: Backoff | None = None,
-    ) -> None:
-        self.store = store
-        self.config = config
-        self.client = client
-        self.clock = clock
-        self.metrics = metrics
-        self.backoff = backoff or Backoff.from_config(config.delivery)
-
+class EventsWorker(Worker[EventsClient]):
     async def drain_once(self, *, force: bool = False) -> int:
         """Send one document per person whose oldest event has waited long enough; returns calls."""
         now = self.clock.now()
@@ -107,7 +78,7 @@ class EventsWorker:
             return
         except (RetryableError, CredentialsError, CriteoError) as error:
             now = self.clock.now()
-            if window_over(min((e.first_failure_at or now) for e in events), now, self.config):
+            if self.window_over(min((e.first_failure_at or now) for e in events), now):
                 self.store.dead_letter_events(
                     ids, getattr(error, "status", None), f"retry window exhausted: {error}", now
                 )
@@ -122,23 +93,10 @@ class EventsWorker:
             self.metrics.delivery_latency.observe(max(0.0, now - event.created_at))
 
 
-class CatalogWorker:
-    def __init__(
-        self,
-        store: SqliteStore,
-        config: Config,
-        client: CatalogClient,
-        clock: Clock,
-        metrics: Metrics,
-        backoff: Backoff | None = None,
-    ) -> None:
-        self.store = store
-        self.config = config
-        self.client = client
-        self.clock = clock
-        self.metrics = metrics
-        self.backoff = backoff or Backoff.from_config(config.delivery)
-        self.flows: list[CatalogFlow] = config.flows_of(CatalogFlow)
+class CatalogWorker(Worker[CatalogClient]):
+    @cached_property
+    def flows(self) -> list[CatalogFlow]:
+        return self.config.flows_of(CatalogFlow)
 
     async def drain_once(self, *, force: bool = False) -> int:
         """Poll open batches, then send what changed; returns the calls made."""
@@ -179,7 +137,7 @@ class CatalogWorker:
             return
         except (RetryableError, CredentialsError, CriteoError) as error:
             now = self.clock.now()
-            if window_over(min((p.first_failure_at or now) for p in products), now, self.config):
+            if self.window_over(min((p.first_failure_at or now) for p in products), now):
                 self.store.dead_letter_products(flow.merchant_id, ids, None, f"retry window exhausted: {error}", now)
                 self.metrics.dead_lettered.labels("retry_window").inc()
                 return

@@ -15,10 +15,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
-
-from segcrit.clock import Clock
-from segcrit.config import Config
 from segcrit.criteo.client import CriteoClient
 from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL
 from segcrit.criteo.errors import (
@@ -28,11 +24,9 @@ from segcrit.criteo.errors import (
     RetryableError,
     SegmentNameTakenError,
 )
-from segcrit.delivery.backoff import Backoff
+from segcrit.delivery.base import Worker, describe
 from segcrit.errors import CriteoError
-from segcrit.metrics import Metrics
 from segcrit.store.base import AudienceRecord, PendingChange, TargetKey
-from segcrit.store.sqlite import SqliteStore
 
 log = logging.getLogger("segcrit.delivery")
 
@@ -53,23 +47,8 @@ class GroupKey:
         return "add" if self.add else "remove"
 
 
-class DeliveryWorker:
-    def __init__(
-        self,
-        store: SqliteStore,
-        config: Config,
-        client: CriteoClient,
-        clock: Clock,
-        metrics: Metrics,
-        backoff: Backoff | None = None,
-    ) -> None:
-        self.store = store
-        self.config = config
-        self.client = client
-        self.clock = clock
-        self.metrics = metrics
-        self.backoff = backoff or Backoff.from_config(config.delivery)
-        self._re_resolved: set[str] = set()  # audiences whose segment vanished during this round
+class DeliveryWorker(Worker[CriteoClient]):
+    _re_resolved: set[str]  # audiences whose segment vanished during this round (set by drain_once)
 
     async def drain_once(self, *, force: bool = False, audience: str | None = None) -> int:
         """Send every group that is due (all of them with `force`), of one `audience` if given;
@@ -83,7 +62,7 @@ class DeliveryWorker:
         # N changes to one (segment, operation, type) still cost ceil(N / 50,000) calls.
         truncated = len(scanned) >= SCAN_LIMIT
         calls = 0
-        self._re_resolved.clear()
+        self._re_resolved = set()
         for key, scanned_changes in groups.items():
             changes = scanned_changes
             if audience is not None and key.audience != audience:
@@ -149,7 +128,7 @@ class DeliveryWorker:
             self._retry(key, changes, error)
             return False
         except PermanentError as error:
-            self._dead_letter(key, keys, error.status, _describe(error), "criteo_rejected")
+            self._dead_letter(key, keys, error.status, describe(error), "criteo_rejected")
             return True
         except CriteoError as error:
             self._retry(key, changes, error)
@@ -203,12 +182,11 @@ class DeliveryWorker:
 
     def _retry(self, key: GroupKey, changes: Sequence[PendingChange], error: BaseException) -> None:
         now = self.clock.now()
-        window_secs = self.config.delivery.retry_window_hours * 3600
         # Each change has its own window: one that joined a failing batch late is not given up with it.
         expired: list[TargetKey] = []
         retried: list[PendingChange] = []
         for change in changes:
-            if change.first_failure_at is not None and now - change.first_failure_at >= window_secs:
+            if self.window_over(change.first_failure_at, now):
                 expired.append(change.key)
             else:
                 retried.append(change)
@@ -230,10 +208,3 @@ class DeliveryWorker:
         self.store.dead_letter(keys, key.add, status, error, self.clock.now())
         self.metrics.dead_lettered.labels(reason).inc()
         log.warning("delivery dead-lettered", extra={"audience": key.audience, "status": status})
-
-
-def _describe(error: PermanentError) -> str:
-    """The dead letter's reason: our message plus Criteo's own error object."""
-    if error.problem:
-        return f"{error} {orjson.dumps(error.problem).decode()}"
-    return str(error)

@@ -39,6 +39,7 @@ from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
 from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin
 
 BUSY_TIMEOUT_MS = 30_000
+PROCESSOR_CACHE_KIB = 64 * 1024
 GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
 # The longest the processor waits for ingest to have nothing to commit before it writes anyway.
 INGEST_FIRST_MAX_WAIT_SECS = 0.05
@@ -87,6 +88,14 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         self._closed = False
 
     # ------------------------------------------------------------------ connections
+
+    def use_large_cache(self) -> None:
+        """A bigger page cache for this thread's connection (the processor's: it touches random
+        identifier and profile pages all the time; ~10% faster at 64 MB). One thread only, so the
+        process stays well inside its memory budget."""
+        if not getattr(self._local, "large_cache", False):
+            self._conn().execute(f"PRAGMA cache_size=-{PROCESSOR_CACHE_KIB}")
+            self._local.large_cache = True
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -552,8 +561,14 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._tombstones_seen: bool | None = None  # any tombstone at all? (read once per transaction)
+        self._seen: dict[int, float] = {}  # profile -> latest event time, until flush_seen
 
     def delete_events(self, seqs: Sequence[int]) -> None:
+        if seqs and len(seqs) == seqs[-1] - seqs[0] + 1:
+            # Claimed in order without gaps: one range delete instead of one per event.
+            self.conn.execute("DELETE FROM inbox WHERE seq BETWEEN ? AND ?", (seqs[0], seqs[-1]))
+            return
         self.conn.executemany("DELETE FROM inbox WHERE seq = ?", [(s,) for s in seqs])
 
     def quarantine_event(self, event: InboxEvent, error: str, now: float) -> None:
@@ -568,14 +583,16 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
     # ---- identity
 
     def find_profiles(self, idents: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        found: dict[tuple[str, str], int] = {}
-        for kind, value in idents:
-            row = self.conn.execute(
-                "SELECT profile_id FROM identifiers WHERE kind = ? AND value = ?", (kind, value)
-            ).fetchone()
-            if row is not None:
-                found[(kind, value)] = int(row[0])
-        return found
+        pairs = list(idents)
+        if not pairs:
+            return {}
+        # One statement for all of an event's identifiers. OR-ed equalities, not a row-value IN:
+        # SQLite searches the primary key once per pair for the former, scans the table for the latter.
+        rows = self.conn.execute(
+            f"SELECT kind, value, profile_id FROM identifiers WHERE {_pairs_clause(len(pairs))}",
+            [part for pair in pairs for part in pair],
+        ).fetchall()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def identifier_counts(self, profile_id: int) -> dict[str, int]:
         rows = self.conn.execute(
@@ -588,7 +605,17 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
         return int(cursor.lastrowid or 0)
 
     def touch_profile(self, profile_id: int, seen_at: float) -> None:
-        self.conn.execute("UPDATE profiles SET last_seen_at = max(last_seen_at, ?) WHERE id = ?", (seen_at, profile_id))
+        """Note that the person was seen; written by `flush_seen`, once per profile per chunk."""
+        if seen_at > self._seen.get(profile_id, float("-inf")):
+            self._seen[profile_id] = seen_at
+
+    def flush_seen(self) -> None:
+        if self._seen:
+            self.conn.executemany(
+                "UPDATE profiles SET last_seen_at = max(last_seen_at, ?) WHERE id = ?",
+                [(ts, pid) for pid, ts in self._seen.items()],
+            )
+            self._seen.clear()
 
     def attach_identifier(self, profile_id: int, ident: Identifier, ts: float) -> None:
         self.conn.execute(
@@ -613,6 +640,8 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
 
     def merge_profiles(self, into: int, other: int) -> None:
         """Move everything of `other` to `into`; per audience and for consent the latest ts wins."""
+        if other in self._seen:
+            self.touch_profile(into, self._seen.pop(other))
         self.conn.execute("UPDATE identifiers SET profile_id = ? WHERE profile_id = ?", (into, other))
         self.conn.execute(
             "INSERT INTO memberships (profile_id, audience, member, ts) "
@@ -676,26 +705,32 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
     def set_targets(self, profile_id: int, desired: set[TargetKey], now: float) -> int:
         """Make the profile's targets equal `desired`; returns how many rows changed desire."""
         current = {
-            TargetKey(r[0], r[1], r[2]): bool(r[3])
+            TargetKey(r[0], r[1], r[2]): (bool(r[3]), bool(r[4]), r[5] is not None)
             for r in self.conn.execute(
-                "SELECT audience, id_type, id_value, desired FROM targets WHERE profile_id = ?", (profile_id,)
+                "SELECT audience, id_type, id_value, desired, acked, dead_letter_id FROM targets WHERE profile_id = ?",
+                (profile_id,),
             )
         }
         changed = 0
-        for key, was in current.items():
-            if was and key not in desired:
+        for key, (was, acked, dead) in current.items():
+            if key in desired:
+                continue
+            if not acked and not dead:
+                # Neither wanted nor held: the row carries no information any more.
+                self.conn.execute(
+                    "DELETE FROM targets WHERE audience = ? AND id_type = ? AND id_value = ?",
+                    (key.audience, key.id_type, key.id_value),
+                )
+                changed += was
+            elif was:
                 changed += 1
                 self.conn.execute(
                     "UPDATE targets SET desired = 0, since = ?, attempts = 0, next_at = 0, first_failure = NULL "
                     "WHERE audience = ? AND id_type = ? AND id_value = ?",
                     (now, key.audience, key.id_type, key.id_value),
                 )
-        self.conn.execute(
-            "DELETE FROM targets WHERE profile_id = ? AND desired = 0 AND acked = 0 AND dead_letter_id IS NULL",
-            (profile_id,),
-        )
         for key in desired:
-            if current.get(key):
+            if current.get(key, (False,))[0]:
                 continue
             changed += 1
             # A row may exist without this profile (an erased person's identifier seen again).
@@ -727,12 +762,20 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
 
     def tombstoned_since(self, idents: Iterable[tuple[str, str]], ts: float) -> bool:
         """True if any identifier belongs to a person deleted at or after `ts`."""
-        return any(
-            self.conn.execute(
-                "SELECT 1 FROM tombstones WHERE kind = ? AND value = ? AND deleted_at >= ?", (kind, value, ts)
-            ).fetchone()
-            for kind, value in idents
-        )
+        pairs = list(idents)
+        if not pairs or not self._any_tombstone():
+            return False
+        row = self.conn.execute(
+            f"SELECT 1 FROM tombstones WHERE ({_pairs_clause(len(pairs))}) AND deleted_at >= ? LIMIT 1",
+            [*[part for pair in pairs for part in pair], ts],
+        ).fetchone()
+        return row is not None
+
+    def _any_tombstone(self) -> bool:
+        # Most shops delete rarely: one look per transaction spares every event a query.
+        if self._tombstones_seen is None:
+            self._tombstones_seen = self.conn.execute("SELECT 1 FROM tombstones LIMIT 1").fetchone() is not None
+        return self._tombstones_seen
 
     def erase_profile(self, profile_id: int, deleted_at: float, tombstone_kinds: set[str]) -> None:
         """Forget the person: tombstone their ids, drop identity and memberships, keep targets
@@ -741,6 +784,7 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
             "SELECT kind, value FROM identifiers WHERE profile_id = ?", (profile_id,)
         ).fetchall():
             if kind in tombstone_kinds:
+                self._tombstones_seen = True
                 self.conn.execute(
                     "INSERT INTO tombstones (kind, value, deleted_at) VALUES (?, ?, ?) "
                     "ON CONFLICT (kind, value) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)",
@@ -761,11 +805,16 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
         self.conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
 
     def add_tombstone(self, kind: str, value: str, deleted_at: float) -> None:
+        self._tombstones_seen = True
         self.conn.execute(
             "INSERT INTO tombstones (kind, value, deleted_at) VALUES (?, ?, ?) "
             "ON CONFLICT (kind, value) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)",
             (kind, value, deleted_at),
         )
+
+
+def _pairs_clause(count: int) -> str:
+    return " OR ".join(["(kind = ? AND value = ?)"] * count)
 
 
 def open_sqlite(url: str) -> SqliteStore:

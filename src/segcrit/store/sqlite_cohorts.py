@@ -36,20 +36,23 @@ class JobRecord:
     next_run_at: float
 
 
+def _json_text(value: dict[str, Any]) -> str:
+    # json_patch drops keys whose patch value is null; a null trait means "unset" anyway.
+    return orjson.dumps(value).decode()
+
+
 class CohortTxMixin:
     conn: sqlite3.Connection
 
     def merge_traits(self, profile_id: int, traits: dict[str, Any], ts: float) -> None:
         """Newer traits overwrite older ones key by key; an older identify only fills gaps."""
-        row = self.conn.execute("SELECT traits, traits_ts FROM profiles WHERE id = ?", (profile_id,)).fetchone()
-        if row is None:
-            return
-        current: dict[str, Any] = orjson.loads(row[0]) if row[0] else {}
-        newer = row[1] is None or ts >= row[1]
-        merged = {**current, **traits} if newer else {**traits, **current}
+        # One statement: json_patch(target, patch) lets the patch win, so the order of the two
+        # documents says which identify is newer.
         self.conn.execute(
-            "UPDATE profiles SET traits = ?, traits_ts = max(coalesce(traits_ts, 0), ?) WHERE id = ?",
-            (orjson.dumps(merged), ts, profile_id),
+            "UPDATE profiles SET traits = CASE WHEN traits_ts IS NULL OR ? >= traits_ts "
+            "THEN json_patch(coalesce(traits, '{}'), ?) ELSE json_patch(?, coalesce(traits, '{}')) END, "
+            "traits_ts = max(coalesce(traits_ts, 0), ?) WHERE id = ?",
+            (ts, _json_text(traits), _json_text(traits), ts, profile_id),
         )
 
     def set_suppression(self, profile_id: int, flow: str, since: float, until: float) -> bool:

@@ -1,0 +1,50 @@
+"""What the delivery workers share: their parts, the retry window, a dead letter's reason."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+import orjson
+
+from segcrit.clock import Clock
+from segcrit.config import Config
+from segcrit.criteo.errors import PermanentError
+from segcrit.delivery.backoff import Backoff
+from segcrit.metrics import Metrics
+from segcrit.store.sqlite import SqliteStore
+
+ClientT = TypeVar("ClientT")
+
+
+class Worker(Generic[ClientT]):
+    """A delivery worker: reads what is due from `store`, sends it with `client`, records the outcome.
+
+    `backoff` defaults to the one `config.delivery` describes.
+    """
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        config: Config,
+        client: ClientT,
+        clock: Clock,
+        metrics: Metrics,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.client = client
+        self.clock = clock
+        self.metrics = metrics
+        self.backoff = backoff or Backoff.from_config(config.delivery)
+
+    def window_over(self, first_failure_at: float | None, now: float) -> bool:
+        """Whether something failing since `first_failure_at` has used up `delivery.retry_window_hours`."""
+        return first_failure_at is not None and now - first_failure_at >= self.config.delivery.retry_window_hours * 3600
+
+
+def describe(error: PermanentError) -> str:
+    """The dead letter's reason: our message plus Criteo's own error object."""
+    if error.problem:
+        return f"{error} {orjson.dumps(error.problem).decode()}"
+    return str(error)
