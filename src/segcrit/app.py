@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -79,7 +81,12 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *ingest_routes(config, WakingSink(store, runtime), metrics, clock),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    # Segment's browser SDK posts to /v1/* from the shop's pages on another origin (text/plain,
+    # write key in the body); CORS lets those requests through. Nothing here uses cookies.
+    middleware = [
+        Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["POST", "OPTIONS"], allow_headers=["*"])
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     # Never redirect (SPEC §3.1): `requests` would turn a redirected POST into a GET or resend it.
     app.router.redirect_slashes = False
     app.state.runtime = runtime

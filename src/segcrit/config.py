@@ -93,6 +93,9 @@ class CriteoConfig(_Model):
 class IdentityConfig(_Model):
     send: list[IdentifierKind] = Field(default_factory=lambda: ["email", "madid"], min_length=1)  # type: ignore[arg-type]
     email_hash: EmailHash = "sha256"
+    # Region for phone numbers sent without +country (ISO 3166 code such as FR or US); without
+    # it, such numbers are not used.
+    phone_region: str | None = Field(None, pattern=r"^[A-Z]{2}$")
     # Merge limits: how many identifiers of one kind a profile may hold, so that one shared value
     # (a family tablet, a support desk email) cannot glue thousands of people together.
     max_per_profile: dict[str, int] = Field(
@@ -393,7 +396,7 @@ class Config(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
     sources: list[SourceConfig] = Field(min_length=1)
     criteo: CriteoConfig
-    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)  # type: ignore[arg-type]
     consent: ConsentConfig = Field(default_factory=ConsentConfig)  # type: ignore[arg-type]
     audiences: dict[str, AudienceConfig] = Field(default_factory=dict)
     flows: list[Flow] = Field(default_factory=list)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 from segcrit.app import create_app
 from segcrit.criteo.emulator.server import running_app
@@ -49,5 +50,40 @@ def test_health_readiness_and_metrics(tmp_path: Path, emulator_url: str) -> None
         assert _metric(text, "segcrit_dead_letters") == 0
         assert _metric(text, "segcrit_delivery_latency_seconds_count") == 1
         assert "segcrit_backlog_events" in text
+    finally:
+        store.close()
+
+
+def test_browser_preflight_is_allowed_and_local_phone_numbers_use_the_configured_region(
+    tmp_path: Path, emulator_url: str
+) -> None:
+    import hashlib
+
+    config = make_config(str(tmp_path / "s.db"), api_url=emulator_url, extra="")
+    config = config.model_copy(update={"identity": config.identity.model_copy(update={"phone_region": "FR"})})
+    store = SqliteStore(str(tmp_path / "s.db"))
+    try:
+        with running_app(create_app(config, store), lifespan="on") as url:
+            preflight = httpx.options(
+                f"{url}/v1/t",
+                headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"},
+            )
+            assert preflight.status_code == 200
+            assert preflight.headers["access-control-allow-origin"] == "*"
+            body = {"writeKey": "WK", "type": "identify", "userId": "u9", "traits": {"phone": "06 12 34 56 78"}}
+            response = httpx.post(
+                f"{url}/v1/i",
+                content=orjson.dumps(body),
+                headers={"Content-Type": "text/plain", "Origin": "https://shop.example"},
+            )
+            assert response.status_code == 200 and response.headers["access-control-allow-origin"] == "*"
+            expected = hashlib.sha256(b"+33612345678").hexdigest()
+            deadline = time.monotonic() + 10
+            found = None
+            while time.monotonic() < deadline and found is None:
+                with store.dry_run() as tx:
+                    found = tx.find_profiles([("phone", expected)]).get(("phone", expected))
+                time.sleep(0.02)
+            assert found is not None
     finally:
         store.close()

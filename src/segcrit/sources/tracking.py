@@ -69,7 +69,11 @@ class TrackingApi:
         self._max_request_bytes = config.server.max_request_bytes
         self._max_batch = config.server.max_batch_messages
         self._max_backlog = config.ingest.max_backlog
-        self._rules = MessageRules(types=TRACKING_TYPES, max_message_bytes=config.server.max_message_bytes)
+        self._rules = MessageRules(
+            types=TRACKING_TYPES,
+            max_message_bytes=config.server.max_message_bytes,
+            phone_region=config.identity.phone_region,
+        )
         self._keys = [
             (source.write_key.get_secret_value().encode("utf-8"), source.name)
             for source in config.sources

@@ -84,7 +84,10 @@ class WebhookReceiver:
         self._max_batch = config.server.webhook_max_batch_messages
         self._max_backlog = config.ingest.max_backlog
         self._rules = MessageRules(
-            types=WEBHOOK_TYPES, max_message_bytes=config.server.max_message_bytes, keep_received_at=True
+            types=WEBHOOK_TYPES,
+            max_message_bytes=config.server.max_message_bytes,
+            keep_received_at=True,
+            phone_region=config.identity.phone_region,
         )
         self._secrets = {
             source.name: source.shared_secret.get_secret_value().encode("utf-8")
