@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -122,12 +123,16 @@ class Runtime:
         self._spawn("segcrit-delivery", self._delivery_thread)
         self._spawn("segcrit-scheduler", self._scheduler_loop)
 
-    def stop(self, timeout: float = SHUTDOWN_FLUSH_SECS + 2) -> None:
+    def stop(self, timeout: float = SHUTDOWN_FLUSH_SECS + 1) -> None:
+        """Ask every worker to stop and wait for them, `timeout` seconds in all (not per thread):
+        `segcrit serve` must exit within 10 s of SIGTERM. A worker still busy then (a cohort
+        mid-run, a slow Criteo call) is abandoned; everything it did not commit is redone later."""
         for t in self._threads:
             t.stop.set()
         self._wake.set()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.thread.join(timeout=timeout)
+            t.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
     def wake(self) -> None:
