@@ -7,9 +7,8 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -17,8 +16,6 @@ from segcrit import __version__
 from segcrit.config import Config, audience_names, load_config
 from segcrit.errors import ConfigError, SegcritError, UserError
 from segcrit.logs import setup_logging
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Objects allocated (net) before a young-generation collection; see tune_gc.
 GC_THRESHOLD_GEN0 = 20_000

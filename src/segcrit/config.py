@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from segcrit.cohort import validate_expression
+from segcrit.criteo.constants import SignalEvent
 from segcrit.errors import ConfigError
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -168,15 +169,10 @@ class SuppressionFlow(_Model):
     for_days: float = Field(30, gt=0)
 
 
-CRITEO_SIGNAL_EVENTS = ("viewHome", "viewItem", "viewList", "addToCart", "viewBasket", "beginCheckout")
-
-
 class ProductSignalsFlow(_Model):
     type: Literal["product_signals"]
     # Segment event name -> Criteo event; merged over the defaults (segcrit.flows.commerce).
-    events: dict[str, Literal["viewHome", "viewItem", "viewList", "addToCart", "viewBasket", "beginCheckout"]] = Field(
-        default_factory=dict
-    )
+    events: dict[str, SignalEvent] = Field(default_factory=dict)
     mapping: CommerceMapping = Field(default_factory=CommerceMapping)
     home_paths: list[str] = Field(default_factory=lambda: ["/"])
 

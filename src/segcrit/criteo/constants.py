@@ -74,6 +74,9 @@ SEGMENT_TYPES: Final[tuple[SegmentType, ...]] = (
     "Lookalike",
 )
 
+# The browsing events segcrit maps Segment events to (the product_signals flow).
+SignalEvent = Literal["viewHome", "viewItem", "viewList", "addToCart", "viewBasket", "beginCheckout"]
+
 # OneTag event names (reference §5.2), web and app flavours; segcrit sends the six signals and
 # trackTransaction.
 EventName = Literal[

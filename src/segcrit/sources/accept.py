@@ -16,9 +16,10 @@ from typing import Any, Final
 import orjson
 from starlette.responses import Response
 
+from segcrit.clock import Clock
 from segcrit.metrics import Metrics
 from segcrit.sources.limits import RequestError
-from segcrit.sources.validate import Prepared
+from segcrit.sources.validate import MessageRules, Prepared
 from segcrit.store.base import IngestSink
 
 log = logging.getLogger(__name__)
@@ -115,3 +116,38 @@ async def commit(
 def _reason_label(reason: str) -> str:
     # Per-message reasons are readable sentences; the metric gets two bounded codes.
     return "message_too_large" if reason.startswith("message exceeds") else "invalid_message"
+
+
+class Receiver:
+    """What the Tracking API and the webhook receiver share: their sink, counters, clock, limits
+    and message rules, and the answers they give alike."""
+
+    def __init__(
+        self,
+        sink: IngestSink,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        max_request_bytes: int,
+        max_batch: int,
+        max_backlog: int,
+        rules: MessageRules,
+    ) -> None:
+        self._sink = sink
+        self._metrics = metrics
+        self._clock = clock
+        self._max_request_bytes = max_request_bytes
+        self._max_batch = max_batch
+        self._max_backlog = max_backlog
+        self._rules = rules
+
+    def _too_many(self, source: str) -> Response:
+        limit = f"batch exceeds {self._max_batch} messages"
+        too_many = error_response(400, "too_many_messages", "too many messages", limit=limit)
+        return reject(self._metrics, source, "too_many_messages", too_many)
+
+    def _bad_body(self, source: str, message: str) -> Response:
+        return reject(self._metrics, source, "invalid_body", error_response(400, "invalid_body", message))
+
+    async def _commit(self, source: str, prepared: Prepared, received_at: float, *, single: bool) -> Response:
+        return await commit(source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single)

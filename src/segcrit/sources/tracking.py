@@ -31,15 +31,15 @@ from segcrit.metrics import Metrics
 from segcrit.sources.accept import (
     EVERY_METHOD,
     UNKNOWN_SOURCE,
+    Receiver,
     backlog_response,
-    commit,
     error_response,
     method_not_allowed,
     reject,
     request_error_response,
 )
 from segcrit.sources.limits import Disconnected, RequestError, parse_json, read_body
-from segcrit.sources.validate import TRACKING_TYPES, MessageRules, Prepared, prepare_messages
+from segcrit.sources.validate import TRACKING_TYPES, MessageRules, prepare_messages
 from segcrit.store.base import IngestSink
 
 BATCH_PATHS: Final = ("batch", "import", "b")
@@ -59,20 +59,23 @@ SINGLE_PATHS: Final = {
 }
 
 
-class TrackingApi:
+class TrackingApi(Receiver):
     """The endpoints, holding what they need from the config, ready-made."""
 
     def __init__(self, config: Config, sink: IngestSink, metrics: Metrics, clock: Clock) -> None:
-        self._sink = sink
-        self._metrics = metrics
-        self._clock = clock
-        self._max_request_bytes = config.server.max_request_bytes
-        self._max_batch = config.server.max_batch_messages
-        self._max_backlog = config.ingest.max_backlog
-        self._rules = MessageRules(
+        rules = MessageRules(
             types=TRACKING_TYPES,
             max_message_bytes=config.server.max_message_bytes,
             phone_region=config.identity.phone_region,
+        )
+        super().__init__(
+            sink,
+            metrics,
+            clock,
+            max_request_bytes=config.server.max_request_bytes,
+            max_batch=config.server.max_batch_messages,
+            max_backlog=config.ingest.max_backlog,
+            rules=rules,
         )
         self._keys = [
             (source.write_key.get_secret_value().encode("utf-8"), source.name)
@@ -139,9 +142,7 @@ class TrackingApi:
         if not isinstance(items, list):
             return self._bad_body(source, "batch must be a JSON array")
         if len(items) > self._max_batch:
-            limit = f"batch exceeds {self._max_batch} messages"
-            too_many = error_response(400, "too_many_messages", "too many messages", limit=limit)
-            return reject(self._metrics, source, "too_many_messages", too_many)
+            return self._too_many(source)
         if not isinstance(context, dict | None) or not isinstance(integrations, dict | None):
             return self._bad_body(source, "context and integrations must be objects")
 
@@ -160,12 +161,6 @@ class TrackingApi:
             if hmac.compare_digest(candidate, write_key):
                 found = name
         return found
-
-    def _bad_body(self, source: str, message: str) -> Response:
-        return reject(self._metrics, source, "invalid_body", error_response(400, "invalid_body", message))
-
-    async def _commit(self, source: str, prepared: Prepared, received_at: float, *, single: bool) -> Response:
-        return await commit(source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single)
 
     def _unauthorized(self) -> Response:
         return reject(

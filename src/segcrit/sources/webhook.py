@@ -28,15 +28,15 @@ from segcrit.metrics import Metrics
 from segcrit.sources.accept import (
     EVERY_METHOD,
     UNKNOWN_SOURCE,
+    Receiver,
     backlog_response,
-    commit,
     error_response,
     method_not_allowed,
     reject,
     request_error_response,
 )
 from segcrit.sources.limits import Disconnected, RequestError, parse_json, read_body
-from segcrit.sources.validate import WEBHOOK_TYPES, MessageRules, Prepared, prepare_messages
+from segcrit.sources.validate import WEBHOOK_TYPES, MessageRules, prepare_messages
 from segcrit.store.base import IngestSink
 
 METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
@@ -73,21 +73,24 @@ def signature_ok(secret: bytes, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(expected, signature.strip().lower().encode("latin-1"))
 
 
-class WebhookReceiver:
+class WebhookReceiver(Receiver):
     """The endpoint, holding what it needs from the config, ready-made."""
 
     def __init__(self, config: Config, sink: IngestSink, metrics: Metrics, clock: Clock) -> None:
-        self._sink = sink
-        self._metrics = metrics
-        self._clock = clock
-        self._max_request_bytes = config.server.webhook_max_request_bytes
-        self._max_batch = config.server.webhook_max_batch_messages
-        self._max_backlog = config.ingest.max_backlog
-        self._rules = MessageRules(
+        rules = MessageRules(
             types=WEBHOOK_TYPES,
             max_message_bytes=config.server.max_message_bytes,
             keep_received_at=True,
             phone_region=config.identity.phone_region,
+        )
+        super().__init__(
+            sink,
+            metrics,
+            clock,
+            max_request_bytes=config.server.webhook_max_request_bytes,
+            max_batch=config.server.webhook_max_batch_messages,
+            max_backlog=config.ingest.max_backlog,
+            rules=rules,
         )
         self._secrets = {
             source.name: source.shared_secret.get_secret_value().encode("utf-8")
@@ -126,17 +129,11 @@ class WebhookReceiver:
             prepared = prepare_messages([body], self._rules, received_at=received_at)
             return await self._commit(name, prepared, received_at, single=True)
         if not isinstance(body, list):
-            problem = error_response(400, "invalid_body", "body must be a JSON object or array")
-            return reject(self._metrics, name, "invalid_body", problem)
+            return self._bad_body(name, "body must be a JSON object or array")
         if len(body) > self._max_batch:
-            limit = f"batch exceeds {self._max_batch} messages"
-            too_many = error_response(400, "too_many_messages", "too many messages", limit=limit)
-            return reject(self._metrics, name, "too_many_messages", too_many)
+            return self._too_many(name)
         prepared = prepare_messages(body, self._rules, received_at=received_at)
         return await self._commit(name, prepared, received_at, single=False)
-
-    async def _commit(self, source: str, prepared: Prepared, received_at: float, *, single: bool) -> Response:
-        return await commit(source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single)
 
     def _unauthorized(self, source: str) -> Response:
         return reject(
