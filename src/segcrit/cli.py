@@ -189,13 +189,23 @@ async def _check_online(config: Config) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8099, show_default=True, type=int)
 @click.option("--faults", default=None, metavar="SPEC", help="e.g. 5xx=0.1,429_burst=3,latency_ms=50,token_ttl=60")
-def emulator(host: str, port: int, faults: str | None) -> None:
-    """A local emulator of the Criteo API."""
+@click.option(
+    "--profiles",
+    "profiles_file",
+    default=None,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON seed of the Segment Profile API it also serves (spaces, tokens, people).",
+)
+def emulator(host: str, port: int, faults: str | None, profiles_file: Path | None) -> None:
+    """A local emulator of the Criteo API (and of Segment's Profile API)."""
+    from segcrit.criteo.emulator.profiles import ProfileApiState
     from segcrit.criteo.emulator.server import serve as serve_emulator
 
+    profiles = ProfileApiState.from_file(profiles_file) if profiles_file is not None else None
     setup_logging()
     _exit_zero_after_signals()
-    serve_emulator(host, port, faults)
+    serve_emulator(host, port, faults, profiles=profiles)
 
 
 # ---------------------------------------------------------------------------------------- demo
@@ -266,6 +276,32 @@ def forget(identifier: str, config_file: str | None) -> None:
         click.echo("no profile matched; a tombstone was recorded so older events will not bring them back")
     else:
         click.echo(f"erased {erased} profile(s); their removal from Criteo is queued")
+
+
+@cli.command()
+@click.argument("identifier")
+@config_option
+def enrich(identifier: str, config_file: str | None) -> None:
+    """Run every lookup for one person (userId, anonymousId or email); print what each returned."""
+    from segcrit.enrichment.inspect import report_lines, run_inspection
+    from segcrit.store import open_store
+
+    config = load_config(config_file)
+    if not config.enrichment:
+        raise UserError("no lookups to run: the config has no `enrichment:` section")
+    # The person's stored ids help choose the keys; a store that does not exist yet is not created.
+    path = config.store.removeprefix("sqlite:///")
+    store = open_store(config.store) if not config.store.startswith("sqlite") or Path(path).exists() else None
+    try:
+        reports = run_inspection(config, store, identifier)
+    finally:
+        if store is not None:
+            store.close()
+    for line in report_lines(reports):
+        click.echo(line)
+    failed = [report.name for report in reports if report.error is not None]
+    if failed:
+        raise SegcritError(f"lookup(s) failed: {', '.join(failed)}")
 
 
 @cli.command()

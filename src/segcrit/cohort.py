@@ -234,3 +234,28 @@ def validate_expression(expression: str) -> str | None:
     except CohortError as exc:
         return str(exc)
     return None
+
+
+def trait_names(expression: str) -> frozenset[str] | None:
+    """The traits an expression reads (`traits['x']`, `trait('x')`); None when it may read any
+    (a trait named by something other than a literal, or `traits` used as a whole)."""
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError:
+        return frozenset()
+    names: set[str] = set()
+    parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == "traits":
+            parent = parents.get(id(node))
+            if not (isinstance(parent, ast.Subscript) and parent.value is node):
+                return None
+            if not (isinstance(parent.slice, ast.Constant) and isinstance(parent.slice.value, str)):
+                return None
+            names.add(parent.slice.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "trait":
+            first = node.args[0] if node.args else None
+            if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+                return None
+            names.add(first.value)
+    return frozenset(names)

@@ -236,6 +236,93 @@ Flow = Annotated[
 ]
 
 
+# ------------------------------------------------------------------------------------- enrichment
+
+LookupKey = Literal["user_id", "anonymous_id", "email"]
+# Where a column of a `sql` lookup's answer may go (`columns:`); every other column is a trait.
+LookupField = Literal["email", "phone", "madid", "gum", "identityLink", "consent"]
+_LOOKUP_NAME = r"^[A-Za-z0-9_.-]+$"
+
+
+class SqlLookup(_Model):
+    """A CRM or warehouse table, read through SQLAlchemy Core (segcrit.enrichment.sql)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=_LOOKUP_NAME)
+    type: Literal["sql"]
+    # The whole URL is a secret: it usually carries the database password.
+    url: SecretStr
+    key: LookupKey = "user_id"
+    query: str = Field(min_length=1, max_length=20_000)
+    columns: dict[LookupField, str] = Field(default_factory=dict)
+    ttl_minutes: float = Field(1440, gt=0)
+    max_per_second: int = Field(10, ge=1, le=10_000, description="queries per second")
+    batch_size: int = Field(500, ge=100, le=10_000, description="keys per query")
+    timeout_secs: float = Field(30, gt=0)
+
+    @field_validator("query")
+    @classmethod
+    def _expanding_keys(cls, value: str) -> str:
+        if not re.search(r"(?<![:\w]):keys\b", value):
+            raise ValueError("must use the parameter :keys for the keys looked up, e.g. WHERE customer_id IN :keys")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _sqlalchemy_url(cls, value: SecretStr) -> SecretStr:
+        from segcrit.enrichment.sql import url_problem  # imports SQLAlchemy: only when a sql lookup exists
+
+        problem = url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _column_names(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not column.strip() for column in value.values()):
+            raise ValueError("each column name must be non-empty")
+        return value
+
+
+class SegmentProfilesLookup(_Model):
+    """Segment's Profile API (reference/segment.md §9.1), read by segcrit.enrichment.profiles."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=_LOOKUP_NAME)
+    type: Literal["segment_profiles"]
+    space_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")
+    access_token: SecretStr
+    url: str = "https://profiles.segment.com"
+    key: LookupKey = "user_id"
+    external_ids: bool = True
+    traits: list[str] = Field(default_factory=list, max_length=200)
+    ttl_minutes: float = Field(1440, gt=0)
+    # The Profile API allows 100 requests/s per space.
+    max_per_second: int = Field(100, ge=1, le=1_000, description="requests per second")
+    timeout_secs: float = Field(10, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _something_to_read(self) -> SegmentProfilesLookup:
+        if self.key == "email":
+            # Segment advises against PII in Profile API URLs (they end up in server logs).
+            raise ValueError(
+                "key: email is not offered for segment_profiles (it would put emails in URLs); "
+                "use user_id or anonymous_id"
+            )
+        if not self.external_ids and not self.traits:
+            raise ValueError("traits: nothing to read; list traits or set external_ids: true")
+        return self
+
+
+Lookup = Annotated[SqlLookup | SegmentProfilesLookup, Field(discriminator="type")]
+
+
 class IngestConfig(_Model):
     dedupe_hours: float = Field(24, ge=0)
     max_backlog: int = Field(1_000_000, ge=1)
@@ -398,6 +485,7 @@ class Config(_Model):
     flows: list[Flow] = Field(default_factory=list)
     ingest: IngestConfig = Field(default_factory=IngestConfig)  # type: ignore[arg-type]
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)  # type: ignore[arg-type]
+    enrichment: list[Lookup] = Field(default_factory=list)
 
     @field_validator("store")
     @classmethod
@@ -432,6 +520,9 @@ class Config(_Model):
         names = [s.name for s in self.sources]
         for name in {n for n in names if names.count(n) > 1}:
             problems.append(f"sources: the name {name!r} is used twice")
+        lookups = [lookup.name for lookup in self.enrichment]
+        for name in sorted({n for n in lookups if lookups.count(n) > 1}):
+            problems.append(f"enrichment: the lookup name {name!r} is used twice")
         if "gum" in self.identity.send and self.criteo.gum_caller_id is None:
             problems.append("criteo.gum_caller_id: required when identity.send includes gum")
         if problems:
@@ -505,6 +596,8 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
             "catalog",
             "lookalike_seed",
             "lifecycle",
+            "sql",
+            "segment_profiles",
         } and out.endswith("]"):
             continue  # pydantic names the union branch; users think in list positions
         else:
@@ -534,6 +627,7 @@ def format_validation_error(error: ValidationError) -> list[str]:
 
 
 _RELATIVE_PROBLEM = re.compile(r"^((?:[A-Za-z_]|\[[0-9]+\])[A-Za-z0-9_.\[\]]*): (.+)$")
+_LOOKUP_TYPES = "sql, segment_profiles"
 _FLOW_TYPES = "audience_sync, conversions, suppression, product_signals, catalog, lookalike_seed, lifecycle"
 
 
@@ -544,6 +638,9 @@ def _message(item: Any) -> str:
         return "unknown key"
     if kind == "missing":
         return "required, but missing"
+    if kind in {"union_tag_invalid", "union_tag_not_found"} and item["loc"][:1] == ("enrichment",):
+        what = f"unknown lookup type {ctx.get('tag')!r}; expected" if kind == "union_tag_invalid" else "required,"
+        return f"type: {what} one of: {_LOOKUP_TYPES}"
     if kind == "union_tag_invalid":
         return f"type: unknown flow type {ctx.get('tag')!r}; expected one of: {_FLOW_TYPES}"
     if kind == "union_tag_not_found":
@@ -625,7 +722,21 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: P
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
-    return _resolve_store_path(config, base_dir)
+    return _resolve_lookup_paths(_resolve_store_path(config, base_dir), base_dir)
+
+
+def _resolve_lookup_paths(config: Config, base_dir: Path | None) -> Config:
+    """A `sql` lookup on a relative SQLite file finds it next to the config file, as `store` does."""
+    prefix = "sqlite:///"
+    lookups = []
+    for lookup in config.enrichment:
+        url = lookup.url.get_secret_value() if isinstance(lookup, SqlLookup) else ""
+        path = url[len(prefix) :]
+        if base_dir is None or not url.startswith(prefix) or path in {"", ":memory:"} or Path(path).is_absolute():
+            lookups.append(lookup)
+        else:
+            lookups.append(lookup.model_copy(update={"url": SecretStr(prefix + str((base_dir / path).resolve()))}))
+    return config.model_copy(update={"enrichment": lookups}) if lookups != config.enrichment else config
 
 
 def _resolve_store_path(config: Config, base_dir: Path | None) -> Config:

@@ -20,6 +20,7 @@ from segcrit.clock import Clock
 from segcrit.commerce import CommerceStep
 from segcrit.config import AudienceSyncFlow, Config
 from segcrit.consent import consent_in_message
+from segcrit.enrichment.schedule import LookupMarks
 from segcrit.flows.audience_sync import membership_changes
 from segcrit.identity.graph import TOMBSTONE_KINDS, extract_identifiers, plan_resolution
 from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymous_id
@@ -66,6 +67,7 @@ class Processor:
         self._audience_flows = config.flows_of(AudienceSyncFlow)
         self.commerce = CommerceStep(config)
         self.profile_flows = ProfileFlowsStep(config)
+        self.lookups = LookupMarks(config)
 
     def drain_once(self, limit: int = CHUNK_EVENTS) -> int:
         """Process up to `limit` waiting events; returns how many.
@@ -170,6 +172,7 @@ class Processor:
         for madid, tracking in ids.ad_tracking.items():
             if ("madid", madid) in owners:  # a new one was attached with this setting already
                 changed |= tx.set_identifier_active("madid", madid, tracking, ts)
+        self.lookups.mark(tx, profile_id, resolution, now)  # enrichment: new profile or new key
 
         consent = consent_in_message(message, self.config.consent.category)
         if consent is not None:

@@ -49,6 +49,26 @@ class Metrics:
         self.dead_lettered = Counter(
             "segcrit_dead_lettered", "Deliveries dead-lettered, by reason", ["reason"], registry=r
         )
+        # Enrichment (segcrit.enrichment), per configured lookup.
+        self.lookups = Counter(
+            "segcrit_lookups",
+            "Profiles looked up, by outcome (found, unknown, no_key)",
+            ["lookup", "outcome"],
+            registry=r,
+        )
+        self.lookup_requests = Counter(
+            "segcrit_lookup_requests",
+            "Queries and HTTP requests made to lookup sources, by status (ok, error, HTTP status, network)",
+            ["lookup", "status"],
+            registry=r,
+        )
+        self.lookup_failures = Counter(
+            "segcrit_lookup_failures", "Lookup batches the source failed (then backed off)", ["lookup"], registry=r
+        )
+        self.lookup_source_up = Gauge(
+            "segcrit_lookup_source_up", "1 while the lookup's source answers, 0 while it fails", ["lookup"], registry=r
+        )
+        self.lookups_due = Gauge("segcrit_lookups_due", "Profiles due for a lookup", ["lookup"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -28,6 +28,7 @@ from segcrit.delivery.commerce_workers import CatalogWorker, EventsWorker
 from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.delivery.worker import DeliveryWorker
 from segcrit.engine import Processor
+from segcrit.enrichment.worker import build_enrichment
 from segcrit.metrics import Metrics
 from segcrit.scheduler import Scheduler
 from segcrit.store.sqlite import SqliteStore
@@ -37,6 +38,7 @@ log = logging.getLogger("segcrit.runtime")
 IDLE_WAIT_SECS = 0.05  # processor: how long to wait for a wake-up before looking again
 SCHEDULER_TICK_SECS = 1.0
 SHUTDOWN_FLUSH_SECS = 5.0
+ENRICHMENT_IDLE_SECS = 0.5  # nothing due: how long before looking again (answers batch up meanwhile)
 
 
 def build_criteo_client(
@@ -122,6 +124,8 @@ class Runtime:
         self._spawn("segcrit-processor", self._process_loop)
         self._spawn("segcrit-delivery", self._delivery_thread)
         self._spawn("segcrit-scheduler", self._scheduler_loop)
+        if self.config.enrichment:
+            self._spawn("segcrit-enrichment", self._enrichment_thread)
 
     def stop(self, timeout: float = SHUTDOWN_FLUSH_SECS + 1) -> None:
         """Ask every worker to stop and wait for them, `timeout` seconds in all (not per thread):
@@ -196,6 +200,27 @@ class Runtime:
                 log.warning("shutdown flush incomplete")
         finally:
             await workers.aclose()
+
+    # ------------------------------------------------------------------ enrichment
+
+    def _enrichment_thread(self, stop: threading.Event) -> None:
+        asyncio.run(self._enrichment_loop(stop))
+
+    async def _enrichment_loop(self, stop: threading.Event) -> None:
+        """Lookups on a thread and event loop of their own: a slow or dead source delays only them."""
+        worker = build_enrichment(self.store, self.config, self.clock, self.metrics, wake=self.wake)
+        try:
+            while not stop.is_set():
+                try:
+                    done = await worker.drain_once()
+                except Exception:
+                    log.exception("enrichment round failed")
+                    done = 0
+                    await asyncio.sleep(1.0)
+                if done == 0:
+                    await asyncio.sleep(ENRICHMENT_IDLE_SECS)
+        finally:
+            await worker.aclose()
 
     # ------------------------------------------------------------------ scheduler
 

@@ -32,6 +32,7 @@ class Status:
     product_errors: list[tuple[str, str, str]] = field(default_factory=list)
     flows: list[str] = field(default_factory=list)  # one line per suppression/lifecycle/cohort flow
     jobs: list[JobRecord] = field(default_factory=list)
+    enrichment: list[str] = field(default_factory=list)  # one line or two per lookup
 
 
 def collect_status(store: SqliteStore, config: Config | None = None, now: float | None = None) -> Status:
@@ -51,7 +52,29 @@ def collect_status(store: SqliteStore, config: Config | None = None, now: float 
         product_errors=store.product_errors(10) if catalog.with_errors else [],
         flows=flow_lines(store, config, now) if config is not None else [],
         jobs=store.jobs(),
+        enrichment=enrichment_lines(store, config, now) if config is not None else [],
     )
+
+
+def enrichment_lines(store: SqliteStore, config: Config, now: float) -> list[str]:
+    """Per lookup: how many profiles it covers and what it found, and whether its source answers."""
+    lines = []
+    for lookup, stats in zip(
+        config.enrichment, store.lookup_stats([x.name for x in config.enrichment], now), strict=True
+    ):
+        found = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in sorted(stats.outcomes.items()))
+        line = (
+            f"lookup {lookup.name} ({lookup.type}, key {lookup.key}): {stats.profiles} profile(s), {stats.due} due now"
+            + (f"; {found}" if found else "")
+            + f"; {stats.lookups} lookup(s) in {stats.requests} request(s)"
+        )
+        if stats.failing_since is not None:
+            retry = "" if stats.next_try_at is None else f"; next try in {max(0.0, stats.next_try_at - now):.0f} s"
+            line += f"\n  NOT ANSWERING since {_ago(now - stats.failing_since)}: {stats.last_error}{retry}"
+        elif stats.last_success_at is not None:
+            line += f"; answering (last answer {_ago(now - stats.last_success_at)})"
+        lines.append(line)
+    return lines
 
 
 def flow_lines(store: SqliteStore, config: Config, now: float) -> list[str]:
@@ -116,6 +139,8 @@ def render_status(status: Status, console: Console | None = None) -> None:
         for merchant, product_id, errors in status.product_errors:
             console.print(f"  {merchant}/{product_id}: {errors[:200]}", markup=False)
     for line in status.flows:
+        console.print(line, markup=False)
+    for line in status.enrichment:
         console.print(line, markup=False)
     for job in status.jobs:
         result = f" ({job.last_result})" if job.last_result else ""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
@@ -92,8 +93,16 @@ def pseudonymous_id(email: str) -> str:
     return EMAIL_ID_PREFIX + email_hashes(email)[0]
 
 
+# Told of every valid email a message carries, as (normalised email, its sha256), in memory only.
+EmailListener = Callable[[str, str], None]
+
+
 def sanitize_message(
-    message: dict[str, Any], *, phone_region: str | None = None, may_hold_email: bool = True
+    message: dict[str, Any],
+    *,
+    phone_region: str | None = None,
+    may_hold_email: bool = True,
+    on_email: EmailListener | None = None,
 ) -> dict[str, Any]:
     """A copy of `message` with raw emails and phones replaced by their hashes (module docstring).
 
@@ -105,10 +114,11 @@ def sanitize_message(
 
     `may_hold_email=False` says that no string in the message contains "@" (ingest knows it from
     the serialisation it measures), which skips the search for emails inside other strings.
+    `on_email` hears of each email found (enrichment lookups keyed by email keep them in memory).
     """
     out = dict(message)
     out.pop(RESERVED_KEY, None)
-    found = _Identifiers(phone_region, redact=may_hold_email)
+    found = _Identifiers(phone_region, redact=may_hold_email, on_email=on_email)
     for key in _ID_FIELDS:
         value = out.get(key)
         if isinstance(value, str) and "@" in value:
@@ -137,11 +147,12 @@ def sanitize_message(
 class _Identifiers:
     """Collects the hashed emails and phones of one message, each once, in the order found."""
 
-    __slots__ = ("_phone_region", "_redact", "_seen", "emails", "phones")
+    __slots__ = ("_on_email", "_phone_region", "_redact", "_seen", "emails", "phones")
 
-    def __init__(self, phone_region: str | None, *, redact: bool = True) -> None:
+    def __init__(self, phone_region: str | None, *, redact: bool = True, on_email: EmailListener | None = None) -> None:
         self._phone_region = phone_region
         self._redact = redact
+        self._on_email = on_email
         self._seen: set[str] = set()
         self.emails: list[dict[str, str]] = []
         self.phones: list[dict[str, str]] = []
@@ -162,6 +173,8 @@ class _Identifiers:
             self._seen.add(email)
             sha256, md5 = email_hashes(email)
             self.emails.append({"sha256": sha256, "md5": md5})
+            if self._on_email is not None:
+                self._on_email(email, sha256)
 
     def _add_phone(self, phone: str | None) -> None:
         # E.164 numbers start with "+" and emails hold an "@": one set serves both without clashes.

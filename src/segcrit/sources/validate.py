@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from segcrit.identity.normalize import RESERVED_KEY, sanitize_message
+from segcrit.identity.normalize import RESERVED_KEY, EmailListener, sanitize_message
 
 TRACKING_TYPES: Final = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 # Segment's classic Webhooks destination also forwards user-deletion requests.
@@ -51,6 +51,8 @@ class MessageRules:
     # Webhook messages come from Segment, whose `receivedAt` is the real first receipt.
     keep_received_at: bool = False
     phone_region: str | None = None
+    # Hears of every email accepted (kept in memory for enrichment lookups keyed by email).
+    on_email: EmailListener | None = None
 
 
 @dataclass(slots=True)
@@ -94,7 +96,9 @@ def prepare_messages(
             prepared.rejected.append({"index": index, "reason": too_large})
             continue
         # No "@" anywhere (most track and page calls): no email to look for inside strings.
-        clean = sanitize_message(message, phone_region=rules.phone_region, may_hold_email=b"@" in serialised)
+        clean = sanitize_message(
+            message, phone_region=rules.phone_region, may_hold_email=b"@" in serialised, on_email=rules.on_email
+        )
         reason = validate_message(clean, rules, received_at=received_at, received_iso=received_iso, new_id=new_id)
         if reason is None:
             prepared.messages.append(clean)

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from segcrit.clock import Clock
 from segcrit.config import Config
+from segcrit.enrichment.memory import email_listener
 from segcrit.metrics import Metrics
 from segcrit.sources.accept import (
     EVERY_METHOD,
@@ -82,6 +83,7 @@ class WebhookReceiver(Receiver):
             max_message_bytes=config.server.max_message_bytes,
             keep_received_at=True,
             phone_region=config.identity.phone_region,
+            on_email=email_listener(config),
         )
         super().__init__(
             sink,

@@ -210,3 +210,31 @@ CREATE TABLE IF NOT EXISTS leases (
     holder     TEXT NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- Enrichment (segcrit.enrichment): one row per (lookup, profile holding the lookup's key). due_at:
+-- when it is looked up next; version: bumped whenever processing asks for a lookup (a new
+-- profile, a new key), so that an answer already in flight does not postpone that request.
+-- Rows go with their profile (merge, erasure).
+CREATE TABLE IF NOT EXISTS lookups (
+    lookup       TEXT NOT NULL,
+    profile_id   INTEGER NOT NULL,
+    due_at       REAL NOT NULL,
+    version      INTEGER NOT NULL DEFAULT 0,
+    looked_up_at REAL,
+    outcome      TEXT,             -- found | unknown | no_key
+    PRIMARY KEY (lookup, profile_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lookups_due ON lookups (lookup, due_at);
+CREATE INDEX IF NOT EXISTS lookups_by_profile ON lookups (profile_id);
+
+-- One row per configured lookup: whether its source answers (segcrit status, /metrics).
+CREATE TABLE IF NOT EXISTS lookup_sources (
+    lookup          TEXT PRIMARY KEY,
+    failing_since   REAL,            -- NULL while it answers
+    last_error      TEXT,            -- without the keys looked up, emails redacted
+    next_try_at     REAL,
+    last_success_at REAL,
+    lookups         INTEGER NOT NULL DEFAULT 0,   -- people looked up, in all
+    requests        INTEGER NOT NULL DEFAULT 0,   -- queries or HTTP requests made, in all
+    seeded_key      TEXT             -- the key the profiles known before were queued by
+) WITHOUT ROWID;

@@ -37,6 +37,7 @@ from segcrit.store.base import (
 )
 from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
 from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin
+from segcrit.store.sqlite_enrichment import EnrichmentStoreMixin, EnrichmentTxMixin
 
 BUSY_TIMEOUT_MS = 30_000
 PROCESSOR_CACHE_KIB = 64 * 1024
@@ -66,7 +67,7 @@ class _AcceptRequest:
     future: asyncio.Future[AcceptResult]
 
 
-class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
+class SqliteStore(CommerceStoreMixin, CohortStoreMixin, EnrichmentStoreMixin):
     """The store on one SQLite file (see the module docstring for threads and transactions)."""
 
     def __init__(self, path: str) -> None:
@@ -556,7 +557,7 @@ def _set_exception(future: asyncio.Future[AcceptResult], error: BaseException) -
         future.set_exception(error)
 
 
-class SqliteTx(CommerceTxMixin, CohortTxMixin):
+class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
     """The unit of work the processor uses for one chunk of events (all inside one transaction)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -664,6 +665,7 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
         self.conn.execute("UPDATE targets SET profile_id = ? WHERE profile_id = ?", (into, other))
         self.merge_commerce(into, other)
         self.merge_cohorts(into, other)
+        self.merge_lookups(into, other)
         self.conn.execute("DELETE FROM profiles WHERE id = ?", (other,))
 
     def set_consent(self, profile_id: int, consent: bool, ts: float) -> bool:
@@ -802,6 +804,7 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
         self.conn.execute("DELETE FROM memberships WHERE profile_id = ?", (profile_id,))
         self.forget_commerce(profile_id)
         self.forget_cohorts(profile_id)
+        self.forget_lookups(profile_id)
         self.conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
 
     def add_tombstone(self, kind: str, value: str, deleted_at: float) -> None:
