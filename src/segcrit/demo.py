@@ -104,7 +104,7 @@ enrichment:
 # The CRM: two people Engage sends with a userId only, and a phone for a shopper segcrit knows.
 CRM_ROWS = [
     ("user-101", "maria.crm@example.com", "+33 6 12 34 56 78", 1),
-    ("user-102", "tom.crm@example.com", "+44 7700 900123", 0),  # said no to advertising in the CRM
+    ("user-102", "tom.crm@example.com", "+44 7911 123456", 0),  # said no to advertising in the CRM
     ("user-003", "shopper3@example.com", "+1 415 555 2671", 1),
 ]
 # Segment's Profile API: a lifetime value Engage computed, which puts user-020 in the cohort.
@@ -190,8 +190,8 @@ def _write_crm(path: Path) -> None:
 
 
 def _lookups_idle(store: SqliteStore, config: Config) -> bool:
-    now = time.time()
-    return not any(store.due_lookup_count(lookup.name, now) for lookup in config.enrichment)
+    """Everyone looked up once (refreshes go on: the cohort reads a Profile API trait every 3 s)."""
+    return not any(store.unanswered_lookup_count(lookup.name) for lookup in config.enrichment)
 
 
 def _settled(store: SqliteStore, config: Config, traffic_done: float) -> bool:
@@ -463,7 +463,10 @@ def render_enrichment(
         console.print(line, markup=False)
     times = profiles.request_times(PROFILES_SPACE)
     busiest = max((sum(1 for t in times if start <= t < start + 1) for start in times), default=0)
-    console.print(f"Profile API: {len(times)} request(s), at most {busiest} in any second (limit 100/s)")
+    console.print(
+        f"Profile API: {len(times)} request(s), at most {busiest} in any second (limit 100/s); the cohort reads "
+        "lifetime_value, so its candidates are refreshed every every_minutes (3 s here), spread over the interval"
+    )
     segments = {s["name"]: s.get("members") or {} for s in snapshot.get("segments", [])}
     abandoners = segments.get("cart_abandoners", {})
     maria_email, _ = email_hashes("maria.crm@example.com")

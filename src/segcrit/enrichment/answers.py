@@ -182,11 +182,8 @@ def describe(answer: Answer, phone_region: str | None = None) -> Mapping[str, An
     """An answer with its identifiers masked and its traits as they would be stored (emails and
     phones inside them redacted), for `segcrit enrich`. Values that normalisation refuses (not an
     email, a phone without country and no `identity.phone_region`) are marked as not used."""
-    emails = [mask("email", e) + ("" if normalize_email(e) else " (not an email: not used)") for e in answer.emails]
-    phones = [
-        mask("phone", p) + ("" if normalize_phone(p, phone_region) else " (not a valid number: not used)")
-        for p in answer.phones
-    ]
+    emails = [_masked("email", e, normalize_email(e), "not an email") for e in answer.emails]
+    phones = [_masked("phone", p, normalize_phone(p, phone_region), "not a valid number") for p in answer.phones]
     traits = sanitize_message({"type": "identify", "traits": dict(answer.traits)}, phone_region=phone_region)
     return {
         "emails": emails,
@@ -195,3 +192,7 @@ def describe(answer: Answer, phone_region: str | None = None) -> Mapping[str, An
         "consent": answer.consent,
         "traits": traits.get("traits", {}),
     }
+
+
+def _masked(kind: str, raw: str, normalised: str | None, refusal: str) -> str:
+    return mask(kind, normalised) if normalised is not None else f"{mask(kind, raw)} ({refusal}: not used)"

@@ -207,6 +207,15 @@ class EnrichmentStoreMixin:
         )
         return int(row[0]) if row else 0
 
+    def unanswered_lookup_count(self, lookup: str) -> int:
+        """Profiles never looked up yet by `lookup` (new ones, or all of them while it is down)."""
+        row = (
+            self._conn()
+            .execute("SELECT count(*) FROM lookups WHERE lookup = ? AND looked_up_at IS NULL", (lookup,))
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
     def lookup_stats(self, lookups: Sequence[str], now: float) -> list[LookupStats]:
         conn = self._conn()
         outcomes: dict[str, dict[str, int]] = {name: {} for name in lookups}
