@@ -203,11 +203,22 @@ def test_a_crm_consent_false_removes_the_person_from_every_audience_and_latest_w
     e.settle()
     assert e.hold("vip") == e.hold("newsletter") == set()
 
-    # A consent given later on the website is newer than the lookup: it wins, until the next lookup.
+    # A consent given later on the website is newer than the CRM's: it wins, also after the next
+    # lookup finds the same answer (not applied again), until the CRM's value changes.
     e.p.clock.advance(1)
     e.p.send(audience_event("u1", "vip", True, e.p.now(), consent=True))
     e.settle()
     assert e.hold("vip") == {email_hashes(JANE)[0]}
+    e.p.clock.advance(HOUR + 1)
+    e.settle()
+    assert e.hold("vip") == {email_hashes(JANE)[0]}
+    crm_sql(e.crm, "UPDATE customers SET ad_consent = 1")
+    e.p.clock.advance(HOUR + 1)
+    e.settle()
+    crm_sql(e.crm, "UPDATE customers SET ad_consent = 0")
+    e.p.clock.advance(HOUR + 1)
+    e.settle()
+    assert e.hold("vip") == e.hold("newsletter") == set()
 
 
 def test_a_source_that_is_down_delays_only_enrichment_and_catches_up(start: Start) -> None:
@@ -236,6 +247,24 @@ def test_a_source_that_is_down_delays_only_enrichment_and_catches_up(start: Star
     e.settle()
     assert e.hold("vip") == {email_sha("u2"), email_hashes(JANE)[0]}
     assert "NOT ANSWERING" not in e.status()[0] and e.metric("segcrit_lookup_source_up", lookup="crm") == 1
+
+
+def test_a_refresh_that_finds_nothing_new_costs_processing_nothing(start: Start) -> None:
+    e = start()
+    write_crm(e.crm, [("u1", JANE, None, None, 1, "gold")])
+    enter(e, "u1")
+    e.settle()
+    processed = e.metric("segcrit_events_processed_total")
+    e.p.clock.advance(HOUR + 1)
+    e.settle()
+    (stats,) = e.p.store.lookup_stats(["crm"], e.p.now())
+    assert (stats.lookups, e.metric("segcrit_events_processed_total")) == (2, processed)
+    crm_sql(e.crm, "UPDATE customers SET tier = 'platinum'")
+    e.p.clock.advance(HOUR + 1)
+    e.settle()
+    assert e.metric("segcrit_events_processed_total") == processed + 1  # a changed answer is applied
+    facts = e.p.store.profile_facts(e.p.profile_id("u1"))
+    assert facts is not None and facts.traits == {"tier": "platinum"}
 
 
 def test_lookups_are_batched_in_queries_of_many_keys(start: Start) -> None:

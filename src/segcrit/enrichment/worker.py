@@ -5,6 +5,11 @@ profiles (read without a transaction), asks the source for all their keys at onc
 is open while it waits), and then, in one short transaction, puts the answers on the inbox as
 sanitised messages and reschedules the profiles. Processing does the rest, as for any event.
 
+An answer that is the same as the last one applied to the profile is not applied again (a
+fingerprint per profile and lookup): a refresh that finds nothing new costs the processor nothing,
+and a value counts from the lookup that first saw it, so a consent given on the website after that
+lookup wins until the CRM's value changes.
+
 A source that fails (down, credentials refused, a query that no longer works) makes only its own
 lookups wait: the worker backs off (full jitter, `delivery.backoff_*`), records why in
 `lookup_sources` (`segcrit status`) and in `/metrics`, and tries again; the profiles stay due, so
@@ -15,6 +20,7 @@ Tests build the worker with `build_enrichment` and step it with `drain_once()`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import httpx
+import orjson
 
 from segcrit.clock import Clock
 from segcrit.config import Config, SegmentProfilesLookup, SqlLookup
@@ -31,6 +38,7 @@ from segcrit.delivery.ratelimit import Sleep
 from segcrit.enrichment.answers import LookupResult, LookupUnavailable, answer_message, looked_up_key
 from segcrit.enrichment.memory import EMAILS, EmailMemory, email_listener
 from segcrit.enrichment.schedule import KEY_KINDS, RefreshSchedule
+from segcrit.identity.normalize import RESERVED_KEY
 from segcrit.metrics import Metrics
 from segcrit.store.sqlite import SqliteStore
 from segcrit.store.sqlite_enrichment import DueLookup, LookupDone
@@ -116,11 +124,9 @@ class EnrichmentWorker:
         self._state = {s.lookup.name: _SourceState() for s in self.sources}
 
     async def drain_once(self) -> int:
-        """One batch for each lookup that may run now; returns how many profiles were looked up."""
-        done = 0
-        for source in self.sources:
-            done += await self._round(source)
-        return done
+        """One batch for each lookup that may run now, side by side (a slow source does not hold up
+        the others); returns how many profiles were looked up."""
+        return sum(await asyncio.gather(*(self._round(source) for source in self.sources)))
 
     async def aclose(self) -> None:
         for source in self.sources:
@@ -197,24 +203,27 @@ class EnrichmentWorker:
             if any(key in result.failed for key in keys):
                 continue
             answered = [key for key in keys if key in result.answers]
-            for key in answered:
-                # Timed at the start of the lookup: a deletion that happened meanwhile still wins.
-                messages.append(
-                    answer_message(
-                        lookup.name,
-                        lookup.key,
-                        key,
-                        result.answers[key],
-                        ts=started,
-                        consent_category=self.config.consent.category,
-                        phone_region=self.config.identity.phone_region,
-                        on_email=self._on_email,
-                    )
+            # Timed at the start of the lookup: a deletion that happened meanwhile still wins.
+            found = [
+                answer_message(
+                    lookup.name,
+                    lookup.key,
+                    key,
+                    result.answers[key],
+                    ts=started,
+                    consent_category=self.config.consent.category,
+                    phone_region=self.config.identity.phone_region,
+                    on_email=self._on_email,
                 )
+                for key in answered
+            ]
+            applied = fingerprint(found) if found else None
+            if applied != item.answer:
+                messages += found
             outcome = "found" if answered else "unknown" if keys else "no_key"
             self.metrics.lookups.labels(lookup.name, outcome).inc()
             next_due = schedule.next_due(item.profile_id, finished)
-            done.append(LookupDone(item.profile_id, item.version, outcome, next_due))
+            done.append(LookupDone(item.profile_id, item.version, outcome, next_due, applied))
         return messages, done
 
     def _failed(self, lookup: str, error: str, now: float) -> None:
@@ -231,6 +240,17 @@ class EnrichmentWorker:
         if time.monotonic() - state.due_counted_at >= DUE_GAUGE_EVERY_SECS:
             state.due_counted_at = time.monotonic()
             self.metrics.lookups_due.labels(lookup).set(self.store.due_lookup_count(lookup, now))
+
+
+def fingerprint(messages: Sequence[dict[str, Any]]) -> str:
+    """What a profile's answers say (identifiers, consent, traits) without when they were looked
+    up, hashed: tells a changed answer from the same one again."""
+    said = []
+    for message in messages:
+        body = {key: value for key, value in message.items() if key not in ("timestamp", RESERVED_KEY)}
+        reserved = {key: value for key, value in message[RESERVED_KEY].items() if key not in ("ts", "received_at")}
+        said.append(orjson.dumps([body, reserved], option=orjson.OPT_SORT_KEYS))
+    return hashlib.sha256(b"\n".join(sorted(said))).hexdigest()[:32]
 
 
 def build_enrichment(

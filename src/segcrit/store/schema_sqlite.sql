@@ -222,6 +222,7 @@ CREATE TABLE IF NOT EXISTS lookups (
     version      INTEGER NOT NULL DEFAULT 0,
     looked_up_at REAL,
     outcome      TEXT,             -- found | unknown | no_key
+    answer       TEXT,             -- fingerprint of the last answer applied: the same is not applied twice
     PRIMARY KEY (lookup, profile_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lookups_due ON lookups (lookup, due_at);

@@ -21,11 +21,13 @@ SEED_PAGE = 5_000  # identifiers read per transaction when queueing the profiles
 
 @dataclass(frozen=True, slots=True)
 class DueLookup:
-    """A profile due for one lookup: its keys (raw ids, or sha256 of emails) and the row's version."""
+    """A profile due for one lookup: its keys (raw ids, or sha256 of emails), the row's version and
+    the fingerprint of the last answer applied (None: none yet)."""
 
     profile_id: int
     version: int
     keys: tuple[str, ...]
+    answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class LookupDone:
     version: int  # as read by `due_lookups`: a newer one means processing asked again meanwhile
     outcome: str  # found | unknown | no_key
     next_due_at: float
+    answer: str | None = None  # fingerprint of the answer now applied (None: nothing found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +67,8 @@ class EnrichmentTxMixin:
 
     def merge_lookups(self, into: int, other: int) -> None:
         self.conn.execute(
-            "INSERT INTO lookups (lookup, profile_id, due_at, version, looked_up_at, outcome) "
-            "SELECT lookup, ?, due_at, version, looked_up_at, outcome FROM lookups WHERE profile_id = ? "
+            "INSERT INTO lookups (lookup, profile_id, due_at, version, looked_up_at, outcome, answer) "
+            "SELECT lookup, ?, due_at, version, looked_up_at, outcome, answer FROM lookups WHERE profile_id = ? "
             "ON CONFLICT (lookup, profile_id) DO UPDATE SET due_at = min(lookups.due_at, excluded.due_at), "
             "version = lookups.version + 1",
             (into, other),
@@ -90,20 +93,20 @@ class EnrichmentStoreMixin:
         rows = (
             self._conn()
             .execute(
-                "SELECT l.profile_id, l.version, i.value FROM "
-                "(SELECT profile_id, version, due_at FROM lookups WHERE lookup = ? AND due_at <= ? "
+                "SELECT l.profile_id, l.version, l.answer, i.value FROM "
+                "(SELECT profile_id, version, answer, due_at FROM lookups WHERE lookup = ? AND due_at <= ? "
                 "ORDER BY due_at LIMIT ?) l "
                 "LEFT JOIN identifiers i ON i.profile_id = l.profile_id AND i.kind = ? ORDER BY l.due_at",
                 (lookup, now, limit, key_kind),
             )
             .fetchall()
         )
-        keys: dict[tuple[int, int], list[str]] = {}
-        for profile_id, version, value in rows:
-            found = keys.setdefault((int(profile_id), int(version)), [])
+        keys: dict[tuple[int, int, str | None], list[str]] = {}
+        for profile_id, version, answer, value in rows:
+            found = keys.setdefault((int(profile_id), int(version), answer), [])
             if value is not None:
                 found.append(str(value))
-        return [DueLookup(pid, version, tuple(values)) for (pid, version), values in keys.items()]
+        return [DueLookup(pid, version, tuple(values), answer) for (pid, version, answer), values in keys.items()]
 
     def next_lookup_at(self, lookup: str) -> float | None:
         row = self._conn().execute("SELECT min(due_at) FROM lookups WHERE lookup = ?", (lookup,)).fetchone()
@@ -130,9 +133,9 @@ class EnrichmentStoreMixin:
                     [(source, now, orjson.dumps(message)) for message in messages],
                 )
             conn.executemany(
-                "UPDATE lookups SET looked_up_at = ?, outcome = ?, "
+                "UPDATE lookups SET looked_up_at = ?, outcome = ?, answer = ?, "
                 "due_at = CASE WHEN version = ? THEN ? ELSE due_at END WHERE lookup = ? AND profile_id = ?",
-                [(now, d.outcome, d.version, d.next_due_at, lookup, d.profile_id) for d in done],
+                [(now, d.outcome, d.answer, d.version, d.next_due_at, lookup, d.profile_id) for d in done],
             )
             conn.execute(
                 "INSERT INTO lookup_sources (lookup, failing_since, last_error, next_try_at, last_success_at, "
