@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/delivery.py
 	$(BIN)/python benchmarks/events.py
 	$(BIN)/python benchmarks/cohort.py
+	$(BIN)/python benchmarks/enrichment.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

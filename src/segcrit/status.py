@@ -70,7 +70,7 @@ def enrichment_lines(store: SqliteStore, config: Config, now: float) -> list[str
         )
         if stats.failing_since is not None:
             retry = "" if stats.next_try_at is None else f"; next try in {max(0.0, stats.next_try_at - now):.0f} s"
-            line += f"\n  NOT ANSWERING since {_ago(now - stats.failing_since)}: {stats.last_error}{retry}"
+            line += f"\n  NOT ANSWERING (failing since {_ago(now - stats.failing_since)}): {stats.last_error}{retry}"
         elif stats.last_success_at is not None:
             line += f"; answering (last answer {_ago(now - stats.last_success_at)})"
         lines.append(line)
