@@ -375,13 +375,13 @@ def test_lookups_keyed_by_email_use_the_email_seen_at_ingest_and_keep_none(start
 
 
 def test_profile_api_ids_and_traits_feed_identity_and_cohorts(start: Start, profiles: ProfileApiState) -> None:
-    cohort = "  - {type: lookalike_seed, audience: high_value, when: \"trait('lifetime_value') >= 1000\"}\n"
-    e = start(PROFILES_LOOKUP, flows=cohort)
-    profiles.set_profile(
-        SPACE,
-        [{"type": "user_id", "id": "U1"}, {"type": "email", "id": JANE}, {"type": "ios.idfa", "id": MADID}],
-        {"lifetime_value": 1500, "secret_score": 3},
+    cohort = (
+        "  - {type: lookalike_seed, audience: high_value, every_minutes: 10, "
+        "when: \"trait('lifetime_value') >= 1000\"}\n"
     )
+    e = start(PROFILES_LOOKUP, flows=cohort)
+    ids = [{"type": "user_id", "id": "U1"}, {"type": "email", "id": JANE}, {"type": "ios.idfa", "id": MADID}]
+    profiles.set_profile(SPACE, ids, {"lifetime_value": 1500, "secret_score": 3})
     enter(e, "U1")  # Segment matches ids in lower case: the lookup asks for user_id:u1
     e.settle()
     e.p.run_jobs()
@@ -390,6 +390,15 @@ def test_profile_api_ids_and_traits_feed_identity_and_cohorts(start: Start, prof
     assert e.hold("high_value") == {email_hashes(JANE)[0]}
     facts = e.p.store.profile_facts(e.p.profile_id("U1"))
     assert facts is not None and facts.traits == {"lifetime_value": 1500}  # only the traits asked for
+
+    # The cohort reads the trait every 10 minutes: the Profile API refreshes it within that, not
+    # after the lookup's ttl_minutes (60), and the next cohort run sees the new value.
+    profiles.set_profile(SPACE, ids, {"lifetime_value": 20})
+    e.p.clock.advance(600)
+    e.settle()
+    e.p.run_jobs()
+    e.p.deliver()
+    assert e.hold("high_value") == set()
 
 
 def test_a_person_the_profile_api_does_not_know_is_cached_until_the_ttl(

@@ -3,12 +3,15 @@ the emulator's Profile API) and the emulator's Profile API itself, as a plain HT
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from segcrit.criteo.emulator import EmulatorState, running_emulator
@@ -187,3 +190,45 @@ def test_the_profile_api_allows_100_requests_a_second_per_space(url: str, profil
     assert (
         httpx.get(f"{url}{PROFILES}/user_id:u1/traits", auth=(TOKEN, "")).json()["error"]["code"] == "rate_limit_error"
     )
+
+
+# ------------------------------------------------------------------------ emails held in memory
+
+
+def test_ingest_remembers_emails_in_memory_for_lookups_keyed_by_email(tmp_path: Path) -> None:
+    """Both receivers hand the emails they accept to the process's memory, and only then."""
+    from segcrit.app import create_app
+    from segcrit.config import parse_config
+    from segcrit.criteo.emulator.server import running_app
+    from segcrit.enrichment.memory import EMAILS
+    from segcrit.identity.normalize import email_hashes
+    from segcrit.store.sqlite import SqliteStore
+
+    def config(lookup: str) -> str:
+        text = BASE_CONFIG.format(db=tmp_path / "segcrit.db", api_url="http://127.0.0.1:9", max_wait=2)
+        return text + f"enrichment:\n  - {lookup}\n"
+
+    by_email = (
+        "{name: c, type: sql, url: 'sqlite:///c.db', key: email, query: 'SELECT email FROM t WHERE email IN :keys'}"
+    )
+    by_user = "{name: c, type: sql, url: 'sqlite:///c.db', query: 'SELECT user_id FROM t WHERE user_id IN :keys'}"
+    web = {"type": "identify", "userId": "u1", "traits": {"email": " Web.Person@Example.com"}}
+    engage = orjson.dumps({"type": "identify", "userId": "u2", "traits": {"email": "engage.person@example.com"}})
+    signature = hmac.new(b"SECRET", engage, hashlib.sha1).hexdigest()
+    shas = [email_hashes(email)[0] for email in ("web.person@example.com", "engage.person@example.com")]
+    EMAILS.clear()
+    store = SqliteStore(str(tmp_path / "segcrit.db"))
+    try:
+        for lookup, remembered in (
+            (by_user, [None, None]),
+            (by_email, ["web.person@example.com", "engage.person@example.com"]),
+        ):
+            app = create_app(parse_config(config(lookup), env={}), store, run_workers=False)
+            with running_app(app) as base:
+                assert httpx.post(f"{base}/v1/identify", json=web, auth=("WK", "")).status_code == 200
+                hook = httpx.post(f"{base}/webhooks/engage", content=engage, headers={"X-Signature": signature})
+                assert hook.status_code == 200
+            assert [EMAILS.email_of(sha) for sha in shas] == remembered
+    finally:
+        EMAILS.clear()
+        store.close()

@@ -236,6 +236,12 @@ def test_an_answer_reaches_the_inbox_hashed_at_the_lookup_time_and_anchored_on_i
     )
 
 
+def test_an_email_or_a_phone_in_an_id_column_never_becomes_a_stored_id() -> None:
+    answer = Answer(ids=[("gum", "jane@example.com"), ("identity_link", "+33612345678"), ("gum", "g-1")])
+    message = answer_message("crm", "user_id", "u1", answer, ts=1.0, consent_category="Advertising")
+    assert message["_segcrit"]["ids"] == [["gum", "g-1"]]
+
+
 def test_an_email_key_anchors_the_answer_on_its_hash() -> None:
     message = answer_message("crm", "email", "jane@example.com", Answer(), ts=1.0, consent_category="Advertising")
     assert extract_identifiers(message).pairs() == [("email", email_hashes("jane@example.com")[0])]

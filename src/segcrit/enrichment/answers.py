@@ -135,12 +135,20 @@ def answer_message(
     reserved["emails"] = _hashed(reserved["emails"], emails, email_hashes, on_email)
     phones = (normalize_phone(value, phone_region) for value in answer.phones)
     reserved["phones"] = _hashed(reserved["phones"], [p for p in phones if p is not None], phone_hashes, None)
-    reserved["ids"] = [[kind, value] for kind, value in answer.ids if kind in ANSWER_KINDS]
+    reserved["ids"] = [[kind, value] for kind, value in answer.ids if kind in ANSWER_KINDS and _plain_id(value)]
     reserved["ts"] = ts
     reserved["received_at"] = ts
     reserved["lookup"] = lookup
     message["timestamp"] = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return message
+
+
+def _plain_id(value: str) -> bool:
+    """False for an "id" that is an email or a phone number (a CRM column holding the wrong thing):
+    ids are stored as they are, so such a value must not become one (SPEC §8)."""
+    if "@" in value or "%40" in value.lower():
+        return False
+    return not (value.startswith("+") and normalize_phone(value) is not None)
 
 
 def _hashed(
