@@ -528,6 +528,17 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
                 (now, name),
             )
 
+    def mark_audience_unknown(self, name: str, now: float) -> None:
+        """A call that may empty the audience's list (a wipe) is about to leave: until it is answered,
+        nothing of the audience counts as known, so that if its answer is lost every identifier is
+        sent again as its desired state says."""
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE targets SET acked = {UNKNOWN}, since = ?, attempts = 0, next_at = 0, first_failure = NULL "
+                "WHERE audience = ?",
+                (now, name),
+            )
+
     def audience_stats(self) -> list[AudienceStats]:
         rows = (
             self._conn()
