@@ -82,7 +82,13 @@ def build_workers(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
 ) -> Workers:
-    """The delivery workers with their Criteo clients (call inside the event loop that runs them)."""
+    """The delivery workers with their Criteo clients (call inside the event loop that runs them).
+
+    They take the store over: a call still claimed in it was cut short by a process that is gone
+    (one process owns a SQLite file), so its changes count as unanswered at once."""
+    released = store.release_claims()
+    if released:
+        log.warning("unanswered changes of an earlier run will be sent again", extra={"changes": released})
     client, http = build_criteo_client(config, clock, metrics, transport, sleep)
     events_http = httpx.AsyncClient(timeout=config.criteo.timeout_secs, transport=transport, follow_redirects=False)
     events_limiter = SlidingWindowLimiter(config.criteo.events_rate_limit_per_minute, clock, sleep)

@@ -93,8 +93,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     next_run_at REAL NOT NULL
 ) WITHOUT ROWID;
 
--- One identifier as Criteo should hold it in one audience (desired) and as Criteo acknowledged
--- it (acked). A row with desired != acked is a pending change; dead_letter_id parks it.
+-- One identifier as Criteo should hold it in one audience (desired: 0/1) and as Criteo holds it
+-- as far as we know (acked): 0 not held, 1 held, 2 unknown (a call that may have changed it is in
+-- flight or went unanswered). A row with desired != acked is a pending change (an unknown one
+-- always is); dead_letter_id parks it. claim_until: a call carrying the row is in flight until
+-- then (an expired claim counts as a lost answer); acked_before: acked when the call was claimed,
+-- restored when Criteo refuses the call.
 CREATE TABLE IF NOT EXISTS targets (
     audience       TEXT NOT NULL,
     id_type        TEXT NOT NULL,
@@ -107,6 +111,8 @@ CREATE TABLE IF NOT EXISTS targets (
     next_at        REAL NOT NULL DEFAULT 0,
     first_failure  REAL,
     dead_letter_id INTEGER,
+    claim_until    REAL,
+    acked_before   INTEGER,
     PRIMARY KEY (audience, id_type, id_value)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS targets_by_profile ON targets (profile_id);

@@ -43,6 +43,10 @@ PROCESSOR_CACHE_KIB = 64 * 1024
 GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
 # The longest the processor waits for ingest to have nothing to commit before it writes anyway.
 INGEST_FIRST_MAX_WAIT_SECS = 0.05
+# targets.acked: what Criteo holds of an identifier as far as we know. UNKNOWN while a call that
+# may change it is in flight or after its answer was lost (SPEC §1, Uncertain calls): such a row is
+# pending whatever it desires, and neither wanted nor held only once an answered call settles it.
+NOT_HELD, HELD, UNKNOWN = 0, 1, 2
 
 _T = TypeVar("_T")
 
@@ -296,8 +300,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
             .execute(
                 "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
                 "WHERE desired != acked AND dead_letter_id IS NULL AND next_at <= ? "
-                "ORDER BY since LIMIT ?",
-                (now, limit),
+                "AND (claim_until IS NULL OR claim_until <= ?) ORDER BY since LIMIT ?",
+                (now, now, limit),
             )
             .fetchall()
         )
@@ -313,8 +317,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
             .execute(
                 "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
                 "WHERE audience = ? AND id_type = ? AND desired = ? AND acked != ? AND dead_letter_id IS NULL "
-                "AND next_at <= ? ORDER BY since LIMIT ?",
-                (audience, id_type, int(add), int(add), now, limit),
+                "AND next_at <= ? AND (claim_until IS NULL OR claim_until <= ?) ORDER BY since LIMIT ?",
+                (audience, id_type, int(add), int(add), now, now, limit),
             )
             .fetchall()
         )
@@ -324,10 +328,13 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         ]
 
     def next_change_at(self) -> float | None:
-        """When the earliest pending change becomes due (its retry time), or None."""
+        """When the earliest pending change becomes due (its retry time, or its claim's end), or None."""
         row = (
             self._conn()
-            .execute("SELECT min(next_at) FROM targets WHERE desired != acked AND dead_letter_id IS NULL")
+            .execute(
+                "SELECT min(max(next_at, coalesce(claim_until, 0))) FROM targets "
+                "WHERE desired != acked AND dead_letter_id IS NULL"
+            )
             .fetchone()
         )
         return None if row is None or row[0] is None else float(row[0])
@@ -348,16 +355,38 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         )
         return int(row[0]) if row else 0
 
+    def claim_changes(self, keys: Iterable[TargetKey], until: float) -> None:
+        """Before a call: its rows are in flight until `until`, and what Criteo holds of them is
+        unknown until it answers. Committed before the call, so that a crash during it leaves them
+        uncertain rather than settled (a claim that expires is a lost answer)."""
+        with self._write() as conn:
+            conn.executemany(
+                f"UPDATE targets SET acked_before = acked, acked = {UNKNOWN}, claim_until = ? "
+                "WHERE audience = ? AND id_type = ? AND id_value = ?",
+                [(until, k.audience, k.id_type, k.id_value) for k in keys],
+            )
+
+    def release_claims(self) -> int:
+        """End every claim as a lost answer (the rows stay unknown and are due); returns how many.
+
+        For the process that takes over the SQLite file: one process owns it, so a claim found in it
+        was left by a process that died during the call, and need not wait for its expiry."""
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE targets SET claim_until = NULL, acked_before = NULL "
+                "WHERE desired != acked AND dead_letter_id IS NULL AND claim_until IS NOT NULL"
+            ).rowcount
+
     def ack_changes(self, keys: Iterable[TargetKey], add: bool, now: float) -> None:
-        """Criteo holds (add) or no longer holds (remove) these identifiers."""
+        """Criteo answered: it holds (add) or no longer holds (remove) these identifiers."""
         acked = int(add)
         with self._write() as conn:
-            # An upsert: the row may have gone while the call was in flight (the person was erased
-            # or left); Criteo holds the identifier all the same, so a new row makes it pending removal.
+            # An upsert: the row may have gone while the call was in flight (the audience was
+            # re-resolved); Criteo holds the identifier all the same, so a new row makes it pending removal.
             conn.executemany(
                 "INSERT INTO targets (audience, id_type, id_value, desired, acked, since) VALUES (?, ?, ?, 0, ?, ?) "
                 "ON CONFLICT (audience, id_type, id_value) DO UPDATE SET acked = excluded.acked, attempts = 0, "
-                "next_at = 0, first_failure = NULL, "
+                "next_at = 0, first_failure = NULL, claim_until = NULL, acked_before = NULL, "
                 "since = CASE WHEN targets.desired != excluded.acked THEN excluded.since ELSE targets.since END",
                 [(k.audience, k.id_type, k.id_value, acked, now) for k in keys],
             )
@@ -369,16 +398,28 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
                     [(k.audience, k.id_type, k.id_value) for k in keys],
                 )
 
-    def defer_changes(self, keys: Iterable[TargetKey], next_at: float, now: float) -> None:
+    def defer_changes(self, keys: Iterable[TargetKey], next_at: float, now: float, *, maybe_applied: bool) -> None:
+        """The call failed: try again at `next_at`. Its claim ends; unless the call `maybe_applied`
+        (its answer was lost), Criteo holds what it held before."""
         with self._write() as conn:
             conn.executemany(
-                "UPDATE targets SET attempts = attempts + 1, next_at = ?, "
-                "first_failure = coalesce(first_failure, ?) "
+                f"UPDATE targets SET attempts = attempts + 1, next_at = ?, "
+                f"first_failure = coalesce(first_failure, ?), {_END_CLAIM} "
                 "WHERE audience = ? AND id_type = ? AND id_value = ?",
-                [(next_at, now, k.audience, k.id_type, k.id_value) for k in keys],
+                [(next_at, now, maybe_applied, k.audience, k.id_type, k.id_value) for k in keys],
             )
 
-    def dead_letter(self, keys: Sequence[TargetKey], add: bool, status: int | None, error: str, now: float) -> int:
+    def dead_letter(
+        self,
+        keys: Sequence[TargetKey],
+        add: bool,
+        status: int | None,
+        error: str,
+        now: float,
+        *,
+        maybe_applied: bool = False,
+    ) -> int:
+        """Park these changes under a new dead letter (their claim ends as in `defer_changes`)."""
         if not keys:
             raise ValueError("a dead letter needs at least one change")
         first = keys[0]
@@ -398,8 +439,9 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
             )
             letter_id = int(cursor.lastrowid or 0)
             conn.executemany(
-                "UPDATE targets SET dead_letter_id = ? WHERE audience = ? AND id_type = ? AND id_value = ?",
-                [(letter_id, k.audience, k.id_type, k.id_value) for k in keys],
+                f"UPDATE targets SET dead_letter_id = ?, {_END_CLAIM} "
+                "WHERE audience = ? AND id_type = ? AND id_value = ?",
+                [(letter_id, maybe_applied, k.audience, k.id_type, k.id_value) for k in keys],
             )
         return letter_id
 
@@ -408,6 +450,11 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         with self._write() as conn:
             ids = [r[0] for r in conn.execute(f"SELECT id FROM dead_letters WHERE replayed_at IS NULL {where}", params)]
             for letter_id in ids:
+                # Neither wanted nor held any more (the person left while it was parked): nothing to send.
+                conn.execute(
+                    f"DELETE FROM targets WHERE dead_letter_id = ? AND desired = 0 AND acked = {NOT_HELD}",
+                    (letter_id,),
+                )
                 conn.execute(
                     "UPDATE targets SET dead_letter_id = NULL, attempts = 0, next_at = 0, first_failure = NULL, "
                     "since = ? WHERE dead_letter_id = ?",
@@ -471,11 +518,23 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
             )
 
     def reset_audience_acks(self, name: str, now: float) -> None:
-        """The segment was replaced: nothing counts as acknowledged; resend the whole membership."""
+        """The segment was replaced: nothing counts as acknowledged (nor as possibly held: that was
+        the old segment); resend the whole membership."""
         with self._write() as conn:
             conn.execute("DELETE FROM targets WHERE audience = ? AND desired = 0", (name,))
             conn.execute(
-                "UPDATE targets SET acked = 0, since = ?, attempts = 0, next_at = 0, first_failure = NULL "
+                "UPDATE targets SET acked = 0, since = ?, attempts = 0, next_at = 0, first_failure = NULL, "
+                "claim_until = NULL, acked_before = NULL WHERE audience = ?",
+                (now, name),
+            )
+
+    def mark_audience_unknown(self, name: str, now: float) -> None:
+        """A call that may empty the audience's list (a wipe) is about to leave: until it is answered,
+        nothing of the audience counts as known, so that if its answer is lost every identifier is
+        sent again as its desired state says."""
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE targets SET acked = {UNKNOWN}, since = ?, attempts = 0, next_at = 0, first_failure = NULL "
                 "WHERE audience = ?",
                 (now, name),
             )
@@ -484,7 +543,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         rows = (
             self._conn()
             .execute(
-                "SELECT t.audience, a.segment_id, sum(t.desired), sum(t.acked), "
+                f"SELECT t.audience, a.segment_id, sum(t.desired), sum(t.acked = {HELD}), "
                 "sum(t.desired != t.acked AND t.dead_letter_id IS NULL), sum(t.dead_letter_id IS NOT NULL) "
                 "FROM targets t LEFT JOIN audiences a ON a.name = t.audience GROUP BY t.audience ORDER BY t.audience"
             )
@@ -521,6 +580,11 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
 
 
 _PIECE_MAX = 256
+# Ends a call's claim on a row; its parameter says whether the call may have been applied: if not,
+# acked goes back to what it was before the call (a row not claimed keeps its acked).
+_END_CLAIM = (
+    "acked = CASE WHEN ? THEN acked ELSE coalesce(acked_before, acked) END, claim_until = NULL, acked_before = NULL"
+)
 _SEEN_INSERT = "INSERT OR IGNORE INTO seen (source, message_id, seen_at) VALUES "
 _INBOX_INSERT = "INSERT INTO inbox (source, received_at, body) VALUES "
 
@@ -705,7 +769,7 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
     def set_targets(self, profile_id: int, desired: set[TargetKey], now: float) -> int:
         """Make the profile's targets equal `desired`; returns how many rows changed desire."""
         current = {
-            TargetKey(r[0], r[1], r[2]): (bool(r[3]), bool(r[4]), r[5] is not None)
+            TargetKey(r[0], r[1], r[2]): (bool(r[3]), int(r[4]), r[5] is not None)
             for r in self.conn.execute(
                 "SELECT audience, id_type, id_value, desired, acked, dead_letter_id FROM targets WHERE profile_id = ?",
                 (profile_id,),
@@ -715,8 +779,8 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
         for key, (was, acked, dead) in current.items():
             if key in desired:
                 continue
-            if not acked and not dead:
-                # Neither wanted nor held: the row carries no information any more.
+            if acked == NOT_HELD and not dead:
+                # Neither wanted nor (possibly) held: the row carries no information any more.
                 self.conn.execute(
                     "DELETE FROM targets WHERE audience = ? AND id_type = ? AND id_value = ?",
                     (key.audience, key.id_type, key.id_value),
@@ -779,7 +843,8 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
 
     def erase_profile(self, profile_id: int, deleted_at: float, tombstone_kinds: set[str]) -> None:
         """Forget the person: tombstone their ids, drop identity and memberships, keep targets
-        (as desired = 0, without a profile) only until Criteo acknowledges the removal."""
+        (as desired = 0, without a profile) that Criteo holds or may hold, until it acknowledges
+        their removal."""
         for kind, value in self.conn.execute(
             "SELECT kind, value FROM identifiers WHERE profile_id = ?", (profile_id,)
         ).fetchall():
