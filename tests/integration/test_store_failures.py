@@ -199,6 +199,9 @@ def test_a_full_disk_during_processing_sets_nothing_aside_and_raises_the_real_er
         assert cause.sqlite_errorcode == sqlite3.SQLITE_FULL
 
     assert store.failed_event_count() == 0 and store.backlog() == 200
+    # A write that needs no new page still succeeds; it must not pass for a recovery.
+    assert store.try_lease("job:x", "me", T0, 60)
+    assert store.write_failure() == "database or disk is full"
     [logged] = store_failure_logs(caplog)
     assert logged.error == "database or disk is full"  # type: ignore[attr-defined]
     filler.free()

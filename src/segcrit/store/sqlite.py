@@ -7,7 +7,8 @@ writers queue on the lock instead of failing on an upgrade.
 
 A write that fails because of the store itself (disk full, database locked, I/O error) raises
 `StoreUnavailable`: the store logs the real SQLite error once per episode and reports it through
-`write_failure()` (for /readyz) until a write succeeds again. Any other error is the caller's.
+`write_failure()` (for /readyz) until a write that adds data succeeds again (`proves_space`).
+Any other error is the caller's.
 
 The database file and its -wal and -shm files are readable by their owner only, and one process
 at a time may run workers on the file (`owner=True`, see `_claim_ownership`).
@@ -218,12 +219,15 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin):
         return conn
 
     @contextmanager
-    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = True, proves_space: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction. A failure of the store itself raises StoreUnavailable (the
         SQLite error chained); any other error propagates as it is, after the rollback.
 
         `durable=False` skips the fsync at commit (housekeeping: a prune lost to a power cut is
         simply done again); the next durable commit on the WAL makes it durable anyway.
+        `proves_space`: the transaction adds data the way ingest does (ingest, processing, the
+        probe), so its success ends a failure episode. A delete or an in-place update (a lease,
+        a prune) may succeed on a full disk: it would turn /readyz ready while ingest still fails.
         """
         conn = self._conn()
         # Threads of this process queue here rather than on SQLite's lock: a writer that finds the
@@ -249,7 +253,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin):
             finally:
                 if not durable:
                     conn.execute("PRAGMA synchronous=FULL")
-        if self._write_failure is not None:
+        if proves_space and self._write_failure is not None:
             self._write_failure = None
             log.warning("store writes again")
 
@@ -269,7 +273,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin):
     def probe_write(self) -> None:
         """A write that needs free pages, as an ingest commit does: raises StoreUnavailable while
         the store still cannot write, clears `write_failure` once it can."""
-        with self._write() as conn:
+        with self._write(proves_space=True) as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('write_probe', ?)", ("0" * PROBE_BYTES,))
             conn.execute("DELETE FROM meta WHERE key = 'write_probe'")
 
@@ -312,7 +316,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin):
     def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
         """The same as `accept` for callers without an event loop (import, tests)."""
         rows = _inbox_rows(messages)
-        with self._write() as conn:
+        with self._write(proves_space=True) as conn:
             return self._insert_messages(conn, source, rows, received_at)
 
     def _start_writer(self) -> None:
@@ -351,7 +355,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin):
     def _commit_group(self, batch: list[_AcceptRequest]) -> None:
         results: list[AcceptResult] = []
         try:
-            with self._write() as conn:
+            with self._write(proves_space=True) as conn:
                 for request in batch:
                     results.append(self._insert_messages(conn, request.source, request.rows, request.received_at))
         except Exception as exc:  # the whole group failed: every request gets the error, none is acked
@@ -426,8 +430,9 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin):
         return [InboxEvent(seq=r[0], source=r[1], received_at=r[2], message=orjson.loads(r[3])) for r in rows]
 
     @contextmanager
-    def transaction(self) -> Iterator[SqliteTx]:
-        with self._write() as conn:
+    def transaction(self, *, proves_space: bool = True) -> Iterator[SqliteTx]:
+        """The processor's unit of work (`proves_space`: see `_write`)."""
+        with self._write(proves_space=proves_space) as conn:
             yield SqliteTx(conn)
 
     @contextmanager

@@ -52,10 +52,10 @@ class RetentionStoreMixin:
     def _conn(self) -> sqlite3.Connection:
         raise NotImplementedError  # provided by SqliteStore
 
-    def _write(self, *, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+    def _write(self, *, durable: bool = True, proves_space: bool = False) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError  # provided by SqliteStore
 
-    def transaction(self) -> AbstractContextManager[SqliteTx]:
+    def transaction(self, *, proves_space: bool = True) -> AbstractContextManager[SqliteTx]:
         raise NotImplementedError  # provided by SqliteStore
 
     def give_way_to_ingest(self) -> None:
@@ -179,7 +179,7 @@ class RetentionStoreMixin:
         erased = 0
         while True:
             self.give_way_to_ingest()
-            with self.transaction() as tx:
+            with self.transaction(proves_space=False) as tx:  # mostly deletes
                 cursor = _read_cursor(tx.conn)
                 # Read inside the write transaction: a profile seen meanwhile is not erased.
                 rows = tx.conn.execute(
