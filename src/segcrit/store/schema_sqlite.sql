@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS tombstones (
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
 
+-- Deletions whose events still waiting (inbox, set aside) are to be erased: written with the
+-- tombstone, drained by housekeeping or at once by `segcrit forget`.
+CREATE TABLE IF NOT EXISTS erasures (
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    deleted_at REAL NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+
 -- Desired membership of one profile in one audience, as the flows decided; latest ts wins.
 CREATE TABLE IF NOT EXISTS memberships (
     profile_id INTEGER NOT NULL,
@@ -168,6 +177,7 @@ CREATE TABLE IF NOT EXISTS criteo_events (
 );
 CREATE INDEX IF NOT EXISTS criteo_events_pending ON criteo_events (created_at) WHERE dead_letter_id IS NULL;
 CREATE INDEX IF NOT EXISTS criteo_events_by_profile ON criteo_events (profile_id);
+CREATE INDEX IF NOT EXISTS criteo_events_dead ON criteo_events (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
 
 -- Catalog products as last seen, and what Criteo was last sent (sent_fingerprint).
 CREATE TABLE IF NOT EXISTS products (
@@ -190,6 +200,7 @@ CREATE TABLE IF NOT EXISTS products (
 CREATE INDEX IF NOT EXISTS products_pending ON products (updated_at)
     WHERE missing IS NULL AND batch_token IS NULL AND dead_letter_id IS NULL
     AND (sent_fingerprint IS NULL OR sent_fingerprint != fingerprint);
+CREATE INDEX IF NOT EXISTS products_dead ON products (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS catalog_batches (
     token       TEXT PRIMARY KEY,
@@ -200,7 +211,8 @@ CREATE TABLE IF NOT EXISTS catalog_batches (
     polls       INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
--- Events whose processing raised: kept (sanitised, as stored) for inspection, out of the queue.
+-- Events set aside because processing them raised: kept (sanitised, as stored) for inspection
+-- and `segcrit replay --failed`, out of the queue, for retention.failed_events_days.
 CREATE TABLE IF NOT EXISTS failed_events (
     seq         INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -209,6 +221,7 @@ CREATE TABLE IF NOT EXISTS failed_events (
     error       TEXT NOT NULL,
     failed_at   REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS failed_events_by_time ON failed_events (failed_at);
 
 -- Named leases: which process runs a job (scheduler leader) until when.
 CREATE TABLE IF NOT EXISTS leases (
