@@ -58,9 +58,14 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        checks = {"store": store.ping(), "workers": runtime is None or runtime.alive()}
+        # The store must be reachable and able to write: a full disk turns ingest away (503).
+        write_failure = store.write_failure()
+        checks = {"store": write_failure is None and store.ping(), "workers": runtime is None or runtime.alive()}
         status = 200 if all(checks.values()) else 503
-        return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
+        body: dict[str, Any] = {"ready": status == 200, "checks": checks}
+        if write_failure is not None:
+            body["store_error"] = write_failure
+        return JSONResponse(body, status_code=status)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

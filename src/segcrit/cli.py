@@ -49,7 +49,7 @@ def serve(config_file: str | None) -> None:
 
     config = load_config(config_file)
     setup_logging()
-    store = open_store(config.store)
+    store = open_store(config.store, owner=True)
     app = create_app(config, store)
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config.server.host, config.server.port)))
     tune_gc()
@@ -226,7 +226,7 @@ def demo(keep: bool) -> None:
 @cli.command()
 @config_option
 def status(config_file: str | None) -> None:
-    """Backlog, delivery lag, audiences (desired vs acknowledged), dead letters."""
+    """Backlog, delivery lag, audiences (desired vs acknowledged), dead letters, set-aside events."""
     from segcrit.status import collect_status, render_status
     from segcrit.store import open_store
 
@@ -241,19 +241,26 @@ def status(config_file: str | None) -> None:
 @cli.command()
 @config_option
 @click.option("--audience", default=None, help="Only this audience's dead letters.")
-def replay(config_file: str | None, audience: str | None) -> None:
-    """Put dead letters back on the delivery queue."""
+@click.option("--failed", is_flag=True, help="Put the events processing set aside back on the inbox instead.")
+def replay(config_file: str | None, audience: str | None, failed: bool) -> None:
+    """Put dead letters back on the delivery queue (--failed: set-aside events on the inbox)."""
     import time
 
     from segcrit.store import open_store
 
+    if failed and audience is not None:
+        raise UserError("--failed puts back set-aside events, which belong to no audience: drop --audience")
     config = load_config(config_file)
+    # No ownership: a quick edit of the store, made while `segcrit serve` runs (SQLite's lock orders it).
     store = open_store(config.store)
     try:
-        count = store.replay_dead_letters(audience, time.time())
+        count = store.replay_failed_events() if failed else store.replay_dead_letters(audience, time.time())
     finally:
         store.close()
-    click.echo(f"{count} dead letter(s) put back on the delivery queue")
+    if failed:
+        click.echo(f"{count} set-aside event(s) put back on the inbox")
+    else:
+        click.echo(f"{count} dead letter(s) put back on the delivery queue")
 
 
 @cli.command()
@@ -329,7 +336,7 @@ def import_command(files: tuple[Path, ...], config_file: str | None, source: str
     from segcrit.store import open_store
 
     config = load_config(config_file)
-    store = open_store(config.store)
+    store = open_store(config.store, owner=True)
     try:
         report = import_files(config, store, list(files), source, progress=sys.stderr.isatty())
     finally:
@@ -351,7 +358,7 @@ def resync(audience: str, config_file: str | None) -> None:
     from segcrit.store import open_store
 
     config = load_config(config_file)
-    store = open_store(config.store)
+    store = open_store(config.store, owner=True)
     try:
         sent = asyncio.run(resync_audience(config, store, audience, progress=sys.stderr.isatty()))
     finally:

@@ -335,6 +335,14 @@ class DeliveryConfig(_Model):
     backoff_max_secs: float = Field(300, gt=0)
 
 
+class RetentionConfig(_Model):
+    """How long what no work drains is kept (SPEC §4.1, §8); housekeeping applies it."""
+
+    failed_events_days: float = Field(30, gt=0)  # events set aside by processing
+    dead_letters_days: float = Field(90, gt=0)  # then dropped and counted, never silently
+    anonymous_profiles_days: float = Field(395, gt=0)  # profiles with only an anonymousId, unseen that long
+
+
 def filled_audiences(flows: list[Any]) -> dict[str, list[int]]:
     """Audience -> the positions of the flows that decide who is in it, for the audiences known from
     the config alone (audience_sync fills whatever Engage sends, so only its renamings count)."""
@@ -485,6 +493,7 @@ class Config(_Model):
     flows: list[Flow] = Field(default_factory=list)
     ingest: IngestConfig = Field(default_factory=IngestConfig)  # type: ignore[arg-type]
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)  # type: ignore[arg-type]
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)  # type: ignore[arg-type]
     enrichment: list[Lookup] = Field(default_factory=list)
 
     @field_validator("store")

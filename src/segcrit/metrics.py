@@ -49,6 +49,15 @@ class Metrics:
         self.dead_lettered = Counter(
             "segcrit_dead_lettered", "Deliveries dead-lettered, by reason", ["reason"], registry=r
         )
+        self.store_write_failing = Gauge(
+            "segcrit_store_write_failing", "1 while the store cannot write (disk full, locked, I/O error)", registry=r
+        )
+        self.retention_dropped = Counter(
+            "segcrit_retention_dropped",
+            "Rows dropped by retention: dead letters, set-aside events, anonymous profiles, dedupe entries",
+            ["what"],
+            registry=r,
+        )
         # Enrichment (segcrit.enrichment), per configured lookup.
         self.lookups = Counter(
             "segcrit_lookups",

@@ -1,5 +1,5 @@
 """`segcrit status`: backlog, delivery lag, audiences (desired vs acknowledged), dead letters,
-and per flow: Events API queue, catalog products (and why some are not sent), suppressed people,
+set-aside events, and per flow: Events API queue, catalog products (and why some are not sent), suppressed people,
 lifecycle stage sizes, cohort size and last run, scheduled jobs."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from segcrit.store.base import AudienceStats, DeadLetter
 from segcrit.store.sqlite import SqliteStore
 from segcrit.store.sqlite_cohorts import JobRecord
 from segcrit.store.sqlite_commerce import CatalogStats
+from segcrit.store.sqlite_retention import DROPPED_DEAD_LETTERS, DROPPED_FAILED_EVENTS, FailedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,8 @@ class Status:
     dead_letter_count: int
     failed_events: int
     pending_events: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # by retention, ever: dead letters, set-aside events
+    latest_failed: list[FailedEvent] = field(default_factory=list)
     catalog: CatalogStats | None = None
     product_errors: list[tuple[str, str, str]] = field(default_factory=list)
     flows: list[str] = field(default_factory=list)  # one line per suppression/lifecycle/cohort flow
@@ -47,6 +50,8 @@ def collect_status(store: SqliteStore, config: Config | None = None, now: float 
         dead_letters=store.dead_letters(limit=10),
         dead_letter_count=store.dead_letter_count(),
         failed_events=store.failed_event_count(),
+        dropped=store.dropped_counts(),
+        latest_failed=store.failed_events(5),
         pending_events=store.pending_event_count(),
         catalog=catalog if catalog.products else None,
         product_errors=store.product_errors(10) if catalog.with_errors else [],
@@ -106,6 +111,28 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def render_failures(status: Status, console: Console) -> None:
+    """Dead letters and set-aside events, with the latest of each and what retention dropped."""
+    dropped_letters = status.dropped.get(DROPPED_DEAD_LETTERS, 0)
+    dropped = f"; {dropped_letters} dropped unreplayed by retention" if dropped_letters else ""
+    console.print(f"dead letters: {status.dead_letter_count} (replay with `segcrit replay`){dropped}", markup=False)
+    for letter in status.dead_letters:
+        console.print(
+            f"  #{letter.id} {letter.audience} {letter.operation} {letter.count} {letter.id_type}: "
+            f"{letter.status or '-'} {letter.error[:200]}",
+            markup=False,
+        )
+    dropped_events = status.dropped.get(DROPPED_FAILED_EVENTS, 0)
+    dropped = f"; {dropped_events} dropped by retention" if dropped_events else ""
+    console.print(
+        f"set-aside events: {status.failed_events} (processing failed on them; "
+        f"put back with `segcrit replay --failed`){dropped}",
+        markup=False,
+    )
+    for event in status.latest_failed:
+        console.print(f"  #{event.seq} from {event.source}: {event.error[:200]}", markup=False)
+
+
 def render_status(status: Status, console: Console | None = None) -> None:
     console = console or Console()
     lag = "none" if status.delivery_lag_secs is None else f"{status.delivery_lag_secs:.1f} s"
@@ -117,15 +144,7 @@ def render_status(status: Status, console: Console | None = None) -> None:
     for a in status.audiences:
         table.add_row(a.name, a.segment_id or "-", str(a.desired), str(a.acknowledged), str(a.pending), str(a.dead))
     console.print(table)
-    console.print(f"dead letters: {status.dead_letter_count} (replay with `segcrit replay`)")
-    if status.failed_events:
-        console.print(f"events set aside after a processing error: {status.failed_events} (see the logs)")
-    for letter in status.dead_letters:
-        console.print(
-            f"  #{letter.id} {letter.audience} {letter.operation} {letter.count} {letter.id_type}: "
-            f"{letter.status or '-'} {letter.error[:200]}",
-            markup=False,
-        )
+    render_failures(status, console)
     if status.pending_events:
         console.print(f"Events API: {status.pending_events} event(s) waiting to be sent")
     if status.catalog is not None:

@@ -287,6 +287,42 @@ def test_replay_of_one_audience_leaves_the_others(tmp_path: Path, db: Path) -> N
         assert [letter.audience for letter in store.dead_letters()] == ["churn"]
 
 
+def test_replay_failed_puts_set_aside_events_back_and_status_counts_them(
+    tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_store(db) as store:
+        put(store, audience_event("u1", "vip", True, T0, email="jane.doe@example.com"))
+        processor = Processor(store, make_config(str(db)), FakeClock(T0), Metrics())
+
+        def buggy(tx: object, event: object, now: float) -> None:
+            raise RuntimeError("a bug in processing")
+
+        monkeypatch.setattr(processor, "process", buggy)
+        processor.drain()
+    config = write_config(tmp_path, db)
+
+    status = segcrit("status", "--config", str(config), cwd=tmp_path)
+    assert "set-aside events: 1 " in status.stdout
+    assert "from web: RuntimeError: a bug in processing" in status.stdout
+    result = segcrit("replay", "--failed", "--config", str(config), cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1 set-aside event(s) put back on the inbox"
+    with open_store(db) as store:
+        assert (store.backlog(), store.failed_event_count()) == (1, 0)
+        Processor(store, make_config(str(db)), FakeClock(T0), Metrics()).drain()  # the bug is fixed
+        assert {c.key for c in store.due_changes(LATER, 100)} == {TargetKey("vip", "email", JANE_SHA)}
+    assert "set-aside events: 0 " in segcrit("status", "--config", str(config), cwd=tmp_path).stdout
+
+
+def test_replay_failed_with_an_audience_is_one_line(tmp_path: Path, db: Path) -> None:
+    config = write_config(tmp_path, db)
+    line = assert_one_line_error(
+        segcrit("replay", "--failed", "--audience", "vip", "--config", str(config), cwd=tmp_path)
+    )
+    assert line.startswith("error: --failed puts back set-aside events")
+
+
 # ------------------------------------------------------------------------------------ forget
 
 

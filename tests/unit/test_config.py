@@ -593,3 +593,18 @@ def test_a_catalog_merchant_id_beyond_32_bits_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(MINIMAL + 'flows:\n  - {type: catalog, merchant_id: "99999999999"}\n', env={})
     assert any(p.startswith("flows[0].merchant_id:") and "32-bit" in p for p in caught.value.problems)
+
+
+def test_retention_has_the_documented_defaults_and_checks_its_keys() -> None:
+    retention = parse_config(MINIMAL, env={}).retention
+    assert (retention.failed_events_days, retention.dead_letters_days, retention.anonymous_profiles_days) == (
+        30,
+        90,
+        395,
+    )
+    kept = parse_config(MINIMAL + "retention: {failed_events_days: 7, anonymous_profiles_days: 30}\n", env={})
+    assert (kept.retention.failed_events_days, kept.retention.anonymous_profiles_days) == (7, 30)
+    assert [p.split(":")[0] for p in problems_of(MINIMAL + "retention: {dead_letters_days: 0, forever: 1}\n")] == [
+        "retention.dead_letters_days",
+        "retention.forever",
+    ]

@@ -122,10 +122,15 @@ class EnrichmentWorker:
         self._on_email = email_listener(config)
         self._schedules = {s.lookup.name: RefreshSchedule.of(s.lookup, config) for s in self.sources}
         self._state = {s.lookup.name: _SourceState() for s in self.sources}
+        self._tidied = False
 
     async def drain_once(self) -> int:
         """One batch for each lookup that may run now, side by side (a slow source does not hold up
         the others); returns how many profiles were looked up."""
+        if not self._tidied:
+            # A lookup renamed or removed from the config leaves rows nobody reads: they go.
+            self.store.forget_other_lookups([source.lookup.name for source in self.sources])
+            self._tidied = True
         return sum(await asyncio.gather(*(self._round(source) for source in self.sources)))
 
     async def aclose(self) -> None:

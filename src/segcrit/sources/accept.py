@@ -17,6 +17,7 @@ import orjson
 from starlette.responses import Response
 
 from segcrit.clock import Clock
+from segcrit.errors import StoreError
 from segcrit.metrics import Metrics
 from segcrit.sources.limits import RequestError
 from segcrit.sources.validate import MessageRules, Prepared
@@ -99,18 +100,25 @@ async def commit(
     if prepared.messages:
         try:
             result = await sink.accept(source, prepared.messages, received_at)
+        except StoreError:
+            # Nothing of the request was stored; the store logged the real error. The client
+            # retries a 5xx with the same messageIds; dedupe makes that harmless.
+            return _store_unavailable(metrics, source)
         except Exception:
-            # The client retries a 5xx with the same messageIds; dedupe makes that harmless.
             log.exception("ingest commit failed", extra={"source": source})
-            return error_response(
-                503, "store_unavailable", "store unavailable, retry later", headers={"Retry-After": "1"}
-            )
+            return _store_unavailable(metrics, source)
         metrics.events_received.labels(source=source).inc(len(prepared.messages))
         if result.duplicates:
             metrics.events_duplicate.labels(source=source).inc(result.duplicates)
     if not prepared.rejected:
         return Response(_SUCCESS, media_type="application/json")
     return json_response(200, {"success": True, "rejected": prepared.rejected})
+
+
+def _store_unavailable(metrics: Metrics, source: str) -> Response:
+    retry = {"Retry-After": str(RETRY_AFTER_SECS)}
+    response = error_response(503, "store_unavailable", "store unavailable, retry later", headers=retry)
+    return reject(metrics, source, "store_unavailable", response)
 
 
 def _reason_label(reason: str) -> str:

@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS tombstones (
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
 
+-- Deletions whose events still waiting (inbox, set aside) are to be erased: written with the
+-- tombstone, drained by housekeeping or at once by `segcrit forget`.
+CREATE TABLE IF NOT EXISTS erasures (
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    deleted_at REAL NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+
 -- Desired membership of one profile in one audience, as the flows decided; latest ts wins.
 CREATE TABLE IF NOT EXISTS memberships (
     profile_id INTEGER NOT NULL,
@@ -93,8 +102,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     next_run_at REAL NOT NULL
 ) WITHOUT ROWID;
 
--- One identifier as Criteo should hold it in one audience (desired) and as Criteo acknowledged
--- it (acked). A row with desired != acked is a pending change; dead_letter_id parks it.
+-- One identifier as Criteo should hold it in one audience (desired: 0/1) and as Criteo holds it
+-- as far as we know (acked): 0 not held, 1 held, 2 unknown (a call that may have changed it is in
+-- flight or went unanswered). A row with desired != acked is a pending change (an unknown one
+-- always is); dead_letter_id parks it. claim_until: a call carrying the row is in flight until
+-- then (an expired claim counts as a lost answer); acked_before: acked when the call was claimed,
+-- restored when Criteo refuses the call.
 CREATE TABLE IF NOT EXISTS targets (
     audience       TEXT NOT NULL,
     id_type        TEXT NOT NULL,
@@ -107,6 +120,8 @@ CREATE TABLE IF NOT EXISTS targets (
     next_at        REAL NOT NULL DEFAULT 0,
     first_failure  REAL,
     dead_letter_id INTEGER,
+    claim_until    REAL,
+    acked_before   INTEGER,
     PRIMARY KEY (audience, id_type, id_value)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS targets_by_profile ON targets (profile_id);
@@ -162,6 +177,7 @@ CREATE TABLE IF NOT EXISTS criteo_events (
 );
 CREATE INDEX IF NOT EXISTS criteo_events_pending ON criteo_events (created_at) WHERE dead_letter_id IS NULL;
 CREATE INDEX IF NOT EXISTS criteo_events_by_profile ON criteo_events (profile_id);
+CREATE INDEX IF NOT EXISTS criteo_events_dead ON criteo_events (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
 
 -- Catalog products as last seen, and what Criteo was last sent (sent_fingerprint).
 CREATE TABLE IF NOT EXISTS products (
@@ -184,6 +200,7 @@ CREATE TABLE IF NOT EXISTS products (
 CREATE INDEX IF NOT EXISTS products_pending ON products (updated_at)
     WHERE missing IS NULL AND batch_token IS NULL AND dead_letter_id IS NULL
     AND (sent_fingerprint IS NULL OR sent_fingerprint != fingerprint);
+CREATE INDEX IF NOT EXISTS products_dead ON products (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS catalog_batches (
     token       TEXT PRIMARY KEY,
@@ -194,7 +211,8 @@ CREATE TABLE IF NOT EXISTS catalog_batches (
     polls       INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
--- Events whose processing raised: kept (sanitised, as stored) for inspection, out of the queue.
+-- Events set aside because processing them raised: kept (sanitised, as stored) for inspection
+-- and `segcrit replay --failed`, out of the queue, for retention.failed_events_days.
 CREATE TABLE IF NOT EXISTS failed_events (
     seq         INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -203,6 +221,7 @@ CREATE TABLE IF NOT EXISTS failed_events (
     error       TEXT NOT NULL,
     failed_at   REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS failed_events_by_time ON failed_events (failed_at);
 
 -- Named leases: which process runs a job (scheduler leader) until when.
 CREATE TABLE IF NOT EXISTS leases (

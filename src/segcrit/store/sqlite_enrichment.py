@@ -160,6 +160,14 @@ class EnrichmentStoreMixin:
         row = self._conn().execute("SELECT failing_since FROM lookup_sources WHERE lookup = ?", (lookup,)).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
+    def forget_other_lookups(self, lookups: Sequence[str]) -> int:
+        """Drop the rows of lookups no longer configured (renamed or removed); returns how many."""
+        marks = ", ".join("?" * len(lookups)) or "NULL"
+        with self._write() as conn:
+            dropped = conn.execute(f"DELETE FROM lookups WHERE lookup NOT IN ({marks})", tuple(lookups)).rowcount
+            conn.execute(f"DELETE FROM lookup_sources WHERE lookup NOT IN ({marks})", tuple(lookups))
+        return int(dropped)
+
     # ------------------------------------------------------------------ profiles known before
 
     def seed_lookups(self, lookup: str, key_kind: str, now: float) -> int:

@@ -56,6 +56,11 @@ CATALOG_REPORT_POLLS_DEFAULT = 1
 class Endpoint(StrEnum):
     """Names of the emulated endpoints, as used by the call log and `EmulatorState.calls()`."""
 
+    @property
+    def changes_state(self) -> bool:
+        """Whether a call to it changes what Criteo holds (so that its answer can be lost)."""
+        return self in _CHANGING
+
     TOKEN = "token"
     SEARCH = "search"
     CREATE = "create"
@@ -66,6 +71,18 @@ class Endpoint(StrEnum):
     EVENTS = "events"
     CATALOG_BATCH = "catalog-batch"
     CATALOG_REPORT = "catalog-report"
+
+
+_CHANGING = frozenset(
+    {
+        Endpoint.CREATE,
+        Endpoint.DELETE,
+        Endpoint.CONTACT_LIST_PATCH,
+        Endpoint.CONTACT_LIST_DELETE,
+        Endpoint.EVENTS,
+        Endpoint.CATALOG_BATCH,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -460,6 +477,10 @@ class EmulatorState:
     def take_server_error(self) -> int | None:
         with self.lock:
             return self._faults.take_server_error()
+
+    def take_lost_answer(self) -> int | None:
+        with self.lock:
+            return self._faults.take_lost_answer()
 
     def latency_secs(self) -> float:
         with self.lock:
