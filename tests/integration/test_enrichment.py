@@ -336,6 +336,8 @@ def test_profiles_known_before_the_lookup_existed_are_looked_up(start: Start, tm
     second = start(CRM_LOOKUP.replace("name: crm", "name: crm2"))
     second.settle()
     assert second.hold("vip") == {email_hashes(JANE)[0]}
+    # The lookup the config no longer names has lost its rows (it would never be read again).
+    assert [s.profiles for s in second.p.store.lookup_stats(["crm", "crm2"], second.p.now())] == [0, 1]
 
 
 def test_lookups_keyed_by_email_use_the_email_seen_at_ingest_and_keep_none(start: Start, tmp_path: Path) -> None:
