@@ -26,11 +26,12 @@ DAY = 86_400.0
 ENV = {
     "SEGMENT_WRITE_KEY": "template-write-key",
     "SEGMENT_WEBHOOK_SECRET": "template-webhook-secret",
+    "SEGMENT_WEBHOOK_TOKEN": "template-webhook-token",
     "CRITEO_CLIENT_ID": DEMO_CLIENT_ID,
     "CRITEO_CLIENT_SECRET": DEMO_CLIENT_SECRET,
     "SEGCRIT_ADMIN_TOKEN": "template-admin-token",
 }
-SECRET_KEYS = {"client_secret", "write_key", "shared_secret", "admin_token", "client_id"}
+SECRET_KEYS = {"client_secret", "write_key", "shared_secret", "bearer_token", "admin_token", "client_id"}
 
 
 @pytest.fixture
@@ -54,7 +55,9 @@ def template_config(name: str, tmp_path: Path, emulator_url: str) -> Config:
 
 
 def engage(p: Process, user: str, audience: str, member: bool = True) -> None:
-    p.send(audience_event(user, audience, member, p.now(), email=email_of(user), madid=madid_of(user)))
+    """An Engage audience message through the templates' webhook source (the one audience_sync takes)."""
+    message = audience_event(user, audience, member, p.now(), email=email_of(user), madid=madid_of(user))
+    p.send(message, source="engage")
 
 
 def product(product_id: str) -> dict[str, Any]:
