@@ -1,7 +1,8 @@
 """Holding segcrit's Criteo models against one of Criteo's OpenAPI documents (test helper).
 
 The documents stay in `shared/reference/criteo-openapi/` beside the repository (never copied in);
-`document_path(name)` finds them from this file, and tests skip with the path when absent.
+`document_path(name)` finds them from this file. A test that needs one is skipped, naming the path,
+when it is absent, and fails instead in CI (`tests.required`).
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
 from pydantic.fields import FieldInfo
 
 from segcrit.criteo.models import CriteoModel
+from tests.required import Test, needs
 
 
 def document_path(name: str) -> Path:
@@ -39,9 +41,9 @@ class OpenApiDocument:
         self.path = path
 
     @property
-    def needed(self) -> pytest.MarkDecorator:
-        """A mark that skips the test, naming the path, when the document is not there."""
-        return pytest.mark.skipif(not self.path.exists(), reason=f"Criteo's OpenAPI document not found at {self.path}")
+    def needed(self) -> Callable[[Test], Test]:
+        """A decorator for a test that reads the document: skipped (failed in CI) without it."""
+        return needs(self.path.exists(), f"Criteo's OpenAPI document not found at {self.path}")
 
     @cached_property
     def body(self) -> dict[str, Any]:
