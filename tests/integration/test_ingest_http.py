@@ -635,14 +635,18 @@ def delete(n: int) -> dict[str, Any]:
 
 def test_without_a_bearer_token_a_delete_past_element_zero_is_rejected_with_its_index(ingest: Ingest) -> None:
     # Only element 0 is signed: an element after it could have been added by anyone.
-    body = orjson.dumps([audience_event(1), delete(2), audience_event(3), delete(4)])
+    invalid = {"type": "track", "userId": "u"}
+    body = orjson.dumps([audience_event(1), delete(2), invalid, audience_event(3), delete(4)])
     response = ingest.http.post(
         "/webhooks/engage", content=body, headers={"X-Signature": sign(orjson.dumps(audience_event(1)))}
     )
     assert response.status_code == 200
     rejected = response.json()["rejected"]
-    assert [item["index"] for item in rejected] == [1, 3]
-    assert all(item["reason"].startswith("unsigned delete") for item in rejected)
+    assert [(item["index"], item["reason"].split(":")[0]) for item in rejected] == [
+        (1, "unsigned delete"),
+        (2, "track needs event"),
+        (4, "unsigned delete"),
+    ]
     assert [m["messageId"] for m in ingest.sink.messages] == ["personas_1", "personas_3"]
     assert ingest.rejected("engage", "unsigned_delete") >= 2
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Final
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -153,10 +153,21 @@ class WebhookReceiver(Receiver):
             return self._bad_body(name, "body must be a JSON object or array")
         if len(body) > self._max_batch:
             return self._too_many(name)
-        prepared = prepare_messages(body, self._rules, received_at=received_at)
         if token is None:
-            prepared = without_unsigned_deletes(prepared, len(body))
+            prepared = self._prepare_signed_deletes_only(body, received_at)
+        else:
+            prepared = prepare_messages(body, self._rules, received_at=received_at)
         return await self._commit(name, prepared, received_at, single=False)
+
+    def _prepare_signed_deletes_only(self, items: list[Any], received_at: float) -> Prepared:
+        """prepare_messages, with every `delete` past element 0 rejected instead (SPEC §3.2)."""
+        kept = [i for i, item in enumerate(items) if i == 0 or not _is_delete(item)]
+        prepared = prepare_messages([items[i] for i in kept], self._rules, received_at=received_at)
+        # Rejections name positions in the list prepared: give them back their place in the batch.
+        rejected = [{**item, "index": kept[item["index"]]} for item in prepared.rejected]
+        rejected += [{"index": i, "reason": UNSIGNED_DELETE} for i in sorted(set(range(len(items))) - set(kept))]
+        prepared.rejected = sorted(rejected, key=lambda item: int(item["index"]))
+        return prepared
 
     def _unauthorized(self, source: str, reason: str = "signature") -> Response:
         return reject(
@@ -167,19 +178,8 @@ class WebhookReceiver(Receiver):
         )
 
 
-def without_unsigned_deletes(prepared: Prepared, count: int) -> Prepared:
-    """The batch with every `delete` past element 0 moved to the rejections (SPEC §3.2)."""
-    refused = {item["index"] for item in prepared.rejected}
-    # prepare_messages keeps the accepted messages in order: the i-th is the i-th index not refused.
-    indexes = [index for index in range(count) if index not in refused]
-    kept = Prepared(rejected=list(prepared.rejected))
-    for index, message in zip(indexes, prepared.messages, strict=True):
-        if index > 0 and message.get("type") == "delete":
-            kept.rejected.append({"index": index, "reason": UNSIGNED_DELETE})
-        else:
-            kept.messages.append(message)
-    kept.rejected.sort(key=lambda item: int(item["index"]))
-    return kept
+def _is_delete(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") == "delete"
 
 
 def webhook_routes(config: Config, sink: IngestSink, metrics: Metrics, clock: Clock) -> list[Route]:
