@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from segcrit import __version__
-from segcrit.config import Config, audience_names, load_config
+from segcrit.config import Config, audience_names, config_warnings, load_config
 from segcrit.errors import ConfigError, SegcritError, UserError
 from segcrit.logs import setup_logging
 
@@ -143,15 +143,6 @@ def check(config_file: str | None, online: bool) -> None:
     if online:
         asyncio.run(_check_online(config))
     click.echo("config ok" + (" (Criteo reachable, audiences resolved)" if online else ""))
-
-
-def config_warnings(config: Config) -> list[str]:
-    warnings = []
-    if config.identity.email_hash == "none":
-        warnings.append(
-            "identity.email_hash: none would need raw emails, which segcrit never stores; sha256 is sent instead"
-        )
-    return warnings
 
 
 async def _check_online(config: Config) -> None:

@@ -51,6 +51,15 @@ class ServerConfig(_Model):
     # them for good, so webhook requests get their own, larger limits.
     webhook_max_request_bytes: int = Field(4_000_000, ge=1024)
     webhook_max_batch_messages: int = Field(4_000, ge=1)
+    # When set, GET /metrics needs `Authorization: Bearer <metrics_token>` (SPEC §3.3).
+    metrics_token: SecretStr | None = None
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _token_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty (leave the key out to serve /metrics without a token)")
+        return value
 
 
 class SourceConfig(_Model):
@@ -58,6 +67,9 @@ class SourceConfig(_Model):
     type: Literal["tracking_api", "webhook"]
     write_key: SecretStr | None = None
     shared_secret: SecretStr | None = None
+    # Webhook sources: also require `Authorization: Bearer <bearer_token>`, which authenticates the
+    # whole body where Segment's signature covers only element 0 of an array (SPEC §3.2).
+    bearer_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _credentials(self) -> SourceConfig:
@@ -65,6 +77,10 @@ class SourceConfig(_Model):
             raise ValueError("write_key: required for a tracking_api source")
         if self.type == "webhook" and not self.shared_secret:
             raise ValueError("shared_secret: required for a webhook source")
+        if self.bearer_token is not None and self.type != "webhook":
+            raise ValueError("bearer_token: only a webhook source takes one (a tracking_api source has its write_key)")
+        if self.bearer_token is not None and not self.bearer_token.get_secret_value():
+            raise ValueError("bearer_token: must not be empty (leave the key out to go without one)")
         return self
 
 
@@ -125,11 +141,24 @@ class AudienceConfig(_Model):
 
 class AudienceSyncFlow(_Model):
     type: Literal["audience_sync"]
+    # Only messages from these sources change audiences (None: every source, SPEC §4.1); messages
+    # from the others are processed for everything else and counted as ignored audience messages.
+    sources: list[str] | None = None
     auto_create: bool = True
+    # New audience keys admitted per UTC day; past it a key gets no Criteo segment until an operator
+    # lists it under `audiences:` or a later day's allowance admits it. Named audiences never count.
+    max_new_audiences_per_day: int = Field(50, ge=0)
     entered_event: str = "Audience Entered"
     exited_event: str = "Audience Exited"
     # Optional renaming: Engage audience key -> our audience name.
     audiences: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("sources")
+    @classmethod
+    def _some_source(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list lets no message change audiences; name a source, or leave the key out")
+        return value
 
 
 class CommerceMapping(_Model):
@@ -403,14 +432,15 @@ def _lifecycle_problems(flow: LifecycleFlow) -> list[str]:
     return problems
 
 
-def flow_problems(flows: list[Any], listed: set[str] | None) -> list[str]:
+def flow_problems(flows: list[Any], sources: list[str] | None = None) -> list[str]:
     """What the schema cannot see: an invalid `when`, a stage mapped twice, a dormant stage half
-    configured, flows that contradict each other, unknown audiences. Checked together, so that
-    `segcrit check` lists all of them at once, in the order of the flows.
+    configured, flows that contradict each other, an audience_sync flow naming an unknown source
+    (`sources` are the configured names; None when that section is itself invalid). Checked
+    together, so that `segcrit check` lists all of them at once, in the order of the flows.
 
-    Each problem starts with its key path (`flows[i]...`). `listed` are the audiences under
-    `audiences:`; None when that section is itself invalid, and then unknown audiences are not
-    reported (the list they would be checked against is wrong already).
+    Each problem starts with its key path (`flows[i]...`). An audience a flow names without
+    `audiences:` listing it is no problem: it is found or created by that name (SPEC §4);
+    `config_warnings` may mention it.
     """
     found: list[tuple[int, str]] = []
 
@@ -424,20 +454,12 @@ def flow_problems(flows: list[Any], listed: set[str] | None) -> list[str]:
         elif isinstance(flow, LifecycleFlow):
             for problem in _lifecycle_problems(flow):
                 report(index, problem)
+        elif isinstance(flow, AudienceSyncFlow) and flow.sources is not None and sources is not None:
+            for name in dict.fromkeys(flow.sources):
+                if name not in sources:
+                    report(index, f"sources: unknown source {name!r}; the sources are: {', '.join(sources)}")
 
     fillers = filled_audiences(flows)
-    known = set(fillers) | (listed or set())
-    for index, flow in enumerate(flows):
-        if isinstance(flow, SuppressionFlow) and isinstance(flow.remove_from, list) and listed is not None:
-            for audience in dict.fromkeys(flow.remove_from):
-                if audience not in known:
-                    report(
-                        index,
-                        f"remove_from: unknown audience {audience!r}; list it under `audiences:` "
-                        f"(`{audience}: {{}}` for an Engage audience that audience_sync fills) or name an "
-                        "audience that a flow fills",
-                    )
-
     first_flow_of_event: dict[str, int] = {}
     for index, flow in enumerate(flows):
         for event in flow.stages if isinstance(flow, LifecycleFlow) else ():
@@ -514,10 +536,10 @@ class Config(_Model):
     @field_validator("flows")
     @classmethod
     def _flows_fit_together(cls, flows: list[Any], info: ValidationInfo) -> list[Any]:
-        # A field check, not a model check: it runs whenever the flows (and `audiences`, declared
-        # before them) are valid, so its problems are listed with those of any other section.
-        audiences = info.data.get("audiences")
-        problems = flow_problems(flows, set(audiences) if audiences is not None else None)
+        # A field check, not a model check: it runs whenever the flows are valid, so its problems
+        # are listed with those of any other section.
+        sources = info.data.get("sources")
+        problems = flow_problems(flows, [source.name for source in sources] if sources is not None else None)
         if problems:
             # Relative to `flows`, where pydantic reports a problem of this field.
             raise ValueError("\n".join(p.removeprefix("flows") for p in problems))
@@ -784,10 +806,13 @@ def _name_file(problem: str, path: Path) -> str:
 
 
 def audience_names(config: Config) -> set[str]:
-    """Every audience the config names (listed or referenced by a flow)."""
+    """Every audience the config names: listed, referenced by a flow, or an audience_sync renaming.
+    Only audience_sync adds others, from the Engage audience keys that traffic carries."""
     names = set(config.audiences)
     for flow in config.flows:
-        if isinstance(flow, SuppressionFlow):
+        if isinstance(flow, AudienceSyncFlow):
+            names.update(flow.audiences.values())
+        elif isinstance(flow, SuppressionFlow):
             if isinstance(flow.remove_from, list):
                 names.update(flow.remove_from)
             if flow.add_to:
@@ -795,7 +820,59 @@ def audience_names(config: Config) -> set[str]:
         elif isinstance(flow, LookalikeSeedFlow):
             names.add(flow.audience)
         elif isinstance(flow, LifecycleFlow):
-            names.update(flow.stages.values())
-            if flow.dormant:
-                names.add(flow.dormant)
+            names.update(lifecycle_stage_audiences(flow))
     return names
+
+
+# --------------------------------------------------------------------------------------- warnings
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What `segcrit check` points out without refusing the config, each as `key.path: why`."""
+    warnings: list[str] = []
+    if config.identity.email_hash == "none":
+        warnings.append(
+            "identity.email_hash: none would need raw emails, which segcrit never stores; sha256 is sent instead"
+        )
+    for index, source in enumerate(config.sources):
+        if source.type == "webhook" and source.bearer_token is None:
+            warnings.append(
+                f"sources[{index}].bearer_token: not set, so only what Segment's signature covers (a single "
+                "message, or element 0 of a batch) is authenticated, and a delete past element 0 is refused; "
+                "set bearer_token and send it from the Webhooks (Actions) destination as the header "
+                "`Authorization: Bearer <token>`"
+            )
+    tracking = [source.name for source in config.sources if source.type == "tracking_api"]
+    for index, flow in enumerate(config.flows):
+        if isinstance(flow, AudienceSyncFlow) and flow.sources is None and tracking:
+            warnings.append(
+                f"flows[{index}].sources: not set, so messages through the tracking_api source(s) "
+                f"{', '.join(map(repr, tracking))} can change audiences, and a browser write key is public; "
+                "list the sources Engage sends through (e.g. `sources: [engage]`)"
+            )
+    for index, lookup in enumerate(config.enrichment):
+        if lookup.key == "email":
+            warnings.append(
+                f"enrichment[{index}].key: email: segcrit keeps emails only as hashes, so it can look people up "
+                "only by the emails this process has received since it started (held in memory); prefer "
+                "user_id where the source has it"
+            )
+    return warnings + _unfilled_audience_warnings(config)
+
+
+def _unfilled_audience_warnings(config: Config) -> list[str]:
+    """An audience that `remove_from` names while nothing can ever fill it: likely a misspelling.
+    With an audience_sync flow any name may be an Engage key, known only at run time (SPEC §4)."""
+    if config.flows_of(AudienceSyncFlow):
+        return []
+    known = set(config.audiences) | set(filled_audiences(config.flows))
+    warnings = []
+    for index, flow in enumerate(config.flows):
+        if isinstance(flow, SuppressionFlow) and isinstance(flow.remove_from, list):
+            for audience in dict.fromkeys(flow.remove_from):
+                if audience not in known:
+                    warnings.append(
+                        f"flows[{index}].remove_from: no flow fills {audience!r} and `audiences:` does not list "
+                        "it; it is found in Criteo by that name (or created empty)"
+                    )
+    return warnings

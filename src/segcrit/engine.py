@@ -24,11 +24,11 @@ from typing import Any
 
 from segcrit.clock import Clock
 from segcrit.commerce import CommerceStep
-from segcrit.config import AudienceSyncFlow, Config
+from segcrit.config import AudienceSyncFlow, Config, audience_names
 from segcrit.consent import consent_in_message
 from segcrit.enrichment.schedule import LookupMarks
 from segcrit.errors import StoreError
-from segcrit.flows.audience_sync import membership_changes
+from segcrit.flows.audience_sync import accepts_source, membership_changes, new_audience_allowance, utc_day
 from segcrit.identity.graph import TOMBSTONE_KINDS, extract_identifiers, plan_resolution
 from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymous_id
 from segcrit.membership import desired_targets
@@ -41,6 +41,8 @@ from segcrit.store.sqlite_retention import WAITING_TABLES
 log = logging.getLogger("segcrit.engine")
 
 CHUNK_EVENTS = 500
+# `counters` name prefix of the audience messages ignored per source (audience_sync `sources`).
+IGNORED_AUDIENCE_COUNTER = "audience_messages_ignored:"
 # A transaction that ingest waits for commits and gives way once it has run this long (less
 # would spend the processor's time on commits, more would delay acks).
 GIVE_WAY_AFTER_SECS = 0.005
@@ -59,6 +61,8 @@ class Outcome:
     criteo_events: tuple[dict[str, Any], ...] = ()  # Events API events queued
     notes: tuple[str, ...] = ()  # what the mapping adjusted (a price read from text, no currency...)
     products_changed: int = 0
+    # The source of an audience message that no audience_sync flow accepts from it (else None).
+    ignored_audience_source: str | None = None
 
 
 def event_time(message: Mapping[str, Any], fallback: float) -> float:
@@ -75,6 +79,9 @@ class Processor:
         self.clock = clock
         self.metrics = metrics
         self._audience_flows = config.flows_of(AudienceSyncFlow)
+        # Audiences the config names never count against max_new_audiences_per_day.
+        self._named_audiences = audience_names(config)
+        self._new_audience_allowance = new_audience_allowance(self._audience_flows)
         self.commerce = CommerceStep(config)
         self.profile_flows = ProfileFlowsStep(config)
         self.lookups = LookupMarks(config)
@@ -113,6 +120,8 @@ class Processor:
                 self.metrics.events_skipped.labels(outcome.skipped).inc()
             for note in outcome.notes:
                 self.metrics.events_adjusted.labels(note).inc()
+            if outcome.ignored_audience_source is not None:
+                self.metrics.audience_messages_ignored.labels(outcome.ignored_audience_source).inc()
         return len(events)
 
     def _process_until_ingest_waits(
@@ -209,12 +218,8 @@ class Processor:
         if consent is not None:
             changed |= tx.set_consent(profile_id, consent, ts)
 
-        memberships: list[tuple[str, bool]] = []
-        for flow in self._audience_flows:
-            for change in membership_changes(message, flow):
-                tx.ensure_audience(change.audience, self._auto_create(change.audience, flow))
-                memberships.append((change.audience, change.member))
-                changed |= tx.set_membership(profile_id, change.audience, change.member, ts)
+        memberships, synced, ignored_source = self._sync_audiences(tx, event, profile_id, ts, now)
+        changed |= synced
         step = self.profile_flows.apply(tx, message, profile_id, ts, now)
         changed |= step.changed
         memberships += step.memberships
@@ -225,7 +230,7 @@ class Processor:
         targets_changed = self.refresh_targets(tx, profile_id, now) if changed and not trivial else 0
         commerce = self.commerce.apply(tx, message, profile_id, ts, now) if self.commerce.active else None
         if commerce is None:
-            return Outcome(profile_id, None, targets_changed, tuple(memberships))
+            return Outcome(profile_id, None, targets_changed, tuple(memberships), (), (), 0, ignored_source)
         return Outcome(
             profile_id,
             commerce.skipped[0] if commerce.skipped and not commerce.queued else None,
@@ -234,11 +239,39 @@ class Processor:
             tuple(commerce.queued),
             tuple(commerce.notes),
             commerce.products_changed,
+            ignored_source,
         )
 
-    def _auto_create(self, audience: str, flow: AudienceSyncFlow) -> bool:
+    def _sync_audiences(
+        self, tx: SqliteTx, event: InboxEvent, profile_id: int, ts: float, now: float
+    ) -> tuple[list[tuple[str, bool]], bool, str | None]:
+        """audience_sync: apply the message's membership changes through every flow that accepts its
+        source. Returns the memberships, whether any changed, and the source when the message was
+        an audience message that no flow accepted from there (then counted as ignored)."""
+        memberships: list[tuple[str, bool]] = []
+        changed = refused = False
+        for flow in self._audience_flows:
+            changes = membership_changes(event.message, flow)
+            if changes and not accepts_source(flow, event.source):
+                refused = True
+                continue
+            for change in changes:
+                self._ensure_audience(tx, change.audience, flow, now)
+                memberships.append((change.audience, change.member))
+                changed |= tx.set_membership(profile_id, change.audience, change.member, ts)
+        if not refused or memberships:
+            return memberships, changed, None
+        tx.add_to_counter(f"{IGNORED_AUDIENCE_COUNTER}{event.source}")
+        return memberships, changed, event.source
+
+    def _ensure_audience(self, tx: SqliteTx, audience: str, flow: AudienceSyncFlow, now: float) -> None:
+        """Record the audience; one that only traffic names uses the day's new-audience allowance."""
         configured = self.config.audiences.get(audience)
-        return configured.auto_create if configured is not None else flow.auto_create
+        auto_create = configured.auto_create if configured is not None else flow.auto_create
+        if audience in self._named_audiences:
+            tx.ensure_audience(audience, auto_create)
+        else:
+            tx.ensure_new_audience(audience, auto_create, now, utc_day(now), self._new_audience_allowance)
 
     def refresh_targets(self, tx: SqliteTx, profile_id: int, now: float) -> int:
         """Recompute what Criteo should hold for the profile; returns the changes made."""

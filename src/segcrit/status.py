@@ -1,22 +1,27 @@
 """`segcrit status`: backlog, delivery lag, audiences (desired vs acknowledged), dead letters,
-set-aside events, and per flow: Events API queue, catalog products (and why some are not sent), suppressed people,
+set-aside events, audiences held over max_new_audiences_per_day, audience messages ignored by
+source, and per flow: Events API queue, catalog products (and why some are not sent), suppressed people,
 lifecycle stage sizes, cohort size and last run, scheduled jobs."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
 
 from segcrit.config import Config, LifecycleFlow, LookalikeSeedFlow, SuppressionFlow
+from segcrit.engine import IGNORED_AUDIENCE_COUNTER
 from segcrit.profile_flows import lifecycle_audiences, suppression_key
 from segcrit.store.base import AudienceStats, DeadLetter
 from segcrit.store.sqlite import SqliteStore
 from segcrit.store.sqlite_cohorts import JobRecord
 from segcrit.store.sqlite_commerce import CatalogStats
 from segcrit.store.sqlite_retention import DROPPED_DEAD_LETTERS, DROPPED_FAILED_EVENTS, FailedEvent
+
+HELD_AUDIENCES_LISTED = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,9 @@ class Status:
     product_errors: list[tuple[str, str, str]] = field(default_factory=list)
     flows: list[str] = field(default_factory=list)  # one line per suppression/lifecycle/cohort flow
     jobs: list[JobRecord] = field(default_factory=list)
+    held_audiences: list[tuple[str, float]] = field(default_factory=list)  # (key, held since), longest first
+    held_audience_count: int = 0
+    ignored_audience_messages: dict[str, int] = field(default_factory=dict)  # by source
     enrichment: list[str] = field(default_factory=list)  # one line or two per lookup
 
 
@@ -57,6 +65,9 @@ def collect_status(store: SqliteStore, config: Config | None = None, now: float 
         product_errors=store.product_errors(10) if catalog.with_errors else [],
         flows=flow_lines(store, config, now) if config is not None else [],
         jobs=store.jobs(),
+        held_audiences=store.held_audiences(HELD_AUDIENCES_LISTED),
+        held_audience_count=store.held_audience_count(),
+        ignored_audience_messages=store.counters(IGNORED_AUDIENCE_COUNTER),
         enrichment=enrichment_lines(store, config, now) if config is not None else [],
     )
 
@@ -142,8 +153,10 @@ def render_status(status: Status, console: Console | None = None) -> None:
     for column in ("audience", "criteo segment", "desired", "acknowledged", "pending", "dead"):
         table.add_column(column, justify="left" if column in ("audience", "criteo segment") else "right")
     for a in status.audiences:
-        table.add_row(a.name, a.segment_id or "-", str(a.desired), str(a.acknowledged), str(a.pending), str(a.dead))
+        segment = a.segment_id or ("held" if a.audience_held else "-")
+        table.add_row(a.name, segment, str(a.desired), str(a.acknowledged), str(a.pending), str(a.dead))
     console.print(table)
+    _render_audience_limits(status, console)
     render_failures(status, console)
     if status.pending_events:
         console.print(f"Events API: {status.pending_events} event(s) waiting to be sent")
@@ -166,3 +179,25 @@ def render_status(status: Status, console: Console | None = None) -> None:
         console.print(
             f"job {job.name}: next run in {max(0.0, job.next_run_at - time.time()):.0f} s{result}", markup=False
         )
+
+
+def _render_audience_limits(status: Status, console: Console) -> None:
+    """Held audiences by key, and audience messages ignored by source (SPEC §4.1)."""
+    if status.held_audience_count:
+        console.print(
+            f"held audiences: {status.held_audience_count} over max_new_audiences_per_day: memberships kept, "
+            "no Criteo segment, nothing delivered until listed under `audiences:` or admitted on a later day",
+            markup=False,
+        )
+        for key, since in status.held_audiences:
+            console.print(f"  held: {key} (since {_utc(since)})", markup=False)
+        if status.held_audience_count > len(status.held_audiences):
+            console.print(f"  ... and {status.held_audience_count - len(status.held_audiences)} more", markup=False)
+    for source, count in sorted(status.ignored_audience_messages.items()):
+        console.print(
+            f"audience messages ignored from source {source}: {count} (not in audience_sync sources)", markup=False
+        )
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -520,7 +520,11 @@ def test_malformed_amendment_is_400(
     assert {e["code"] for e in response.json()["errors"]} == {code}
 
 
-def test_unknown_attribute_keys_are_tolerated(http: httpx.Client, auth: dict[str, str]) -> None:
+def test_unknown_attribute_keys_are_tolerated_and_noted(
+    http: httpx.Client, auth: dict[str, str], emulator_state: EmulatorState
+) -> None:
+    # Criteo takes `internalIdentifiers` (RudderStack sends it); the emulator notes the key, so that
+    # a client model sending a key Criteo does not know fails its test (tests/conftest.py).
     segment_id = create_one(http, auth, "buyers")
     attributes = {
         "operation": "add",
@@ -530,6 +534,9 @@ def test_unknown_attribute_keys_are_tolerated(http: httpx.Client, auth: dict[str
     }
     body = {"data": {"type": "ContactlistAmendment", "attributes": attributes}}
     assert http.patch(contact_list(segment_id), headers=auth, json=body).status_code == 200
+    assert emulator_state.unknown_keys(clear=True) == [
+        (contact_list(segment_id), "data.attributes.internalIdentifiers")
+    ]
 
 
 def test_empty_amendment_is_fine(http: httpx.Client, auth: dict[str, str]) -> None:

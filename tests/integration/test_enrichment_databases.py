@@ -2,7 +2,7 @@
 
 PostgreSQL and MariaDB come from `SEGCRIT_TEST_POSTGRES_URL` and `SEGCRIT_TEST_MARIADB_URL`
 (`.ci/run` sets both); without one, its tests are skipped with the reason shown, and when `CI` is
-set they fail instead, so that a CI run cannot pass without them. Each test makes a table of its
+set they fail instead (tests/required.py), so that a CI run cannot pass without them. Each test makes a table of its
 own (other tests may share the servers) and drops it afterwards.
 """
 
@@ -24,14 +24,16 @@ from segcrit.config import SqlLookup
 from segcrit.enrichment.answers import LookupUnavailable
 from segcrit.enrichment.sql import SqlSource, engine_url
 from segcrit.metrics import Metrics
+from tests.required import in_ci, missing
 
 SERVERS = {"postgresql": "SEGCRIT_TEST_POSTGRES_URL", "mariadb": "SEGCRIT_TEST_MARIADB_URL"}
 PEOPLE = 150  # one batch of more than 100 keys
 
 
 def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}, and CI is set: the database tests must run")
+    """Skip, naming what is missing; fail in CI (tests/required.py)."""
+    if in_ci():
+        pytest.fail(missing(reason))
     pytest.skip(reason)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from segcrit.config import Config, SegmentProfilesLookup, SqlLookup, parse_config
+from segcrit.config import Config, SegmentProfilesLookup, SqlLookup, config_warnings, parse_config
 from segcrit.enrichment.answers import Answer, LookupUnavailable, answer_message, consent_value, describe, mask
 from segcrit.enrichment.memory import EmailMemory, email_listener
 from segcrit.enrichment.profiles import profile_path, read_external_ids
@@ -333,11 +333,14 @@ def test_the_email_memory_keeps_the_latest_emails_only() -> None:
 
 def test_ingest_keeps_emails_in_memory_only_when_a_lookup_is_keyed_by_email() -> None:
     keyed_by_id = config("enrichment: [{name: s, type: segment_profiles, space_id: spa, access_token: t}]\n")
-    assert email_listener(keyed_by_id) is None
+    assert email_listener(keyed_by_id) is None and config_warnings(keyed_by_id) == []
     by_email = (
         "{name: c, type: sql, url: 'sqlite:///c.db', key: email, query: 'SELECT email FROM t WHERE email IN :keys'}"
     )
-    assert email_listener(config(f"enrichment: [{by_email}]\n")) is not None
+    keyed_by_email = config(f"enrichment: [{by_email}]\n")
+    assert email_listener(keyed_by_email) is not None
+    [warning] = config_warnings(keyed_by_email)
+    assert warning.startswith("enrichment[0].key: email: segcrit keeps emails only as hashes")
 
 
 def test_masks_show_enough_to_recognise_and_nothing_to_copy() -> None:

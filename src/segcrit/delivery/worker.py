@@ -13,6 +13,10 @@ a reset, a 5xx) or a crash leaves them unknown, and an unknown change stays pend
 desires: its next call sends the operation the desired state asks for *then*. So a person who left
 while their add went unanswered gets a remove, and resending is harmless (add is a set union,
 remove a set difference).
+
+Held audiences (over audience_sync's max_new_audiences_per_day, SPEC §4.1) get no segment and none
+of their changes is read; each round first admits those the config names and, on a new UTC day,
+as many of the longest held as that day's allowance leaves room for.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from segcrit.config import AudienceSyncFlow, audience_names
 from segcrit.criteo.client import CriteoClient
 from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL, RATE_LIMIT_WINDOW_SECS
 from segcrit.criteo.errors import (
@@ -31,7 +36,8 @@ from segcrit.criteo.errors import (
     may_have_applied,
 )
 from segcrit.delivery.base import Worker, describe
-from segcrit.errors import CriteoError
+from segcrit.errors import CriteoError, UserError
+from segcrit.flows.audience_sync import new_audience_allowance, utc_day
 from segcrit.store.base import AudienceRecord, PendingChange, TargetKey
 
 log = logging.getLogger("segcrit.delivery")
@@ -57,6 +63,7 @@ class GroupKey:
 
 class DeliveryWorker(Worker[CriteoClient]):
     _re_resolved: set[str]  # audiences whose segment vanished during this round (set by drain_once)
+    _admitted_on: int | None = None  # the UTC day held audiences were last admitted for
 
     @property
     def claim_secs(self) -> float:
@@ -69,6 +76,7 @@ class DeliveryWorker(Worker[CriteoClient]):
         """Send every group that is due (all of them with `force`), of one `audience` if given;
         returns the calls made."""
         now = self.clock.now()
+        self._admit_held_audiences(now)
         groups: dict[GroupKey, list[PendingChange]] = defaultdict(list)
         scanned = self.store.due_changes(now, SCAN_LIMIT)
         for change in scanned:
@@ -166,8 +174,29 @@ class DeliveryWorker(Worker[CriteoClient]):
             self.metrics.delivery_latency.observe(max(0.0, now - change.since))
         return True
 
+    def _admit_held_audiences(self, now: float) -> None:
+        """Once per UTC day (and at the first round): deliver held audiences the config names, and
+        as many of the others, longest held first, as the day's new-audience allowance admits."""
+        day = utc_day(now)
+        if self._admitted_on == day:
+            return
+        if self._admitted_on is None:
+            for name in self.store.release_audiences(audience_names(self.config)):
+                log.info("held audience admitted: the config names it", extra={"audience": name})
+        if self.store.held_audience_count():
+            allowance = new_audience_allowance(self.config.flows_of(AudienceSyncFlow))
+            for name in self.store.admit_held_audiences(day, allowance):
+                log.info("held audience admitted by the day's allowance", extra={"audience": name})
+        self._admitted_on = day
+
     async def segment_for(self, audience: str) -> str:
         record = self.store.audience(audience)
+        if record is not None and record.held_since is not None and audience not in audience_names(self.config):
+            # Never reached by delivery, which reads no change of a held audience; resync would be.
+            raise UserError(
+                f"audience {audience!r} is held: it came over max_new_audiences_per_day; list it under "
+                "`audiences:` to deliver it, or wait for a later day's allowance"
+            )
         configured = self.config.audiences.get(audience)
         if configured is not None and configured.segment_id:
             if record is None or record.segment_id != configured.segment_id:

@@ -9,11 +9,13 @@ in `limit`. No answer ever echoes a write key, a signature or message content.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
 from segcrit.clock import Clock
@@ -51,6 +53,15 @@ def error_response(
     if limit is not None:
         body["limit"] = limit
     return json_response(status, body, headers)
+
+
+def bearer_ok(request: Request, token: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <token>`, compared in constant time."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Header values arrive latin-1 decoded: encoding them back gives the bytes that were sent.
+    return hmac.compare_digest(given.strip().encode("latin-1"), token.encode("utf-8"))
 
 
 def request_error_response(error: RequestError) -> Response:
@@ -122,7 +133,9 @@ def _store_unavailable(metrics: Metrics, source: str) -> Response:
 
 
 def _reason_label(reason: str) -> str:
-    # Per-message reasons are readable sentences; the metric gets two bounded codes.
+    # Per-message reasons are readable sentences; the metric gets a few bounded codes.
+    if reason.startswith("unsigned delete"):
+        return "unsigned_delete"
     return "message_too_large" if reason.startswith("message exceeds") else "invalid_message"
 
 

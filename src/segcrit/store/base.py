@@ -83,6 +83,8 @@ class AudienceRecord:
     segment_id: str | None
     auto_create: bool
     created_by_us: bool
+    # Set while over audience_sync's max_new_audiences_per_day: nothing is delivered to it.
+    held_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class AudienceStats:
     acknowledged: int
     pending: int
     dead: int
+    audience_held: bool = False  # over max_new_audiences_per_day: no Criteo segment, nothing delivered
 
 
 class IngestSink(Protocol):

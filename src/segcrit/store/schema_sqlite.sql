@@ -125,16 +125,27 @@ CREATE TABLE IF NOT EXISTS targets (
     PRIMARY KEY (audience, id_type, id_value)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS targets_by_profile ON targets (profile_id);
+-- A pending change is a row WHERE desired != acked AND dead_letter_id IS NULL: this index and the
+-- targets_pending_* triggers (the `changes_pending` counter) say so; change them together.
 CREATE INDEX IF NOT EXISTS targets_pending ON targets (since)
     WHERE desired != acked AND dead_letter_id IS NULL;
 CREATE INDEX IF NOT EXISTS targets_dead ON targets (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
 
+-- held_since: set while the audience is over audience_sync's max_new_audiences_per_day (SPEC 4.1):
+-- its memberships and targets are kept, but it gets no Criteo segment and nothing is delivered.
+-- admitted_day: the UTC day (days since 1970-01-01) whose allowance admitting it used; NULL when
+-- it used none (an audience the config names never counts).
 CREATE TABLE IF NOT EXISTS audiences (
     name          TEXT PRIMARY KEY,
     segment_id    TEXT,
     auto_create   INTEGER NOT NULL DEFAULT 1,
-    created_by_us INTEGER NOT NULL DEFAULT 0
+    created_by_us INTEGER NOT NULL DEFAULT 0,
+    first_seen_at REAL,
+    admitted_day  INTEGER,
+    held_since    REAL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS audiences_by_admitted_day ON audiences (admitted_day) WHERE admitted_day IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audiences_held ON audiences (held_since) WHERE held_since IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          INTEGER PRIMARY KEY,
@@ -229,6 +240,77 @@ CREATE TABLE IF NOT EXISTS leases (
     holder     TEXT NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- Running totals, so that /metrics reads a few rows instead of counting tables on every scrape.
+-- `changes_pending`, `dead_letters` (not replayed) and `audiences_held` are kept by the triggers
+-- below, in the transaction of the write they count, whichever code path writes; they are
+-- counted once when the table is new. `audience_messages_ignored:SOURCE` is added to by
+-- processing (messages from a source audience_sync does not accept).
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO counters (name, value)
+    SELECT 'changes_pending', (SELECT count(*) FROM targets WHERE desired != acked AND dead_letter_id IS NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM counters WHERE name = 'changes_pending');
+INSERT INTO counters (name, value)
+    SELECT 'dead_letters', (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM counters WHERE name = 'dead_letters');
+INSERT INTO counters (name, value)
+    SELECT 'audiences_held', (SELECT count(*) FROM audiences WHERE held_since IS NOT NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM counters WHERE name = 'audiences_held');
+
+CREATE TRIGGER IF NOT EXISTS targets_pending_insert AFTER INSERT ON targets
+    WHEN NEW.desired != NEW.acked AND NEW.dead_letter_id IS NULL
+BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'changes_pending';
+END;
+CREATE TRIGGER IF NOT EXISTS targets_pending_delete AFTER DELETE ON targets
+    WHEN OLD.desired != OLD.acked AND OLD.dead_letter_id IS NULL
+BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'changes_pending';
+END;
+CREATE TRIGGER IF NOT EXISTS targets_pending_update AFTER UPDATE OF desired, acked, dead_letter_id ON targets
+    WHEN (OLD.desired != OLD.acked AND OLD.dead_letter_id IS NULL)
+        != (NEW.desired != NEW.acked AND NEW.dead_letter_id IS NULL)
+BEGIN
+    UPDATE counters SET value = value + (CASE WHEN NEW.dead_letter_id IS NULL AND NEW.desired != NEW.acked
+        THEN 1 ELSE -1 END) WHERE name = 'changes_pending';
+END;
+
+CREATE TRIGGER IF NOT EXISTS dead_letters_open_insert AFTER INSERT ON dead_letters
+    WHEN NEW.replayed_at IS NULL
+BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'dead_letters';
+END;
+CREATE TRIGGER IF NOT EXISTS dead_letters_open_delete AFTER DELETE ON dead_letters
+    WHEN OLD.replayed_at IS NULL
+BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'dead_letters';
+END;
+CREATE TRIGGER IF NOT EXISTS dead_letters_open_update AFTER UPDATE OF replayed_at ON dead_letters
+    WHEN (OLD.replayed_at IS NULL) != (NEW.replayed_at IS NULL)
+BEGIN
+    UPDATE counters SET value = value + (CASE WHEN NEW.replayed_at IS NULL THEN 1 ELSE -1 END)
+        WHERE name = 'dead_letters';
+END;
+
+CREATE TRIGGER IF NOT EXISTS audiences_held_insert AFTER INSERT ON audiences
+    WHEN NEW.held_since IS NOT NULL
+BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'audiences_held';
+END;
+CREATE TRIGGER IF NOT EXISTS audiences_held_delete AFTER DELETE ON audiences
+    WHEN OLD.held_since IS NOT NULL
+BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'audiences_held';
+END;
+CREATE TRIGGER IF NOT EXISTS audiences_held_update AFTER UPDATE OF held_since ON audiences
+    WHEN (OLD.held_since IS NULL) != (NEW.held_since IS NULL)
+BEGIN
+    UPDATE counters SET value = value + (CASE WHEN NEW.held_since IS NULL THEN -1 ELSE 1 END)
+        WHERE name = 'audiences_held';
+END;
 
 -- Enrichment (segcrit.enrichment): one row per (lookup, profile holding the lookup's key). due_at:
 -- when it is looked up next; version: bumped whenever processing asks for a lookup (a new

@@ -453,12 +453,14 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
     # ------------------------------------------------------------------ delivery
 
     def due_changes(self, now: float, limit: int) -> list[PendingChange]:
+        """Due changes, the oldest first, leaving out those of held audiences (they would fill every
+        scan and starve the others)."""
         rows = (
             self._conn()
             .execute(
                 "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
                 "WHERE desired != acked AND dead_letter_id IS NULL AND next_at <= ? "
-                "AND (claim_until IS NULL OR claim_until <= ?) ORDER BY since LIMIT ?",
+                f"AND (claim_until IS NULL OR claim_until <= ?) {self._without_held_audiences()}ORDER BY since LIMIT ?",
                 (now, now, limit),
             )
             .fetchall()
@@ -498,20 +500,27 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         return None if row is None or row[0] is None else float(row[0])
 
     def oldest_pending_since(self) -> float | None:
+        """When the oldest change that delivery may send became pending (held audiences left out)."""
         row = (
             self._conn()
-            .execute("SELECT min(since) FROM targets WHERE desired != acked AND dead_letter_id IS NULL")
+            .execute(
+                "SELECT min(since) FROM targets WHERE desired != acked AND dead_letter_id IS NULL "
+                + self._without_held_audiences()
+            )
             .fetchone()
         )
         return None if row is None or row[0] is None else float(row[0])
 
+    def _without_held_audiences(self) -> str:
+        """A condition on `targets` rows leaving out held audiences; none while no audience is held,
+        so that the usual scan pays nothing for it."""
+        if not self.held_audience_count():
+            return ""
+        return _WITHOUT_HELD_AUDIENCES
+
     def pending_count(self) -> int:
-        row = (
-            self._conn()
-            .execute("SELECT count(*) FROM targets WHERE desired != acked AND dead_letter_id IS NULL")
-            .fetchone()
-        )
-        return int(row[0]) if row else 0
+        """Changes waiting for delivery, held audiences' included (a running total: no scan)."""
+        return self.counter("changes_pending")
 
     def claim_changes(self, keys: Iterable[TargetKey], until: float) -> None:
         """Before a call: its rows are in flight until `until`, and what Criteo holds of them is
@@ -645,26 +654,90 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         return int(row[0]) if row else 0
 
     def dead_letter_count(self) -> int:
-        row = self._conn().execute("SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()
+        """Dead letters not replayed (a running total: no scan)."""
+        return self.counter("dead_letters")
+
+    # ------------------------------------------------------------------ counters
+
+    def counter(self, name: str) -> int:
+        """A running total of the `counters` table (0 when it was never counted)."""
+        row = self._conn().execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
+
+    def counters(self, prefix: str) -> dict[str, int]:
+        """The running totals whose names start with `prefix`, by the rest of their name."""
+        rows = self._conn().execute(
+            "SELECT name, value FROM counters WHERE name >= ? AND name < ? ORDER BY name",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return {str(name)[len(prefix) :]: int(value) for name, value in rows}
 
     # ------------------------------------------------------------------ audiences
 
     def audience(self, name: str) -> AudienceRecord | None:
         row = (
             self._conn()
-            .execute("SELECT name, segment_id, auto_create, created_by_us FROM audiences WHERE name = ?", (name,))
+            .execute(
+                "SELECT name, segment_id, auto_create, created_by_us, held_since FROM audiences WHERE name = ?",
+                (name,),
+            )
             .fetchone()
         )
-        return None if row is None else AudienceRecord(row[0], row[1], bool(row[2]), bool(row[3]))
+        return None if row is None else AudienceRecord(row[0], row[1], bool(row[2]), bool(row[3]), row[4])
 
     def audiences(self) -> list[AudienceRecord]:
         rows = (
             self._conn()
-            .execute("SELECT name, segment_id, auto_create, created_by_us FROM audiences ORDER BY name")
+            .execute("SELECT name, segment_id, auto_create, created_by_us, held_since FROM audiences ORDER BY name")
             .fetchall()
         )
-        return [AudienceRecord(r[0], r[1], bool(r[2]), bool(r[3])) for r in rows]
+        return [AudienceRecord(r[0], r[1], bool(r[2]), bool(r[3]), r[4]) for r in rows]
+
+    def held_audience_count(self) -> int:
+        """Audiences over max_new_audiences_per_day (a running total: no scan)."""
+        return self.counter("audiences_held")
+
+    def held_audiences(self, limit: int) -> list[tuple[str, float]]:
+        """Audiences over max_new_audiences_per_day, the longest held first: (name, held since)."""
+        rows = self._conn().execute(
+            "SELECT name, held_since FROM audiences WHERE held_since IS NOT NULL ORDER BY held_since, name LIMIT ?",
+            (limit,),
+        )
+        return [(str(name), float(since)) for name, since in rows]
+
+    def admit_held_audiences(self, day: int, allowance: int) -> list[str]:
+        """Admit the longest-held audiences that `day`'s allowance still has room for; returns them."""
+        with self._write() as conn:
+            used = conn.execute("SELECT count(*) FROM audiences WHERE admitted_day = ?", (day,)).fetchone()[0]
+            names = [
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT name FROM audiences WHERE held_since IS NOT NULL ORDER BY held_since, name LIMIT ?",
+                    (max(0, allowance - int(used)),),
+                )
+            ]
+            conn.executemany(
+                "UPDATE audiences SET held_since = NULL, admitted_day = ? WHERE name = ?", [(day, n) for n in names]
+            )
+        return names
+
+    def release_audiences(self, names: Iterable[str]) -> list[str]:
+        """Admit these held audiences without using any allowance (the config names them); returns
+        those that were held."""
+        wanted = list(names)
+        released: list[str] = []
+        with self._write() as conn:
+            for piece in _pieces(wanted):
+                marks = ", ".join("?" * len(piece))
+                released += [
+                    str(row[0])
+                    for row in conn.execute(
+                        f"UPDATE audiences SET held_since = NULL WHERE held_since IS NOT NULL AND name IN ({marks}) "
+                        "RETURNING name",
+                        list(piece),
+                    )
+                ]
+        return released
 
     def save_audience(self, record: AudienceRecord) -> None:
         with self._write() as conn:
@@ -702,14 +775,19 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
             self._conn()
             .execute(
                 f"SELECT t.audience, a.segment_id, sum(t.desired), sum(t.acked = {HELD}), "
-                "sum(t.desired != t.acked AND t.dead_letter_id IS NULL), sum(t.dead_letter_id IS NOT NULL) "
+                "sum(t.desired != t.acked AND t.dead_letter_id IS NULL), sum(t.dead_letter_id IS NOT NULL), "
+                "a.held_since IS NOT NULL "
                 "FROM targets t LEFT JOIN audiences a ON a.name = t.audience GROUP BY t.audience ORDER BY t.audience"
             )
             .fetchall()
         )
         seen = {r[0] for r in rows}
-        stats = [AudienceStats(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
-        stats += [AudienceStats(a.name, a.segment_id, 0, 0, 0, 0) for a in self.audiences() if a.name not in seen]
+        stats = [AudienceStats(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), bool(r[6])) for r in rows]
+        stats += [
+            AudienceStats(a.name, a.segment_id, 0, 0, 0, 0, a.held_since is not None)
+            for a in self.audiences()
+            if a.name not in seen
+        ]
         return sorted(stats, key=lambda s: s.name)
 
     def acknowledged_members(self, audience: str) -> dict[str, set[str]]:
@@ -742,6 +820,10 @@ _PIECE_MAX = 256
 # acked goes back to what it was before the call (a row not claimed keeps its acked).
 _END_CLAIM = (
     "acked = CASE WHEN ? THEN acked ELSE coalesce(acked_before, acked) END, claim_until = NULL, acked_before = NULL"
+)
+# Leaves out the targets of audiences held over max_new_audiences_per_day (not the HELD of `acked`).
+_WITHOUT_HELD_AUDIENCES = (
+    "AND NOT EXISTS (SELECT 1 FROM audiences a WHERE a.name = targets.audience AND a.held_since IS NOT NULL) "
 )
 _SEEN_INSERT = "INSERT OR IGNORE INTO seen (source, message_id, seen_at) VALUES "
 _INBOX_INSERT = "INSERT INTO inbox (source, received_at, body) VALUES "
@@ -979,6 +1061,28 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
         self.conn.execute(
             "INSERT INTO audiences (name, auto_create) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
             (name, int(auto_create)),
+        )
+
+    def ensure_new_audience(self, name: str, auto_create: bool, now: float, day: int, allowance: int) -> bool:
+        """Record an audience that traffic names (an Engage key) the first time it is seen: admitted
+        while `day` has used fewer than `allowance` admissions, else held. True when it was new."""
+        inserted = self.conn.execute(
+            "INSERT INTO audiences (name, auto_create, first_seen_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, int(auto_create), now),
+        ).rowcount
+        if not inserted:
+            return False
+        used = self.conn.execute("SELECT count(*) FROM audiences WHERE admitted_day = ?", (day,)).fetchone()[0]
+        if int(used) < allowance:
+            self.conn.execute("UPDATE audiences SET admitted_day = ? WHERE name = ?", (day, name))
+        else:
+            self.conn.execute("UPDATE audiences SET held_since = ? WHERE name = ?", (now, name))
+        return True
+
+    def add_to_counter(self, name: str, amount: int = 1) -> None:
+        self.conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+            (name, amount, amount),
         )
 
     # ---- deletion

@@ -215,6 +215,8 @@ class EmulatorState:
         self._ids = itertools.count(FIRST_SEGMENT_ID)
         self._calls: deque[CallRecord] = deque(maxlen=call_log_size)
         self._call_counts: Counter[str] = Counter()
+        # Request keys the emulator's schemas do not know (see `schemas`), as (path, key).
+        self._unknown_keys: deque[tuple[str, str]] = deque(maxlen=call_log_size)
         # Events API: its own limiter (a separate host), redirects before the document is read.
         self._events_limiter = SlidingWindowLimiter(events_rate_limit_per_minute)
         self.events_redirect_hops = events_redirect_hops  # 307s answered before one is accepted
@@ -271,6 +273,7 @@ class EmulatorState:
             self._ids = itertools.count(FIRST_SEGMENT_ID)
             self._calls.clear()
             self._call_counts.clear()
+            self._unknown_keys.clear()
             self._limiter.reset()
             self._events_limiter.reset()
             self._event_documents.clear()
@@ -485,6 +488,21 @@ class EmulatorState:
     def latency_secs(self) -> float:
         with self.lock:
             return self._faults.faults.latency_ms / 1000
+
+    def note_unknown_keys(self, path: str, keys: Iterable[str]) -> None:
+        """Keys of a request to `path` that Criteo's schema does not have (tolerated, as Criteo does)."""
+        with self.lock:
+            self._unknown_keys.extend((path, key) for key in keys)
+
+    def unknown_keys(self, *, clear: bool = False) -> list[tuple[str, str]]:
+        """(request path, key) of every request key the emulator's schemas did not know: a request
+        Criteo would have taken without the key meaning anything (see `schemas`); `clear` forgets
+        them once read."""
+        with self.lock:
+            noted = list(self._unknown_keys)
+            if clear:
+                self._unknown_keys.clear()
+            return noted
 
     def record_call(self, record: CallRecord) -> None:
         with self.lock:
