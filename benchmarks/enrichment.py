@@ -336,6 +336,14 @@ def report(off: Mode, on: Mode, max_per_second: int) -> list[tuple[bool, str]]:
     ):
         print(f"{label:28}{a:>12.3f}{b:>12.3f}{b / a if a else 0:>10.2f}")
     print(f"  (with lookups on, the processor also handled {on.answers_processed:,} lookup answers meanwhile)")
+    # For benchmarks/compare.py, which reads `RESULT name=value` lines.
+    for name, value in (
+        ("ingest_off", off.ingest_rate),
+        ("ingest_on", on.ingest_rate),
+        ("processing_off", off.processing_rate),
+        ("processing_on", on.processing_rate),
+    ):
+        print(f"RESULT {name}={value:.0f}")
     results: list[tuple[bool, str]] = []
     crm, segment = on.sources.get("crm"), on.sources.get("segment")
     if crm is not None:
