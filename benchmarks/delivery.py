@@ -72,11 +72,11 @@ from segcrit.criteo.client import CriteoClient
 from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL
 from segcrit.criteo.emulator.server import running_emulator
 from segcrit.criteo.emulator.state import EmulatorState
-from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.delivery.worker import DeliveryWorker
 from segcrit.engine import Processor
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import SlidingWindowLimiter
 from segcrit.runtime import Runtime
 from segcrit.sources.validate import MessageRules, format_timestamp
 from segcrit.store.sqlite import SqliteStore

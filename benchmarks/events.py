@@ -80,9 +80,9 @@ from segcrit.criteo.emulator.server import running_emulator
 from segcrit.criteo.emulator.state import EmulatorState
 from segcrit.criteo.events_client import EventsClient
 from segcrit.delivery.commerce_workers import EventsWorker
-from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.engine import Processor
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import SlidingWindowLimiter
 from segcrit.sources.validate import MessageRules, format_timestamp
 from segcrit.store.sqlite import SqliteStore
 

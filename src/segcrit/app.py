@@ -15,18 +15,18 @@ from starlette.routing import Route
 
 from segcrit.clock import Clock, SystemClock
 from segcrit.config import Config
+from segcrit.domain import AcceptResult
 from segcrit.metrics import HeldAudiences, Metrics
 from segcrit.runtime import Runtime
 from segcrit.sources import ingest_routes
 from segcrit.sources.accept import bearer_ok, error_response
-from segcrit.store.base import AcceptResult
-from segcrit.store.sqlite import SqliteStore
+from segcrit.store.base import IngestSink, Store
 
 
 class WakingSink:
     """The store as the ingest sink, waking the processor after each commit."""
 
-    def __init__(self, store: SqliteStore, runtime: Runtime | None) -> None:
+    def __init__(self, store: IngestSink, runtime: Runtime | None) -> None:
         self.store = store
         self.runtime = runtime
 
@@ -42,7 +42,7 @@ class WakingSink:
 
 def create_app(
     config: Config,
-    store: SqliteStore,
+    store: Store,
     *,
     metrics: Metrics | None = None,
     clock: Clock | None = None,

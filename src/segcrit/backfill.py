@@ -27,7 +27,7 @@ from segcrit.config import Config
 from segcrit.errors import UserError
 from segcrit.metrics import Metrics
 from segcrit.sources.validate import WEBHOOK_TYPES, MessageRules, prepare_messages
-from segcrit.store.sqlite import SqliteStore
+from segcrit.store.base import DeliveryStore, IngestStore
 
 IMPORT_BATCH_LINES = 1_000
 
@@ -75,7 +75,7 @@ def _batches(handle: IO[bytes], report: ImportReport) -> Iterator[list[Any]]:
 
 
 def import_files(
-    config: Config, store: SqliteStore, paths: list[Path], source: str, progress: bool = True
+    config: Config, store: IngestStore, paths: list[Path], source: str, progress: bool = True
 ) -> ImportReport:
     for path in paths:
         if not path.is_file():
@@ -112,7 +112,7 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-async def resync_audience(config: Config, store: SqliteStore, audience: str, progress: bool = True) -> int:
+async def resync_audience(config: Config, store: DeliveryStore, audience: str, progress: bool = True) -> int:
     """Empty the audience's contact list in Criteo and send its whole desired membership."""
     from segcrit.delivery.worker import DeliveryWorker
     from segcrit.runtime import build_criteo_client

@@ -282,14 +282,13 @@ def forget(identifier: str, config_file: str | None) -> None:
 def enrich(identifier: str, config_file: str | None) -> None:
     """Run every lookup for one person (userId, anonymousId or email); print what each returned."""
     from segcrit.enrichment.inspect import report_lines, run_inspection
-    from segcrit.store import open_store
+    from segcrit.store import open_store, store_exists
 
     config = load_config(config_file)
     if not config.enrichment:
         raise UserError("no lookups to run: the config has no `enrichment:` section")
     # The person's stored ids help choose the keys; a store that does not exist yet is not created.
-    path = config.store.removeprefix("sqlite:///")
-    store = open_store(config.store) if not config.store.startswith("sqlite") or Path(path).exists() else None
+    store = open_store(config.store) if store_exists(config.store) else None
     try:
         reports = run_inspection(config, store, identifier)
     finally:

@@ -23,10 +23,11 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from simpleeval import EvalWithCompoundTypes, InvalidExpression
+
+from segcrit.domain import ProfileFacts
 
 DAY_SECS = 86_400.0
 FACT_NAMES = frozenset(
@@ -47,21 +48,6 @@ FACT_NAMES = frozenset(
 )
 FUNCTION_NAMES = frozenset({"trait", "in_audience", "days_since", "min", "max", "abs", "len"})
 MAX_EXPRESSION_CHARS = 2_000
-
-
-@dataclass(slots=True)
-class ProfileFacts:
-    """What a cohort expression sees of one profile."""
-
-    profile_id: int
-    created_at: float
-    last_seen_at: float
-    order_count: int = 0
-    revenue_total: float = 0.0
-    first_order_at: float | None = None
-    last_order_at: float | None = None
-    traits: dict[str, Any] = field(default_factory=dict)
-    audiences: frozenset[str] = frozenset()
 
 
 class CohortError(ValueError):

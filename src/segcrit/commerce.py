@@ -16,7 +16,7 @@ from segcrit.consent import consent_in_message, effective_consent
 from segcrit.flows.catalog import merge_fields, missing_required, products_in
 from segcrit.flows.commerce import CriteoEvent, PersonIds, conversion_event, document_header, signal_event
 from segcrit.identity.normalize import sha256_md5
-from segcrit.store.sqlite import SqliteTx
+from segcrit.store.base import ProcessingTx
 
 DEFAULT_ORDER_EVENTS = frozenset({"Order Completed"})
 
@@ -44,7 +44,7 @@ class CommerceStep:
         return True  # orders always count for profile facts
 
     def apply(
-        self, tx: SqliteTx, message: Mapping[str, Any], profile_id: int, ts: float, now: float
+        self, tx: ProcessingTx, message: Mapping[str, Any], profile_id: int, ts: float, now: float
     ) -> CommerceOutcome:
         outcome = CommerceOutcome()
         if consent_in_message(message, self.config.consent.category) is False:
@@ -79,7 +79,7 @@ class CommerceStep:
             self._queue(tx, message, profile_id, events, now, outcome)
         return outcome
 
-    def _withdraw(self, tx: SqliteTx, profile_id: int) -> None:
+    def _withdraw(self, tx: ProcessingTx, profile_id: int) -> None:
         """Consent withdrawn: what still waits for delivery is dropped, dead letters included, since
         nothing about the person may be sent until they consent again (SPEC §1). An older refusal
         that lost to a newer consent (latest timestamp wins) drops nothing."""
@@ -89,7 +89,7 @@ class CommerceStep:
 
     def _queue(
         self,
-        tx: SqliteTx,
+        tx: ProcessingTx,
         message: Mapping[str, Any],
         profile_id: int,
         events: list[CriteoEvent],
@@ -126,7 +126,7 @@ class CommerceStep:
             tx.enqueue_event(str(profile_id), profile_id, header, event.body, now)
             outcome.queued.append(event.body)
 
-    def _catalog(self, tx: SqliteTx, flow: CatalogFlow, message: Mapping[str, Any], now: float) -> int:
+    def _catalog(self, tx: ProcessingTx, flow: CatalogFlow, message: Mapping[str, Any], now: float) -> int:
         changed = 0
         for product in products_in(message):
             merged = merge_fields(tx.product_fields(flow.merchant_id, product.product_id), product)

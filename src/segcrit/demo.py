@@ -36,7 +36,8 @@ from segcrit.criteo.emulator.server import running_app, running_emulator
 from segcrit.errors import SegcritError
 from segcrit.identity.normalize import email_hashes, phone_hashes
 from segcrit.status import enrichment_lines, flow_lines
-from segcrit.store.sqlite import SqliteStore
+from segcrit.store import open_store
+from segcrit.store.base import Store
 
 WRITE_KEY = "demo-write-key"
 WEBHOOK_SECRET = "demo-webhook-secret"
@@ -157,7 +158,7 @@ def run_demo(*, keep: bool = False, console: Console | None = None) -> dict[str,
             names |= {"space": PROFILES_SPACE, "token": PROFILES_TOKEN}
             config = parse_config(CONFIG.format(db=folder / "segcrit.db", crm=folder / "crm.db", **names), env={})
             (folder / "segcrit.yaml").write_text(CONFIG.format(db="segcrit.db", crm="crm.db", **names))
-            store = SqliteStore(config.store.removeprefix("sqlite:///"))
+            store = open_store(config.store)
             try:
                 with _serving(config, store) as base_url:
                     console.print(f"segcrit on {base_url}, Criteo emulator on {api_url}, data in {folder}")
@@ -178,7 +179,7 @@ def run_demo(*, keep: bool = False, console: Console | None = None) -> dict[str,
 
 
 @contextmanager
-def _serving(config: Config, store: SqliteStore) -> Iterator[str]:
+def _serving(config: Config, store: Store) -> Iterator[str]:
     with running_app(create_app(config, store), lifespan="on") as url:
         yield url
 
@@ -189,12 +190,12 @@ def _write_crm(path: Path) -> None:
         crm.executemany("INSERT INTO customers VALUES (?, ?, ?, ?)", CRM_ROWS)
 
 
-def _lookups_idle(store: SqliteStore, config: Config) -> bool:
+def _lookups_idle(store: Store, config: Config) -> bool:
     """Everyone looked up once (refreshes go on: the cohort reads a Profile API trait every 3 s)."""
     return not any(store.unanswered_lookup_count(lookup.name) for lookup in config.enrichment)
 
 
-def _settled(store: SqliteStore, config: Config, traffic_done: float) -> bool:
+def _settled(store: Store, config: Config, traffic_done: float) -> bool:
     """Everything sent and acknowledged, and the cohort recomputed after the traffic (and after
     the lookups' answers were processed)."""
     if store.backlog() or store.pending_count() or store.pending_event_count() or not _lookups_idle(store, config):
@@ -209,7 +210,7 @@ def _settled(store: SqliteStore, config: Config, traffic_done: float) -> bool:
     return not store.lookalikes_to_create()
 
 
-def _settle(store: SqliteStore, config: Config, traffic_done: float) -> None:
+def _settle(store: Store, config: Config, traffic_done: float) -> None:
     deadline = time.monotonic() + SETTLE_TIMEOUT_SECS
     enriched: float | None = None  # when every answer had been processed: the cohort must run after
     while time.monotonic() < deadline:
@@ -401,7 +402,7 @@ def _post_webhook(base_url: str, messages: list[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------------------------- summary
 
 
-def render_summary(snapshot: dict[str, Any], store: SqliteStore, config: Config, console: Console) -> None:
+def render_summary(snapshot: dict[str, Any], store: Store, config: Config, console: Console) -> None:
     table = Table(title="What Criteo received: audience segments", title_justify="left")
     for column in ("segment", "id", "type", "identifiers", "emails", "phones", "mobile ids"):
         table.add_column(column, justify="left" if column in ("segment", "id", "type") else "right")
@@ -456,7 +457,7 @@ def render_summary(snapshot: dict[str, Any], store: SqliteStore, config: Config,
 
 
 def render_enrichment(
-    snapshot: dict[str, Any], store: SqliteStore, config: Config, profiles: ProfileApiState, console: Console
+    snapshot: dict[str, Any], store: Store, config: Config, profiles: ProfileApiState, console: Console
 ) -> None:
     """What the lookups added, told through the people they concern."""
     for line in enrichment_lines(store, config, time.time()):
@@ -483,7 +484,7 @@ def render_enrichment(
     )
 
 
-def _audiences_of(store: SqliteStore, user_id: str) -> frozenset[str]:
+def _audiences_of(store: Store, user_id: str) -> frozenset[str]:
     with store.dry_run() as tx:
         profile_id = tx.find_profiles([("user_id", user_id)]).get(("user_id", user_id))
     facts = store.profile_facts(profile_id) if profile_id is not None else None

@@ -1,9 +1,11 @@
 """The processor: accepted events -> identity -> consent -> flows -> desired targets.
 
-It takes events from the inbox in chunks; a chunk commits in one transaction, or in several when
-it gives way to ingest (see `drain_once`), each holding the effects of its events and the deletion
-of their inbox rows. A crash replays what had not committed, and replay is harmless because every
-decision is "latest timestamp wins" on desired state.
+It takes events from the inbox in chunks (`ProcessingStore.claim_chunk`): a chunk is claimed in
+the unit of work that applies it, and its commit holds the effects of its events and their
+removal from the inbox. When the store asks (`should_commit_early`: on SQLite, ingest waits for
+the write lock), the events done so far commit and the rest follows in a new chunk. A crash
+replays what had not committed, and replay is harmless because every decision is "latest
+timestamp wins" on desired state.
 
 Failures (SPEC §7): when the store cannot write (StoreUnavailable: disk full, locked, I/O), the
 chunk stays in the inbox and `drain_once` raises, for the caller to retry later; nothing is set
@@ -17,8 +19,7 @@ module only moves data between them and the store.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from segcrit.clock import Clock
 from segcrit.commerce import CommerceStep
 from segcrit.config import AudienceSyncFlow, Config, audience_names
 from segcrit.consent import consent_in_message
+from segcrit.domain import WAITING_PLACES, Identifier, InboxEvent
 from segcrit.enrichment.schedule import LookupMarks
 from segcrit.errors import StoreError
 from segcrit.flows.audience_sync import accepts_source, membership_changes, new_audience_allowance, utc_day
@@ -34,18 +36,13 @@ from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymo
 from segcrit.membership import desired_targets
 from segcrit.metrics import Metrics
 from segcrit.profile_flows import ProfileFlowsStep
-from segcrit.store.base import Identifier, InboxEvent
-from segcrit.store.sqlite import SqliteStore, SqliteTx
-from segcrit.store.sqlite_retention import WAITING_TABLES
+from segcrit.store.base import ChunkTx, ProcessingStore, ProcessingTx
 
 log = logging.getLogger("segcrit.engine")
 
 CHUNK_EVENTS = 500
 # `counters` name prefix of the audience messages ignored per source (audience_sync `sources`).
 IGNORED_AUDIENCE_COUNTER = "audience_messages_ignored:"
-# A transaction that ingest waits for commits and gives way once it has run this long (less
-# would spend the processor's time on commits, more would delay acks).
-GIVE_WAY_AFTER_SECS = 0.005
 ERASURE_SCAN_PAGE = 1_000  # waiting events read per page when erasing a deleted person's
 ERASURES_PER_SCAN = 1_000  # deleted identifiers looked for in one scan of the waiting events
 
@@ -73,7 +70,7 @@ def event_time(message: Mapping[str, Any], fallback: float) -> float:
 
 
 class Processor:
-    def __init__(self, store: SqliteStore, config: Config, clock: Clock, metrics: Metrics) -> None:
+    def __init__(self, store: ProcessingStore, config: Config, clock: Clock, metrics: Metrics) -> None:
         self.store = store
         self.config = config
         self.clock = clock
@@ -89,32 +86,21 @@ class Processor:
     def drain_once(self, limit: int = CHUNK_EVENTS) -> int:
         """Process up to `limit` waiting events; returns how many.
 
-        Ingest goes first: a transaction starts when no ingest request waits for its commit (or
-        after `give_way_to_ingest`'s timeout), and when one starts waiting, the events done so far
-        commit with the deletion of their inbox rows and the rest of the chunk follows in a new
-        transaction. Without ingest traffic, the chunk is one transaction.
+        Without ingest traffic, the chunk is one transaction; when the store asks for an early
+        commit, the events done so far commit and the rest of the `limit` follows in new chunks.
 
         Raises StoreUnavailable when the store cannot write: what had not committed stays in the
         inbox for the next call, and nothing is set aside.
         """
-        self.store.use_large_cache()
-        events = self.store.claim_events(limit)
-        if not events:
-            return 0
         now = self.clock.now()
         outcomes: list[Outcome] = []
-        while len(outcomes) < len(events):
-            self.store.give_way_to_ingest()
-            rest = events[len(outcomes) :]
-            try:
-                outcomes += self._process_until_ingest_waits(rest, now)
-            except StoreError:
-                raise  # the store's fault, not the events': retried as they are
-            except Exception as error:
-                # One bad event must not block the queue: find the events that fail on their own.
-                log.warning("chunk failed, looking for the events at fault", extra={"error": _reason(error)})
-                outcomes += self._isolate(rest, error, now)
-        self.metrics.events_processed.inc(len(events))
+        while len(outcomes) < limit:
+            wanted = limit - len(outcomes)
+            applied, claimed = self._apply_chunk(wanted, now)
+            outcomes += applied
+            if claimed < wanted and len(applied) == claimed:
+                break  # the inbox held no more
+        self.metrics.events_processed.inc(len(outcomes))
         for outcome in outcomes:
             if outcome.skipped:
                 self.metrics.events_skipped.labels(outcome.skipped).inc()
@@ -122,50 +108,66 @@ class Processor:
                 self.metrics.events_adjusted.labels(note).inc()
             if outcome.ignored_audience_source is not None:
                 self.metrics.audience_messages_ignored.labels(outcome.ignored_audience_source).inc()
-        return len(events)
+        return len(outcomes)
 
-    def _process_until_ingest_waits(
-        self, events: list[InboxEvent], now: float, *, give_way: bool = True
-    ) -> list[Outcome]:
-        """Process events in one transaction, stopping early when an ingest commit waits (unless
-        `give_way` is off: then all of them)."""
+    def _apply_chunk(self, limit: int, now: float) -> tuple[list[Outcome], int]:
+        """Claim up to `limit` events and apply them in one unit of work, stopping early when the
+        store asks; when it fails because of an event, find the events at fault. Returns the
+        outcomes and how many events were claimed."""
+        events: Sequence[InboxEvent] = ()
+        try:
+            with self.store.claim_chunk(limit) as chunk:
+                events = chunk.events
+                return self._apply(chunk, events, now, give_way=True), len(events)
+        except StoreError:
+            raise  # the store's fault, not the events': retried as they are
+        except Exception as error:
+            if not events:
+                raise  # nothing was claimed: not an event's fault either
+            # One bad event must not block the queue: find the events that fail on their own.
+            log.warning("chunk failed, looking for the events at fault", extra={"error": _reason(error)})
+            return self._isolate(list(events), error, now), len(events)
+
+    def _apply(self, chunk: ChunkTx, events: Sequence[InboxEvent], now: float, *, give_way: bool) -> list[Outcome]:
+        """Process events in the chunk's transaction, stopping early when the store asks (unless
+        `give_way` is off: then all of them), and mark those done."""
         outcomes: list[Outcome] = []
-        with self.store.transaction() as tx:
-            started = time.monotonic()
-            for event in events:
-                outcomes.append(self.process(tx, event, now))
-                if give_way and self.store.ingest_waiting() and time.monotonic() - started >= GIVE_WAY_AFTER_SECS:
-                    break
-            tx.flush_seen()
-            tx.delete_events([e.seq for e in events[: len(outcomes)]])
+        for event in events:
+            outcomes.append(self.process(chunk, event, now))
+            if give_way and chunk.should_commit_early():
+                break
+        chunk.done(events[: len(outcomes)])
         return outcomes
 
     def _isolate(self, events: list[InboxEvent], error: Exception, now: float) -> list[Outcome]:
         """Process `events`, whose transaction failed with `error`, by halves, recursively, and set
         aside the events that fail on their own: a poison event among n good ones costs about
-        2·log2(n) transactions, not n."""
+        2·log2(n) transactions, not n. Each half is claimed again (another process may have taken
+        some of them meanwhile: those are its own)."""
         if len(events) == 1:
-            return [self._set_aside(events[0], error, now)]
+            return self._set_aside(events[0], error, now)
         middle = len(events) // 2
         outcomes: list[Outcome] = []
         for half in (events[:middle], events[middle:]):
             try:
-                outcomes += self._process_until_ingest_waits(half, now, give_way=False)
+                with self.store.claim_chunk(len(half), only=[e.seq for e in half]) as chunk:
+                    outcomes += self._apply(chunk, chunk.events, now, give_way=False)
             except StoreError:
                 raise
             except Exception as half_error:
                 outcomes += self._isolate(half, half_error, now)
         return outcomes
 
-    def _set_aside(self, event: InboxEvent, error: Exception, now: float) -> Outcome:
-        log.error(
-            "event set aside",
-            extra={"seq": event.seq, "source": event.source, "error": _reason(error)},
-            exc_info=error,
-        )
-        with self.store.transaction() as tx:
-            tx.quarantine_event(event, _reason(error), now)
-        return Outcome(None, skipped="failed")
+    def _set_aside(self, event: InboxEvent, error: Exception, now: float) -> list[Outcome]:
+        with self.store.claim_chunk(1, only=[event.seq]) as chunk:
+            for claimed in chunk.events:
+                log.error(
+                    "event set aside",
+                    extra={"seq": claimed.seq, "source": claimed.source, "error": _reason(error)},
+                    exc_info=error,
+                )
+                chunk.set_aside(claimed, _reason(error), now)
+            return [Outcome(None, skipped="failed") for _ in chunk.events]
 
     def drain(self, max_rounds: int = 1_000_000) -> int:
         total = 0
@@ -178,7 +180,7 @@ class Processor:
 
     # ------------------------------------------------------------------ one event
 
-    def process(self, tx: SqliteTx, event: InboxEvent, now: float) -> Outcome:
+    def process(self, tx: ProcessingTx, event: InboxEvent, now: float) -> Outcome:
         message = event.message
         ts = event_time(message, event.received_at)
         if message.get("type") == "delete":
@@ -243,7 +245,7 @@ class Processor:
         )
 
     def _sync_audiences(
-        self, tx: SqliteTx, event: InboxEvent, profile_id: int, ts: float, now: float
+        self, tx: ProcessingTx, event: InboxEvent, profile_id: int, ts: float, now: float
     ) -> tuple[list[tuple[str, bool]], bool, str | None]:
         """audience_sync: apply the message's membership changes through every flow that accepts its
         source. Returns the memberships, whether any changed, and the source when the message was
@@ -264,7 +266,7 @@ class Processor:
         tx.add_to_counter(f"{IGNORED_AUDIENCE_COUNTER}{event.source}")
         return memberships, changed, event.source
 
-    def _ensure_audience(self, tx: SqliteTx, audience: str, flow: AudienceSyncFlow, now: float) -> None:
+    def _ensure_audience(self, tx: ProcessingTx, audience: str, flow: AudienceSyncFlow, now: float) -> None:
         """Record the audience; one that only traffic names uses the day's new-audience allowance."""
         configured = self.config.audiences.get(audience)
         auto_create = configured.auto_create if configured is not None else flow.auto_create
@@ -273,7 +275,7 @@ class Processor:
         else:
             tx.ensure_new_audience(audience, auto_create, now, utc_day(now), self._new_audience_allowance)
 
-    def refresh_targets(self, tx: SqliteTx, profile_id: int, now: float) -> int:
+    def refresh_targets(self, tx: ProcessingTx, profile_id: int, now: float) -> int:
         """Recompute what Criteo should hold for the profile; returns the changes made."""
         profile = tx.load_profile(profile_id)
         if profile is None:
@@ -284,7 +286,7 @@ class Processor:
 
     # ------------------------------------------------------------------ deletion
 
-    def _delete(self, tx: SqliteTx, message: Mapping[str, Any], ts: float, now: float) -> Outcome:
+    def _delete(self, tx: ProcessingTx, message: Mapping[str, Any], ts: float, now: float) -> Outcome:
         keys = [k for k in extract_identifiers(message).pairs() if k[0] in TOMBSTONE_KINDS]
         if not keys:
             return Outcome(None, skipped="no_identifier")
@@ -324,13 +326,12 @@ class Processor:
         """
         erased = 0
         while erasures := self.store.pending_erasures(ERASURES_PER_SCAN):
-            for table in WAITING_TABLES:
+            for place in WAITING_PLACES:
                 after = 0
-                while page := self.store.waiting_events(table, after, ERASURE_SCAN_PAGE):
+                while page := self.store.waiting_events(place, after, ERASURE_SCAN_PAGE):
                     doomed = [event.seq for event in page if _deleted(event, erasures)]
                     if doomed:
-                        self.store.give_way_to_ingest()
-                        self.store.delete_waiting_events(table, doomed)
+                        self.store.delete_waiting_events(place, doomed)
                         erased += len(doomed)
                     after = page[-1].seq
             self.store.erasures_done(erasures)

@@ -11,8 +11,8 @@ import hashlib
 
 from segcrit.config import ConsentConfig, IdentityConfig
 from segcrit.consent import effective_consent
+from segcrit.domain import Identifier, ProfileState, TargetKey
 from segcrit.identity.graph import CRITEO_TYPE
-from segcrit.store.base import Identifier, ProfileState, TargetKey
 
 
 def criteo_value(ident: Identifier, email_hash: str) -> str | None:

@@ -20,12 +20,13 @@ from segcrit.config import AudienceSyncFlow, Config, LifecycleFlow, SuppressionF
 from segcrit.criteo.constants import CONTACT_LIST_PATH
 from segcrit.criteo.models import ContactlistAmendmentRequest
 from segcrit.delivery.commerce_workers import DOCUMENT_VERSION
+from segcrit.domain import InboxEvent, TargetKey
 from segcrit.engine import Processor
 from segcrit.errors import UserError
 from segcrit.metrics import Metrics
 from segcrit.sources.validate import MessageRules, prepare_messages
-from segcrit.store.base import InboxEvent, TargetKey
-from segcrit.store.sqlite import SqliteStore, SqliteTx
+from segcrit.store import open_store, store_exists
+from segcrit.store.base import AudienceDeliveryStore, ProcessingTx, Store
 
 PREVIEW_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias", "delete"})
 
@@ -42,12 +43,12 @@ def _messages(text: str) -> list[Any]:
     return [data]
 
 
-def _open_for_preview(config: Config) -> tuple[SqliteStore, tempfile.TemporaryDirectory[str] | None]:
-    path = config.store.removeprefix("sqlite:///")
-    if config.store.startswith("sqlite:///") and Path(path).exists():
-        return SqliteStore(path), None
+def _open_for_preview(config: Config) -> tuple[Store, tempfile.TemporaryDirectory[str] | None]:
+    """The configured store, or, before it exists, a scratch one (preview creates nothing)."""
+    if store_exists(config.store):
+        return open_store(config.store), None
     scratch = tempfile.TemporaryDirectory(prefix="segcrit-preview-")
-    return SqliteStore(str(Path(scratch.name) / "preview.db")), scratch
+    return open_store(f"sqlite:///{Path(scratch.name) / 'preview.db'}"), scratch
 
 
 def preview_source(config: Config) -> str:
@@ -96,7 +97,7 @@ def preview_event(config: Config, text: str) -> str:
     return "\n".join(lines)
 
 
-def _requests(config: Config, store: SqliteStore, pending: list[tuple[TargetKey, bool]]) -> list[str]:
+def _requests(config: Config, store: AudienceDeliveryStore, pending: list[tuple[TargetKey, bool]]) -> list[str]:
     if not pending:
         return ["  criteo: nothing to send"]
     groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
@@ -126,7 +127,7 @@ def _flow_of(config: Config, audience: str) -> str:
     return "audience_sync"
 
 
-def _events(config: Config, tx: SqliteTx, profile_id: int | None) -> list[str]:
+def _events(config: Config, tx: ProcessingTx, profile_id: int | None) -> list[str]:
     """The Events API document the queued events of this person would go out in."""
     queued = [e for e in tx.queued_events(str(profile_id))] if profile_id is not None else []
     if not queued:

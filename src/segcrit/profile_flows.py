@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from segcrit.config import Config, LifecycleFlow, SuppressionFlow, lifecycle_stage_audiences
-from segcrit.store.base import ProfileState
-from segcrit.store.sqlite import SqliteTx
+from segcrit.domain import ProfileState
+from segcrit.store.base import ProcessingTx
 
 DAY_SECS = 86_400.0
 # Traits that identify or describe a person directly: never kept for cohorts.
@@ -83,7 +83,7 @@ class ProfileFlowsStep:
         ]
         self.lifecycles: list[LifecycleFlow] = config.flows_of(LifecycleFlow)
 
-    def apply(self, tx: SqliteTx, message: Mapping[str, Any], profile_id: int, ts: float, now: float) -> StepResult:
+    def apply(self, tx: ProcessingTx, message: Mapping[str, Any], profile_id: int, ts: float, now: float) -> StepResult:
         changed = False
         memberships: list[tuple[str, bool]] = []
         kind = message.get("type")
@@ -116,7 +116,7 @@ class ProfileFlowsStep:
             memberships.append((stage, True))
         return StepResult(changed, tuple(memberships))
 
-    def held_back(self, tx: SqliteTx, profile: ProfileState, now: float) -> frozenset[str]:
+    def held_back(self, tx: ProcessingTx, profile: ProfileState, now: float) -> frozenset[str]:
         """Audiences the profile's active suppressions keep it out of."""
         if not self.suppressions:
             return frozenset()

@@ -30,14 +30,14 @@ from segcrit.criteo.client import CriteoClient
 from segcrit.criteo.events_client import EventsClient
 from segcrit.delivery.backoff import Backoff
 from segcrit.delivery.commerce_workers import CatalogWorker, EventsWorker
-from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.delivery.worker import DeliveryWorker
 from segcrit.engine import Processor
 from segcrit.enrichment.worker import build_enrichment
 from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import SlidingWindowLimiter
 from segcrit.scheduler import Scheduler
-from segcrit.store.sqlite import SqliteStore
+from segcrit.store.base import DeliveryStore, Store
 
 log = logging.getLogger("segcrit.runtime")
 
@@ -82,7 +82,7 @@ class Workers:
 
 
 def build_workers(
-    store: SqliteStore,
+    store: DeliveryStore,
     config: Config,
     clock: Clock,
     metrics: Metrics,
@@ -120,7 +120,7 @@ class _Thread:
 class Runtime:
     """Starts and stops the background workers of `segcrit serve`."""
 
-    def __init__(self, store: SqliteStore, config: Config, metrics: Metrics, clock: Clock | None = None) -> None:
+    def __init__(self, store: Store, config: Config, metrics: Metrics, clock: Clock | None = None) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics

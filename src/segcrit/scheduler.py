@@ -27,7 +27,7 @@ from segcrit.config import Config, LifecycleFlow, LookalikeSeedFlow, Suppression
 from segcrit.engine import Processor
 from segcrit.errors import StoreUnavailable
 from segcrit.profile_flows import DAY_SECS, lifecycle_audiences, suppression_key
-from segcrit.store.sqlite import SqliteStore
+from segcrit.store.base import ScheduledStore
 
 log = logging.getLogger("segcrit.scheduler")
 
@@ -51,7 +51,7 @@ def default_holder() -> str:
 
 class Scheduler:
     def __init__(
-        self, store: SqliteStore, config: Config, processor: Processor, clock: Clock, holder: str | None = None
+        self, store: ScheduledStore, config: Config, processor: Processor, clock: Clock, holder: str | None = None
     ) -> None:
         self.store = store
         self.config = config

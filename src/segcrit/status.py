@@ -13,13 +13,18 @@ from rich.console import Console
 from rich.table import Table
 
 from segcrit.config import Config, LifecycleFlow, LookalikeSeedFlow, SuppressionFlow
+from segcrit.domain import (
+    DROPPED_DEAD_LETTERS,
+    DROPPED_FAILED_EVENTS,
+    AudienceStats,
+    CatalogStats,
+    DeadLetter,
+    FailedEvent,
+    JobRecord,
+)
 from segcrit.engine import IGNORED_AUDIENCE_COUNTER
 from segcrit.profile_flows import lifecycle_audiences, suppression_key
-from segcrit.store.base import AudienceStats, DeadLetter
-from segcrit.store.sqlite import SqliteStore
-from segcrit.store.sqlite_cohorts import JobRecord
-from segcrit.store.sqlite_commerce import CatalogStats
-from segcrit.store.sqlite_retention import DROPPED_DEAD_LETTERS, DROPPED_FAILED_EVENTS, FailedEvent
+from segcrit.store.base import StatusReads
 
 HELD_AUDIENCES_LISTED = 50
 
@@ -46,7 +51,7 @@ class Status:
     enrichment: list[str] = field(default_factory=list)  # one line or two per lookup
 
 
-def collect_status(store: SqliteStore, config: Config | None = None, now: float | None = None) -> Status:
+def collect_status(store: StatusReads, config: Config | None = None, now: float | None = None) -> Status:
     now = time.time() if now is None else now
     oldest = store.oldest_pending_since()
     catalog = store.catalog_stats()
@@ -72,7 +77,7 @@ def collect_status(store: SqliteStore, config: Config | None = None, now: float 
     )
 
 
-def enrichment_lines(store: SqliteStore, config: Config, now: float) -> list[str]:
+def enrichment_lines(store: StatusReads, config: Config, now: float) -> list[str]:
     """Per lookup: how many profiles it covers and what it found, and whether its source answers."""
     lines = []
     for lookup, stats in zip(
@@ -93,7 +98,7 @@ def enrichment_lines(store: SqliteStore, config: Config, now: float) -> list[str
     return lines
 
 
-def flow_lines(store: SqliteStore, config: Config, now: float) -> list[str]:
+def flow_lines(store: StatusReads, config: Config, now: float) -> list[str]:
     lines = []
     for index, flow in enumerate(config.flows):
         if isinstance(flow, SuppressionFlow):

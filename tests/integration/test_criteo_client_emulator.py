@@ -34,8 +34,8 @@ from segcrit.criteo.errors import (
     RetryableError,
     SegmentNameTakenError,
 )
-from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import SlidingWindowLimiter
 from tests.helpers import advancing
 
 SHA_A = "a" * 64

@@ -28,11 +28,11 @@ from segcrit.criteo.emulator.state import (
     EmulatorState,
 )
 from segcrit.delivery.backoff import Backoff
-from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.delivery.worker import DeliveryWorker
+from segcrit.domain import TargetKey
 from segcrit.engine import Processor
 from segcrit.metrics import Metrics
-from segcrit.store.base import TargetKey
+from segcrit.ratelimit import SlidingWindowLimiter
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import PinnedJitter, advancing, audience_event, email_of, email_sha, madid_of, make_config, put
 from tests.helpers import shas as emails

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from segcrit.clock import FakeClock
+from segcrit.domain import TargetKey
 from segcrit.engine import Processor
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
-from segcrit.store.base import TargetKey
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import audience_event, iso, make_config, put
 

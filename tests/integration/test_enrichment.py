@@ -321,7 +321,7 @@ def test_a_new_key_asks_for_a_lookup_even_while_one_is_in_flight(start: Start) -
     due = e.p.store.due_lookups("crm", "user_id", e.p.now(), 10)
     with e.p.store.transaction() as tx:  # processing marks the profile again meanwhile (a new key)
         tx.mark_lookups(due[0].profile_id, ["crm"], e.p.now())
-    from segcrit.store.sqlite_enrichment import LookupDone
+    from segcrit.domain import LookupDone
 
     done = [LookupDone(due[0].profile_id, due[0].version, "unknown", e.p.now() + HOUR)]
     e.p.store.lookups_answered("crm", done, [], "lookup:crm", e.p.now(), 1)

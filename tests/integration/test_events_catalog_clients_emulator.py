@@ -30,8 +30,8 @@ from segcrit.criteo.emulator.state import (
 )
 from segcrit.criteo.errors import PermanentError, RetryableError
 from segcrit.criteo.events_client import EventsClient
-from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import SlidingWindowLimiter
 from tests.helpers import EVENTS_ORDER, advancing, changed
 from tests.helpers import catalog_product as product
 

@@ -21,10 +21,9 @@ import pytest
 
 from segcrit.clock import FakeClock
 from segcrit.criteo.emulator import EmulatorState
+from segcrit.domain import DROPPED_DEAD_LETTERS, DROPPED_FAILED_EVENTS, InboxEvent
 from segcrit.errors import StoreError
-from segcrit.store.base import InboxEvent
 from segcrit.store.sqlite import SqliteStore, SqliteTx
-from segcrit.store.sqlite_retention import DROPPED_DEAD_LETTERS, DROPPED_FAILED_EVENTS
 from tests.flow_harness import Process, Processes, identify, order, track
 from tests.helpers import audience_event, email_of, email_sha, iso, make_config, members, put
 

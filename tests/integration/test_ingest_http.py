@@ -28,9 +28,9 @@ from starlette.applications import Starlette
 from segcrit.clock import FakeClock
 from segcrit.config import parse_config
 from segcrit.criteo.emulator.server import running_app
+from segcrit.domain import AcceptResult
 from segcrit.metrics import Metrics
 from segcrit.sources import ingest_routes
-from segcrit.store.base import AcceptResult
 
 WEB_KEY = "WK_web_0123"
 IOS_KEY = "WK_ios_4567"

@@ -19,7 +19,7 @@ import pytest
 from segcrit.clock import FakeClock
 from segcrit.config import Config
 from segcrit.criteo.emulator import EmulatorState
-from segcrit.store.base import TargetKey
+from segcrit.domain import TargetKey
 from tests.flow_harness import DELIVERY_STEP_SECS, Process, Processes, Start, order, track
 from tests.helpers import audience_event, email_of, email_sha, iso, make_config, members, shas
 

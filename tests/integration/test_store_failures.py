@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -22,10 +22,10 @@ import pytest
 from segcrit.app import create_app
 from segcrit.clock import FakeClock
 from segcrit.criteo.emulator.server import running_app
+from segcrit.domain import InboxEvent
 from segcrit.engine import Processor
 from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
-from segcrit.store.base import InboxEvent
 from segcrit.store.sqlite import SqliteStore, SqliteTx
 from tests.e2e.conftest import wait_until
 from tests.helpers import audience_event, email_sha, make_config, put
@@ -97,17 +97,17 @@ def store_failure_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogReco
 
 
 class Transactions:
-    """Counts the processor's transactions (each is one fsync)."""
+    """Counts the processor's transactions (each chunk of events is one, and one fsync)."""
 
     def __init__(self, store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        real = store.transaction
+        real = store.claim_chunk
 
-        def counted() -> contextlib.AbstractContextManager[SqliteTx]:
+        def counted(limit: int, *, only: Sequence[int] | None = None) -> contextlib.AbstractContextManager[SqliteTx]:
             self.count += 1
-            return real()
+            return real(limit, only=only)
 
-        monkeypatch.setattr(store, "transaction", counted)
+        monkeypatch.setattr(store, "claim_chunk", counted)
 
 
 def test_a_poison_event_among_good_ones_is_found_by_halves_and_set_aside_alone(

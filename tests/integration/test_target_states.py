@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from segcrit.store.base import PendingChange, TargetKey
+from segcrit.domain import PendingChange, TargetKey
 from segcrit.store.sqlite import SqliteStore
 
 T0 = 1_800_000_000.0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from segcrit.cohort import DAY_SECS, Cohort, CohortError, ProfileFacts
+from segcrit.cohort import DAY_SECS, Cohort, CohortError
+from segcrit.domain import ProfileFacts
 
 NOW = 1_800_000_000.0
 

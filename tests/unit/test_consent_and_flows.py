@@ -1,8 +1,8 @@
 from segcrit.config import AudienceSyncFlow, ConsentConfig, IdentityConfig
 from segcrit.consent import consent_in_message, effective_consent
+from segcrit.domain import Identifier, ProfileState, TargetKey
 from segcrit.flows.audience_sync import MembershipChange, membership_changes
 from segcrit.membership import criteo_value, desired_targets
-from segcrit.store.base import Identifier, ProfileState, TargetKey
 
 FLOW = AudienceSyncFlow(type="audience_sync")
 

@@ -1,5 +1,5 @@
+from segcrit.domain import Identifier
 from segcrit.identity.graph import extract_identifiers, plan_resolution
-from segcrit.store.base import Identifier
 
 LIMITS = {"user_id": 1, "email": 2, "anonymous_id": 3, "madid": 10}
 

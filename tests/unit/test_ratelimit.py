@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from segcrit.clock import FakeClock
-from segcrit.delivery.ratelimit import SlidingWindowLimiter, remaining_calls, reset_at
+from segcrit.ratelimit import SlidingWindowLimiter, remaining_calls, reset_at
 
 START = 1_800_000_000.0
 

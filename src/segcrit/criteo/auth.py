@@ -20,8 +20,8 @@ from segcrit.config import CriteoConfig
 from segcrit.criteo.constants import GRANT_TYPE_CLIENT_CREDENTIALS, TOKEN_PATH
 from segcrit.criteo.errors import NO_RESPONSE, CredentialsError, Decision, RetryableError, classify
 from segcrit.criteo.models import TokenResponse
-from segcrit.delivery.ratelimit import RateLimiter, reset_at
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import RateLimiter, reset_at
 
 log = logging.getLogger(__name__)
 

@@ -59,8 +59,8 @@ from segcrit.criteo.models import (
     DeleteAudienceContactListResponse,
     ModifyAudienceResponse,
 )
-from segcrit.delivery.ratelimit import RateLimiter
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

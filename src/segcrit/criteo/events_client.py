@@ -45,8 +45,8 @@ from segcrit.criteo.errors import (
 )
 from segcrit.criteo.event_models import EventsDocument
 from segcrit.criteo.marketing_api import json_body
-from segcrit.delivery.ratelimit import RateLimiter, reset_at
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import RateLimiter, reset_at
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from segcrit.criteo.errors import (
     error_for,
     no_answer,
 )
-from segcrit.delivery.ratelimit import RateLimiter, reset_at
 from segcrit.errors import CriteoError
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import RateLimiter, reset_at
 
 log = logging.getLogger(__name__)
 

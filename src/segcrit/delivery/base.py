@@ -11,20 +11,21 @@ from segcrit.config import Config
 from segcrit.criteo.errors import PermanentError
 from segcrit.delivery.backoff import Backoff
 from segcrit.metrics import Metrics
-from segcrit.store.sqlite import SqliteStore
 
+StoreT = TypeVar("StoreT")
 ClientT = TypeVar("ClientT")
 
 
-class Worker(Generic[ClientT]):
-    """A delivery worker: reads what is due from `store`, sends it with `client`, records the outcome.
+class Worker(Generic[StoreT, ClientT]):
+    """A delivery worker: claims what is due in `store` (its queue's role of the store seam), sends
+    it with `client`, records the outcome.
 
     `backoff` defaults to the one `config.delivery` describes.
     """
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: StoreT,
         config: Config,
         client: ClientT,
         clock: Clock,

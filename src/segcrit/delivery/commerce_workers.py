@@ -24,9 +24,10 @@ from segcrit.criteo.catalog_client import CatalogClient
 from segcrit.criteo.errors import CredentialsError, PermanentError, RetryableError
 from segcrit.criteo.events_client import EventsClient
 from segcrit.delivery.base import Worker, describe
+from segcrit.domain import OpenBatch, PendingEvent, PendingProduct
 from segcrit.errors import CriteoError
 from segcrit.flows.catalog import ProductData, criteo_product
-from segcrit.store.sqlite_commerce import OpenBatch, PendingEvent, PendingProduct
+from segcrit.store.base import CatalogQueue, EventsQueue
 
 log = logging.getLogger("segcrit.delivery")
 
@@ -37,7 +38,7 @@ DOCUMENT_VERSION = "segcrit_1.0"
 REPORT_POLL_SECS = (5.0, 15.0, 60.0, 300.0)  # then every 5 min until final
 
 
-class EventsWorker(Worker[EventsClient]):
+class EventsWorker(Worker[EventsQueue, EventsClient]):
     async def drain_once(self, *, force: bool = False) -> int:
         """Send one document per person whose oldest event has waited long enough; returns calls."""
         now = self.clock.now()
@@ -93,7 +94,7 @@ class EventsWorker(Worker[EventsClient]):
             self.metrics.delivery_latency.observe(max(0.0, now - event.created_at))
 
 
-class CatalogWorker(Worker[CatalogClient]):
+class CatalogWorker(Worker[CatalogQueue, CatalogClient]):
     @cached_property
     def flows(self) -> list[CatalogFlow]:
         return self.config.flows_of(CatalogFlow)

@@ -36,9 +36,10 @@ from segcrit.criteo.errors import (
     may_have_applied,
 )
 from segcrit.delivery.base import Worker, describe
+from segcrit.domain import AudienceRecord, PendingChange, TargetKey
 from segcrit.errors import CriteoError, UserError
 from segcrit.flows.audience_sync import new_audience_allowance, utc_day
-from segcrit.store.base import AudienceRecord, PendingChange, TargetKey
+from segcrit.store.base import AudienceDeliveryStore
 
 log = logging.getLogger("segcrit.delivery")
 
@@ -61,7 +62,7 @@ class GroupKey:
         return "add" if self.add else "remove"
 
 
-class DeliveryWorker(Worker[CriteoClient]):
+class DeliveryWorker(Worker[AudienceDeliveryStore, CriteoClient]):
     _re_resolved: set[str]  # audiences whose segment vanished during this round (set by drain_once)
     _admitted_on: int | None = None  # the UTC day held audiences were last admitted for
 

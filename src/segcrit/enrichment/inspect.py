@@ -20,7 +20,7 @@ from segcrit.enrichment.answers import LookupUnavailable, describe, looked_up_ke
 from segcrit.enrichment.worker import build_source
 from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymous_id
 from segcrit.metrics import Metrics
-from segcrit.store.sqlite import SqliteStore
+from segcrit.store.base import ProcessingStore
 
 
 @dataclass(slots=True)
@@ -37,7 +37,7 @@ class LookupReport:
     note: str | None = None  # why nothing was looked up
 
 
-def profile_keys(store: SqliteStore | None, identifier: str) -> dict[str, list[str]]:
+def profile_keys(store: ProcessingStore | None, identifier: str) -> dict[str, list[str]]:
     """The person's stored userIds and anonymousIds (by kind), found by any of them or their email."""
     if store is None:
         return {}
@@ -65,7 +65,7 @@ def keys_for(lookup: SqlLookup | SegmentProfilesLookup, identifier: str, known: 
     return [] if email is not None else [identifier]
 
 
-async def inspect_person(config: Config, store: SqliteStore | None, identifier: str) -> list[LookupReport]:
+async def inspect_person(config: Config, store: ProcessingStore | None, identifier: str) -> list[LookupReport]:
     known = profile_keys(store, identifier)
     reports = []
     for lookup in config.enrichment:
@@ -95,7 +95,7 @@ async def inspect_person(config: Config, store: SqliteStore | None, identifier: 
     return reports
 
 
-def run_inspection(config: Config, store: SqliteStore | None, identifier: str) -> list[LookupReport]:
+def run_inspection(config: Config, store: ProcessingStore | None, identifier: str) -> list[LookupReport]:
     return asyncio.run(inspect_person(config, store, identifier))
 
 

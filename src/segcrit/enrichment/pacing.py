@@ -1,7 +1,7 @@
 """Pacing requests so that the *server* never counts more than `limit` of them in any window.
 
 A server counts a request when it arrives, somewhere between our sending it and our getting its
-answer. Stamping requests as they leave (delivery.ratelimit) is exact only when they arrive at
+answer. Stamping requests as they leave (segcrit.ratelimit) is exact only when they arrive at
 once; with many in flight, some late, a server can see more than the limit in one of its windows.
 So here a request holds its slot from when it is sent until `window_secs` after its answer: every
 request that arrives in one server window then held its slot at one same instant (the window's
@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from segcrit.clock import Clock
-from segcrit.delivery.ratelimit import Sleep
+from segcrit.ratelimit import Sleep
 
 
 class ArrivalWindowLimiter:

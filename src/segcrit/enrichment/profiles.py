@@ -32,10 +32,10 @@ import httpx
 from segcrit.clock import Clock
 from segcrit.config import SegmentProfilesLookup
 from segcrit.delivery.backoff import full_jitter
-from segcrit.delivery.ratelimit import Sleep
 from segcrit.enrichment.answers import Answer, LookupResult, LookupUnavailable
 from segcrit.enrichment.pacing import ArrivalWindowLimiter
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import Sleep
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Final
 from segcrit.cohort import trait_names
 from segcrit.config import Config, LookalikeSeedFlow, SegmentProfilesLookup, SqlLookup
 from segcrit.identity.graph import Resolution
-from segcrit.store.sqlite import SqliteTx
+from segcrit.store.base import ProcessingTx
 
 KEY_KINDS: Final = {"user_id": "user_id", "anonymous_id": "anonymous_id", "email": "email"}
 _PHASE_MULTIPLIER: Final = 2_654_435_761  # Knuth's multiplicative hash: neighbouring ids far apart
@@ -34,7 +34,7 @@ class LookupMarks:
             self._by_kind.setdefault(KEY_KINDS[lookup.key], []).append(lookup.name)
         self._all = [lookup.name for lookup in config.enrichment]
 
-    def mark(self, tx: SqliteTx, profile_id: int, resolution: Resolution, now: float) -> None:
+    def mark(self, tx: ProcessingTx, profile_id: int, resolution: Resolution, now: float) -> None:
         if not self._all or not (resolution.attach or resolution.merge):
             return
         if resolution.merge:

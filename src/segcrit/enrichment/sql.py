@@ -31,10 +31,10 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from segcrit.clock import Clock
 from segcrit.config import SqlLookup
-from segcrit.delivery.ratelimit import Sleep, SlidingWindowLimiter
 from segcrit.enrichment.answers import Answer, LookupResult, LookupUnavailable, consent_value, text_id
 from segcrit.identity.normalize import normalize_email, sanitize_message
 from segcrit.metrics import Metrics
+from segcrit.ratelimit import Sleep, SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
 

@@ -34,14 +34,14 @@ import orjson
 from segcrit.clock import Clock
 from segcrit.config import Config, SegmentProfilesLookup, SqlLookup
 from segcrit.delivery.backoff import Backoff
-from segcrit.delivery.ratelimit import Sleep
+from segcrit.domain import DueLookup, LookupDone
 from segcrit.enrichment.answers import LookupResult, LookupUnavailable, answer_message, looked_up_key
 from segcrit.enrichment.memory import EMAILS, EmailMemory, email_listener
 from segcrit.enrichment.schedule import KEY_KINDS, RefreshSchedule
 from segcrit.identity.normalize import RESERVED_KEY
 from segcrit.metrics import Metrics
-from segcrit.store.sqlite import SqliteStore
-from segcrit.store.sqlite_enrichment import DueLookup, LookupDone
+from segcrit.ratelimit import Sleep
+from segcrit.store.base import EnrichmentStore
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class _SourceState:
 class EnrichmentWorker:
     def __init__(
         self,
-        store: SqliteStore,
+        store: EnrichmentStore,
         config: Config,
         clock: Clock,
         metrics: Metrics,
@@ -259,7 +259,7 @@ def fingerprint(messages: Sequence[dict[str, Any]]) -> str:
 
 
 def build_enrichment(
-    store: SqliteStore,
+    store: EnrichmentStore,
     config: Config,
     clock: Clock,
     metrics: Metrics,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from segcrit.store.base import Identifier
+from segcrit.domain import Identifier
 
 # Strongest first: the profile holding the strongest identifier becomes the primary.
 KIND_PRIORITY = ("user_id", "email", "phone", "identity_link", "gum", "madid", "anonymous_id")

@@ -25,7 +25,8 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -34,8 +35,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from segcrit.errors import StoreError, StoreUnavailable
-from segcrit.store.base import (
+from segcrit.domain import (
     AcceptResult,
     AudienceRecord,
     AudienceStats,
@@ -46,6 +46,8 @@ from segcrit.store.base import (
     ProfileState,
     TargetKey,
 )
+from segcrit.errors import StoreError, StoreUnavailable
+from segcrit.store import sqlite_path
 from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
 from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin
 from segcrit.store.sqlite_enrichment import EnrichmentStoreMixin, EnrichmentTxMixin
@@ -58,6 +60,9 @@ PROCESSOR_CACHE_KIB = 64 * 1024
 GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
 # The longest the processor waits for ingest to have nothing to commit before it writes anyway.
 INGEST_FIRST_MAX_WAIT_SECS = 0.05
+# A processing transaction that ingest waits for commits and gives way once it has run this long
+# (less would spend the processor's time on commits, more would delay acks).
+GIVE_WAY_AFTER_SECS = 0.005
 # targets.acked: what Criteo holds of an identifier as far as we know. UNKNOWN while a call that
 # may change it is in flight or after its answer was lost (SPEC §1, Uncertain calls): such a row is
 # pending whatever it desires, and neither wanted nor held only once an answered call settles it.
@@ -183,6 +188,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.RLock()
+        self._chunk_lock = threading.Lock()  # one processing chunk at a time: the inbox claim
         # Ingest goes first on the write lock: while requests wait for their commit, the processor
         # commits what it has done and waits (`ingest_waiting`, `give_way_to_ingest`).
         self._ingest_busy = False  # the writer holds a group it has not committed yet
@@ -206,10 +212,10 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
 
     # ------------------------------------------------------------------ connections
 
-    def use_large_cache(self) -> None:
-        """A bigger page cache for this thread's connection (the processor's: it touches random
-        identifier and profile pages all the time; ~10% faster at 64 MB). One thread only, so the
-        process stays well inside its memory budget."""
+    def _use_large_cache(self) -> None:
+        """A bigger page cache for this thread's connection (the processor's, from `claim_chunk`: it
+        touches random identifier and profile pages all the time; ~10% faster at 64 MB). One thread
+        only, so the process stays well inside its memory budget."""
         if not getattr(self._local, "large_cache", False):
             self._conn().execute(f"PRAGMA cache_size=-{PROCESSOR_CACHE_KIB}")
             self._local.large_cache = True
@@ -426,19 +432,52 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
 
     # ------------------------------------------------------------------ processing
 
-    def claim_events(self, limit: int) -> list[InboxEvent]:
-        rows = (
-            self._conn()
-            .execute("SELECT seq, source, received_at, body FROM inbox ORDER BY seq LIMIT ?", (limit,))
-            .fetchall()
-        )
-        return [InboxEvent(seq=r[0], source=r[1], received_at=r[2], message=orjson.loads(r[3])) for r in rows]
+    @contextmanager
+    def claim_chunk(self, limit: int, *, only: Sequence[int] | None = None) -> Iterator[SqliteChunk]:
+        """The processor's unit of work with the events it applies (see ProcessingStore).
+
+        One chunk at a time (`_chunk_lock`): that is the claim, since one process owns the file. The
+        events are read before the write transaction starts, so that ingest never waits for the
+        read; then ingest goes first (`give_way_to_ingest`), and the chunk ends early when ingest
+        starts waiting for the write lock (`SqliteChunk.should_commit_early`).
+        """
+        with self._chunk_lock:
+            self._use_large_cache()
+            events = self._waiting_inbox(limit, only)
+            if not events:
+                # Nothing to apply: a read transaction, so an idle processor never takes the write lock.
+                conn = self._conn()
+                conn.execute("BEGIN")
+                try:
+                    yield SqliteChunk(conn, [], self.ingest_waiting)
+                finally:
+                    _rollback(conn)
+                return
+            self.give_way_to_ingest()
+            with self._write(proves_space=True) as conn:
+                chunk = SqliteChunk(conn, events, self.ingest_waiting)
+                yield chunk
+                chunk.flush_seen()
+
+    def _waiting_inbox(self, limit: int, only: Sequence[int] | None) -> list[InboxEvent]:
+        conn = self._conn()
+        if only is None:
+            rows = conn.execute("SELECT seq, source, received_at, body FROM inbox ORDER BY seq LIMIT ?", (limit,))
+            return [_inbox_event(row) for row in rows]
+        events: list[InboxEvent] = []
+        for piece in _pieces(sorted(only)):
+            marks = ", ".join("?" * len(piece))
+            query = f"SELECT seq, source, received_at, body FROM inbox WHERE seq IN ({marks}) ORDER BY seq"
+            events += [_inbox_event(row) for row in conn.execute(query, list(piece))]
+        return events[:limit]
 
     @contextmanager
     def transaction(self, *, proves_space: bool = True) -> Iterator[SqliteTx]:
-        """The processor's unit of work (`proves_space`: see `_write`)."""
+        """A unit of work without events (`proves_space`: see `_write`)."""
         with self._write(proves_space=proves_space) as conn:
-            yield SqliteTx(conn)
+            tx = SqliteTx(conn)
+            yield tx
+            tx.flush_seen()
 
     @contextmanager
     def dry_run(self) -> Iterator[SqliteTx]:
@@ -861,28 +900,12 @@ def _set_exception(future: asyncio.Future[AcceptResult], error: BaseException) -
 
 
 class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
-    """The unit of work the processor uses for one chunk of events (all inside one transaction)."""
+    """The unit of work of the processor and the scheduled jobs (all inside one transaction)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._tombstones_seen: bool | None = None  # any tombstone at all? (read once per transaction)
         self._seen: dict[int, float] = {}  # profile -> latest event time, until flush_seen
-
-    def delete_events(self, seqs: Sequence[int]) -> None:
-        if seqs and len(seqs) == seqs[-1] - seqs[0] + 1:
-            # Claimed in order without gaps: one range delete instead of one per event.
-            self.conn.execute("DELETE FROM inbox WHERE seq BETWEEN ? AND ?", (seqs[0], seqs[-1]))
-            return
-        self.conn.executemany("DELETE FROM inbox WHERE seq = ?", [(s,) for s in seqs])
-
-    def quarantine_event(self, event: InboxEvent, error: str, now: float) -> None:
-        """Move an event whose processing fails out of the queue, keeping it for inspection."""
-        self.conn.execute(
-            "INSERT OR REPLACE INTO failed_events (seq, source, received_at, body, error, failed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (event.seq, event.source, event.received_at, orjson.dumps(event.message), error[:2000], now),
-        )
-        self.conn.execute("DELETE FROM inbox WHERE seq = ?", (event.seq,))
 
     # ---- identity
 
@@ -909,7 +932,8 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
         return int(cursor.lastrowid or 0)
 
     def touch_profile(self, profile_id: int, seen_at: float) -> None:
-        """Note that the person was seen; written by `flush_seen`, once per profile per chunk."""
+        """Note that the person was seen; written by `flush_seen` (before the commit), once per
+        profile per transaction."""
         if seen_at > self._seen.get(profile_id, float("-inf")):
             self._seen[profile_id] = seen_at
 
@@ -1149,10 +1173,49 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
             )
 
 
+class SqliteChunk(SqliteTx):
+    """A unit of work with the inbox events it claimed (`SqliteStore.claim_chunk`)."""
+
+    def __init__(self, conn: sqlite3.Connection, events: list[InboxEvent], ingest_waiting: Callable[[], bool]) -> None:
+        super().__init__(conn)
+        self._events = events
+        self._ingest_waiting = ingest_waiting
+        self._started = time.monotonic()
+
+    @property
+    def events(self) -> list[InboxEvent]:
+        return self._events
+
+    def should_commit_early(self) -> bool:
+        """Ingest waits for the write lock and this transaction has run for GIVE_WAY_AFTER_SECS."""
+        return self._ingest_waiting() and time.monotonic() - self._started >= GIVE_WAY_AFTER_SECS
+
+    def done(self, events: Sequence[InboxEvent]) -> None:
+        seqs = [event.seq for event in events]
+        if not seqs:
+            return
+        if len(seqs) == seqs[-1] - seqs[0] + 1:
+            # Claimed in order without gaps: one range delete instead of one per event.
+            self.conn.execute("DELETE FROM inbox WHERE seq BETWEEN ? AND ?", (seqs[0], seqs[-1]))
+            return
+        self.conn.executemany("DELETE FROM inbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def set_aside(self, event: InboxEvent, error: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO failed_events (seq, source, received_at, body, error, failed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (event.seq, event.source, event.received_at, orjson.dumps(event.message), error[:2000], now),
+        )
+        self.conn.execute("DELETE FROM inbox WHERE seq = ?", (event.seq,))
+
+
+def _inbox_event(row: Sequence[Any]) -> InboxEvent:
+    return InboxEvent(seq=row[0], source=row[1], received_at=row[2], message=orjson.loads(row[3]))
+
+
 def _pairs_clause(count: int) -> str:
     return " OR ".join(["(kind = ? AND value = ?)"] * count)
 
 
 def open_sqlite(url: str, *, owner: bool = False) -> SqliteStore:
-    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SqliteStore(path or ":memory:", owner=owner)
+    return SqliteStore(sqlite_path(url), owner=owner)

@@ -10,30 +10,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from segcrit.cohort import ProfileFacts
+from segcrit.domain import JobRecord, LookalikeRecord, ProfileFacts
 
 FACTS_PAGE = 5_000
-
-
-@dataclass(frozen=True, slots=True)
-class LookalikeRecord:
-    name: str
-    seed_audience: str
-    target_size: int
-    segment_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    name: str
-    last_run_at: float | None
-    last_result: str | None
-    next_run_at: float
 
 
 def _json_text(value: dict[str, Any]) -> str:

@@ -9,51 +9,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-
-@dataclass(frozen=True, slots=True)
-class PendingEvent:
-    id: int
-    person: str
-    header: dict[str, Any]
-    body: dict[str, Any]
-    created_at: float
-    attempts: int
-    first_failure_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class PendingProduct:
-    merchant_id: str
-    product_id: str
-    fields: dict[str, Any]
-    fingerprint: str
-    updated_at: float
-    attempts: int
-    first_failure_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class OpenBatch:
-    token: str
-    merchant_id: str
-    created_at: float
-    products: list[tuple[str, str]]  # (product_id, fingerprint)
-    polls: int
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogStats:
-    products: int
-    accepted: int
-    with_errors: int
-    pending: int
-    in_flight: int
-    not_sent: dict[str, int]  # reason -> products
+from segcrit.domain import CatalogStats, OpenBatch, PendingEvent, PendingProduct
 
 
 class CommerceTxMixin:

@@ -11,46 +11,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from segcrit.domain import DueLookup, LookupDone, LookupStats
+
 SEED_PAGE = 5_000  # identifiers read per transaction when queueing the profiles known before
-
-
-@dataclass(frozen=True, slots=True)
-class DueLookup:
-    """A profile due for one lookup: its keys (raw ids, or sha256 of emails), the row's version and
-    the fingerprint of the last answer applied (None: none yet)."""
-
-    profile_id: int
-    version: int
-    keys: tuple[str, ...]
-    answer: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LookupDone:
-    profile_id: int
-    version: int  # as read by `due_lookups`: a newer one means processing asked again meanwhile
-    outcome: str  # found | unknown | no_key
-    next_due_at: float
-    answer: str | None = None  # fingerprint of the answer now applied (None: nothing found)
-
-
-@dataclass(frozen=True, slots=True)
-class LookupStats:
-    name: str
-    profiles: int  # profiles that hold the lookup's key
-    due: int  # due now
-    outcomes: dict[str, int]  # found / unknown / no_key -> profiles, as of their last lookup
-    failing_since: float | None
-    last_error: str | None
-    next_try_at: float | None
-    last_success_at: float | None
-    lookups: int
-    requests: int
 
 
 class EnrichmentTxMixin:

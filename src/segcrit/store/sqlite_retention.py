@@ -14,12 +14,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
-from segcrit.store.base import InboxEvent
+from segcrit.domain import (
+    DROPPED_DEAD_LETTERS,
+    DROPPED_FAILED_EVENTS,
+    WAITING_PLACES,
+    FailedEvent,
+    InboxEvent,
+    WaitingPlace,
+)
 
 if TYPE_CHECKING:
     from segcrit.store.sqlite import SqliteTx
@@ -27,25 +33,8 @@ if TYPE_CHECKING:
 RETENTION_BATCH: Final = 1_000  # rows per pruning transaction
 PROFILE_BATCH: Final = 200  # profiles per erasure transaction (each is a dozen statements)
 
-# Counters kept in `meta` (so that `segcrit status` shows them across restarts).
-DROPPED_DEAD_LETTERS: Final = "dropped.dead_letters"
-DROPPED_FAILED_EVENTS: Final = "dropped.failed_events"
+# Counters kept in `meta` (so that `segcrit status` shows them across restarts): DROPPED_*.
 _ANONYMOUS_CURSOR: Final = "retention.anonymous_cursor"  # "last_seen_at id" scanned up to
-
-# Where events wait: the inbox (to be processed) and the events processing set aside.
-WaitingTable = Literal["inbox", "failed_events"]
-WAITING_TABLES: Final[tuple[WaitingTable, ...]] = ("inbox", "failed_events")
-
-
-@dataclass(frozen=True, slots=True)
-class FailedEvent:
-    """An event processing set aside, and why."""
-
-    seq: int
-    source: str
-    received_at: float
-    failed_at: float
-    error: str
 
 
 class RetentionStoreMixin:
@@ -212,27 +201,29 @@ class RetentionStoreMixin:
                 [(kind, value, at) for (kind, value), at in erasures.items()],
             )
 
-    def waiting_events(self, table: WaitingTable, after_seq: int, limit: int) -> list[InboxEvent]:
-        """One page of the events waiting in `table`, in seq order after `after_seq`."""
+    def waiting_events(self, place: WaitingPlace, after_seq: int, limit: int) -> list[InboxEvent]:
+        """One page of the events waiting in `place`, in seq order after `after_seq`."""
         rows = (
             self._conn()
             .execute(
-                f"SELECT seq, source, received_at, body FROM {_waiting(table)} WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT seq, source, received_at, body FROM {_waiting(place)} WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             )
             .fetchall()
         )
         return [InboxEvent(seq=r[0], source=r[1], received_at=r[2], message=orjson.loads(r[3])) for r in rows]
 
-    def delete_waiting_events(self, table: WaitingTable, seqs: Sequence[int]) -> None:
+    def delete_waiting_events(self, place: WaitingPlace, seqs: Sequence[int]) -> None:
+        self.give_way_to_ingest()
         with self._write() as conn:
-            conn.executemany(f"DELETE FROM {_waiting(table)} WHERE seq = ?", [(s,) for s in seqs])
+            conn.executemany(f"DELETE FROM {_waiting(place)} WHERE seq = ?", [(s,) for s in seqs])
 
 
-def _waiting(table: WaitingTable) -> str:
-    if table not in WAITING_TABLES:  # the name goes into SQL: only these two
-        raise ValueError(f"not a table of waiting events: {table!r}")
-    return table
+def _waiting(place: WaitingPlace) -> str:
+    """The table of a waiting place (one of two names, which go into SQL)."""
+    if place not in WAITING_PLACES:
+        raise ValueError(f"not a place where events wait: {place!r}")
+    return place
 
 
 def _add_count(conn: sqlite3.Connection, key: str, count: int) -> None:

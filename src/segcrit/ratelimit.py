@@ -1,9 +1,11 @@
 """Keeping every call to Criteo's API under `criteo.rate_limit_per_minute` in any 60 s window.
 
 `RateLimiter` is the seam: `acquire()` before each call (token calls included), `observe()` after
-it with what Criteo said. `SlidingWindowLimiter` keeps the window in memory for one process; a
-PostgreSQL implementation shares it between processes through the store with the same two methods
-(both async so that one may do I/O).
+it with what Criteo said. The Criteo clients (segcrit.criteo) use it; the store hands out the
+limiter of each budget (`segcrit.store.base.RateBudget.rate_limiter`): `SlidingWindowLimiter` keeps
+the window in memory, which is the whole budget when one process owns the store (SQLite); a
+PostgreSQL store shares one budget between processes through the database with the same two
+methods (both async so that one may do I/O).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import collections
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 from segcrit.clock import Clock
 from segcrit.criteo.constants import (
@@ -25,6 +27,11 @@ from segcrit.criteo.constants import (
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+
+# The call budgets (`RateBudget.rate_limiter` names): every call to criteo.api_url (token calls
+# included) shares one; the Events API host, another.
+CRITEO_API_BUDGET: Final = "criteo_api"
+EVENTS_API_BUDGET: Final = "events_api"
 
 # Our stamp is taken before the request leaves; Criteo counts on arrival. Calls spaced exactly
 # one window apart could arrive closer together, so we keep a little more than a window.
