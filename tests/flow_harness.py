@@ -107,6 +107,7 @@ class Processes:
     def start(self, config: Config, *, holder: str = "test-process") -> Process:
         """A process on the config's store; call again on the same file for a restart."""
         store = SqliteStore(config.store.removeprefix("sqlite:///"))
+        store.release_claims()  # the takeover an owner's open does (`segcrit serve`), of a file not owned here
         metrics = Metrics()
         processor = Processor(store, config, self.clock, metrics)
         scheduler = Scheduler(store, config, processor, self.clock, holder=holder)

@@ -122,7 +122,7 @@ async def resync_audience(config: Config, store: DeliveryStore, audience: str, p
         raise UserError(f"unknown audience {audience!r} (known: {', '.join(sorted(known)) or 'none'})")
     clock = SystemClock()
     metrics = Metrics()
-    client, http = build_criteo_client(config, clock, metrics)
+    client, http = build_criteo_client(config, clock, metrics, budget=store)
     try:
         worker = DeliveryWorker(store, config, client, clock, metrics)
         segment_id = await worker.segment_for(audience)

@@ -35,9 +35,9 @@ from segcrit.engine import Processor
 from segcrit.enrichment.worker import build_enrichment
 from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
-from segcrit.ratelimit import SlidingWindowLimiter
+from segcrit.ratelimit import CRITEO_API_BUDGET, EVENTS_API_BUDGET, SlidingWindowLimiter
 from segcrit.scheduler import Scheduler
-from segcrit.store.base import DeliveryStore, Store
+from segcrit.store.base import DeliveryStore, RateBudget, Store
 
 log = logging.getLogger("segcrit.runtime")
 
@@ -54,9 +54,19 @@ def build_criteo_client(
     metrics: Metrics,
     transport: httpx.AsyncBaseTransport | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    *,
+    budget: RateBudget | None = None,
 ) -> tuple[CriteoClient, httpx.AsyncClient]:
+    """The audience client. Its calls spend the store's `criteo_api` budget, which every process
+    on the store shares; without a store (`segcrit check --online`, a handful of calls), a
+    budget of its own."""
     http = httpx.AsyncClient(timeout=config.criteo.timeout_secs, transport=transport, follow_redirects=False)
-    limiter = SlidingWindowLimiter(config.criteo.rate_limit_per_minute, clock, sleep)
+    limit = config.criteo.rate_limit_per_minute
+    limiter = (
+        budget.rate_limiter(CRITEO_API_BUDGET, limit, clock, sleep)
+        if budget is not None
+        else SlidingWindowLimiter(limit, clock, sleep)
+    )
     return CriteoClient(config.criteo, http, limiter, clock, metrics), http
 
 
@@ -91,16 +101,12 @@ def build_workers(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
 ) -> Workers:
-    """The delivery workers with their Criteo clients (call inside the event loop that runs them).
-
-    They take the store over: a call still claimed in it was cut short by a process that is gone
-    (one process owns a SQLite file), so its changes count as unanswered at once."""
-    released = store.release_claims()
-    if released:
-        log.warning("unanswered changes of an earlier run will be sent again", extra={"changes": released})
-    client, http = build_criteo_client(config, clock, metrics, transport, sleep)
+    """The delivery workers with their Criteo clients (call inside the event loop that runs them);
+    their calls spend the store's budgets."""
+    client, http = build_criteo_client(config, clock, metrics, transport, sleep, budget=store)
     events_http = httpx.AsyncClient(timeout=config.criteo.timeout_secs, transport=transport, follow_redirects=False)
-    events_limiter = SlidingWindowLimiter(config.criteo.events_rate_limit_per_minute, clock, sleep)
+    events_limit = config.criteo.events_rate_limit_per_minute
+    events_limiter = store.rate_limiter(EVENTS_API_BUDGET, events_limit, clock, sleep)
     events_client = EventsClient(config.criteo.events_url, events_http, events_limiter, clock, metrics)
     backoff = Backoff.from_config(config.delivery, rng or random.Random())
     return Workers(

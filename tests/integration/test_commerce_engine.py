@@ -207,7 +207,7 @@ def test_catalog_products_change_only_when_their_data_does(store: SqliteStore, t
     stats = store.catalog_stats()
     assert stats.products == 2 and stats.not_sent == {"imageLink": 1}
     store.open_batch("tok", "6789", [("P1", pending.fingerprint)], T0, T0)
-    store.close_batch(store.batches_to_poll(T0 + 1)[0], {}, T0 + 1)
+    store.close_batch(store.batches_to_poll(T0 + 1, T0 + 60)[0], {}, T0 + 1)
     put(store, _track("Product Viewed", "c4", **full))
     proc.drain()
     assert store.due_products("6789", T0 + 10, 100) == []  # unchanged: nothing to send

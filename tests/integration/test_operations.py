@@ -182,7 +182,7 @@ def test_the_running_totals_follow_every_write(tmp_path: Path, emulator_url: str
         processor.drain()
         assert totals() == counted(db) and totals()["audiences_held"] == 1
         changes = store.due_changes(T0 + 60, 100)
-        store.claim_changes([c.key for c in changes[:8]], T0 + 30)
+        store.claim_changes([c.key for c in changes[:8]], True, T0 + 2, T0 + 30)
         store.ack_changes([c.key for c in changes[:4]], True, T0 + 2)  # delivered
         store.defer_changes([c.key for c in changes[4:6]], T0 + 90, T0 + 2, maybe_applied=True)  # answer lost
         store.defer_changes([c.key for c in changes[6:8]], T0 + 90, T0 + 2, maybe_applied=False)  # refused: retry

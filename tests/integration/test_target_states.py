@@ -47,13 +47,13 @@ def held(store: SqliteStore) -> bool:
 
 def settled_member(store: SqliteStore) -> None:
     want(store, True)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)
+    store.claim_changes([KEY], True, T0, T0 + CLAIM_SECS)
     store.ack_changes([KEY], True, T0)
 
 
 def test_a_claimed_change_is_pending_but_not_due_until_its_claim_expires(store: SqliteStore) -> None:
     want(store, True)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)
+    store.claim_changes([KEY], True, T0, T0 + CLAIM_SECS)
 
     assert store.due_changes(T0 + CLAIM_SECS - 1, 100) == []
     assert store.pending_count() == 1
@@ -72,7 +72,7 @@ def test_an_answer_settles_the_change(store: SqliteStore) -> None:
 
 def test_a_refused_call_leaves_the_change_as_it_was(store: SqliteStore) -> None:
     want(store, True)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)
+    store.claim_changes([KEY], True, T0, T0 + CLAIM_SECS)
     store.defer_changes([KEY], T0 + 1, T0, maybe_applied=False)  # a 429: it never ran
     assert due(store) == [(True, 1)]
 
@@ -83,7 +83,7 @@ def test_a_refused_call_leaves_the_change_as_it_was(store: SqliteStore) -> None:
 
 def test_a_lost_answer_makes_a_leave_send_a_remove(store: SqliteStore) -> None:
     want(store, True)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)
+    store.claim_changes([KEY], True, T0, T0 + CLAIM_SECS)
     store.defer_changes([KEY], T0 + 1, T0, maybe_applied=True)  # a 500: it may have run
 
     want(store, False, T0 + 2)
@@ -94,7 +94,7 @@ def test_a_lost_answer_makes_a_leave_send_a_remove(store: SqliteStore) -> None:
 def test_a_lost_remove_then_a_return_sends_the_add(store: SqliteStore) -> None:
     settled_member(store)
     want(store, False)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)
+    store.claim_changes([KEY], False, T0, T0 + CLAIM_SECS)
     store.defer_changes([KEY], T0 + 1, T0, maybe_applied=True)
 
     want(store, True, T0 + 2)  # desired equals what was acknowledged, but the remove may have run
@@ -104,13 +104,13 @@ def test_a_lost_remove_then_a_return_sends_the_add(store: SqliteStore) -> None:
 
 def test_an_unknown_change_survives_erasure_as_a_remove(store: SqliteStore) -> None:
     want(store, True)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)
+    store.claim_changes([KEY], True, T0, T0 + CLAIM_SECS)
     store.defer_changes([KEY], T0 + 1, T0, maybe_applied=True)
 
     with store.transaction() as tx:
         tx.erase_profile(PROFILE, T0 + 2, set())
     assert due(store) == [(False, 0)]
-    store.claim_changes([KEY], T0 + 3 + CLAIM_SECS)
+    store.claim_changes([KEY], False, T0 + 3, T0 + 3 + CLAIM_SECS)
     store.ack_changes([KEY], False, T0 + 3)
     assert store.audience_stats() == []  # removed and acknowledged: nothing left of the person
 
@@ -120,7 +120,7 @@ def test_a_dead_letter_ends_the_claim_as_its_call_ended(
     store: SqliteStore, maybe_applied: bool, after_replay: list[tuple[bool, int]]
 ) -> None:
     want(store, True)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)
+    store.claim_changes([KEY], True, T0, T0 + CLAIM_SECS)
     store.dead_letter([KEY], True, 500, "retry window exhausted", T0, maybe_applied=maybe_applied)
     assert due(store) == [] and store.pending_count() == 0
 
@@ -132,8 +132,9 @@ def test_a_dead_letter_ends_the_claim_as_its_call_ended(
 
 def test_an_expired_claim_stays_unknown_when_the_next_call_is_refused(store: SqliteStore) -> None:
     want(store, True)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)  # the process dies during this call
-    store.claim_changes([KEY], T0 + 3 * CLAIM_SECS)  # the next one takes the change over ...
+    store.claim_changes([KEY], True, T0, T0 + CLAIM_SECS)  # the process dies during this call
+    # the next one takes the change over once the claim expired ...
+    assert store.claim_changes([KEY], True, T0 + CLAIM_SECS, T0 + 3 * CLAIM_SECS) == [KEY]
     store.defer_changes([KEY], T0 + 1, T0, maybe_applied=False)  # ... and its own call is refused
 
     want(store, False, T0 + 2)
@@ -143,7 +144,7 @@ def test_an_expired_claim_stays_unknown_when_the_next_call_is_refused(store: Sql
 def test_release_claims_makes_claimed_changes_due_at_once_and_unknown(store: SqliteStore) -> None:
     settled_member(store)
     want(store, False)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)
+    store.claim_changes([KEY], False, T0, T0 + CLAIM_SECS)
 
     assert store.release_claims() == 1
     assert store.release_claims() == 0
@@ -153,7 +154,7 @@ def test_release_claims_makes_claimed_changes_due_at_once_and_unknown(store: Sql
 
 def test_a_re_resolved_audience_forgets_what_was_unknown(store: SqliteStore) -> None:
     want(store, True)
-    store.claim_changes([KEY], T0 + CLAIM_SECS)
+    store.claim_changes([KEY], True, T0, T0 + CLAIM_SECS)
     store.defer_changes([KEY], T0 + 1, T0, maybe_applied=True)
 
     store.reset_audience_acks("vip", T0 + 2)  # a new segment: it holds nothing of ours

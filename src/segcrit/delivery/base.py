@@ -8,12 +8,16 @@ import orjson
 
 from segcrit.clock import Clock
 from segcrit.config import Config
+from segcrit.criteo.constants import RATE_LIMIT_WINDOW_SECS
 from segcrit.criteo.errors import PermanentError
 from segcrit.delivery.backoff import Backoff
 from segcrit.metrics import Metrics
 
 StoreT = TypeVar("StoreT")
 ClientT = TypeVar("ClientT")
+
+# Requests of one call at most: the token call, then two tries (a 401 is retried at once with a new token).
+REQUESTS_PER_CALL = 3
 
 
 class Worker(Generic[StoreT, ClientT]):
@@ -38,6 +42,13 @@ class Worker(Generic[StoreT, ClientT]):
         self.clock = clock
         self.metrics = metrics
         self.backoff = backoff or Backoff.from_config(config.delivery)
+
+    @property
+    def claim_secs(self) -> float:
+        """How long a call's claim on its work lasts: longer than the call can take (a wait of up to
+        a rate-limit window, then the token call and two tries within criteo.timeout_secs each), so
+        that only the claim of a process that died expires."""
+        return RATE_LIMIT_WINDOW_SECS + REQUESTS_PER_CALL * self.config.criteo.timeout_secs
 
     def window_over(self, first_failure_at: float | None, now: float) -> bool:
         """Whether something failing since `first_failure_at` has used up `delivery.retry_window_hours`."""

@@ -67,7 +67,13 @@ class EventsWorker(Worker[EventsQueue, EventsClient]):
                 group.create_task(send_person(events))
         return sum(math.ceil(len(events) / MAX_EVENTS_PER_DOCUMENT) for events in due)
 
-    async def _send(self, events: Sequence[PendingEvent]) -> None:
+    async def _send(self, pending: Sequence[PendingEvent]) -> None:
+        # Claimed when its turn comes, not for the whole round: another process takes the rest meanwhile.
+        now = self.clock.now()
+        claimed = set(self.store.claim_criteo_events([e.id for e in pending], now, now + self.claim_secs))
+        events = [e for e in pending if e.id in claimed]
+        if not events:
+            return
         # The latest event's context (ip, user agent, url) speaks for the document.
         document = {**events[-1].header, "version": DOCUMENT_VERSION, "events": [e.body for e in events]}
         ids = [e.id for e in events]
@@ -104,7 +110,8 @@ class CatalogWorker(Worker[CatalogQueue, CatalogClient]):
         if not self.flows:
             return 0
         calls = 0
-        for batch in self.store.batches_to_poll(self.clock.now()):
+        now = self.clock.now()
+        for batch in self.store.batches_to_poll(now, now + self.claim_secs):
             calls += 1
             await self._poll(batch)
         for flow in self.flows:
@@ -113,10 +120,20 @@ class CatalogWorker(Worker[CatalogQueue, CatalogClient]):
                 continue
             full = len(products) >= flow.max_batch_products
             waited = self.clock.now() - min(p.updated_at for p in products) >= flow.max_wait_secs
-            if force or full or waited or any(p.attempts for p in products):
+            if not (force or full or waited or any(p.attempts for p in products)):
+                continue
+            products = self._claim(flow, products)
+            if products:
                 calls += 1
                 await self._send(flow, products)
         return calls
+
+    def _claim(self, flow: CatalogFlow, products: Sequence[PendingProduct]) -> list[PendingProduct]:
+        """The products this batch may carry: those no other batch being sent holds."""
+        now = self.clock.now()
+        ids = [p.product_id for p in products]
+        claimed = set(self.store.claim_products(flow.merchant_id, ids, now, now + self.claim_secs))
+        return [p for p in products if p.product_id in claimed]
 
     async def _send(self, flow: CatalogFlow, products: Sequence[PendingProduct]) -> None:
         # due_products reads one row per (merchant, product): no product twice in a batch.

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from segcrit.config import AudienceSyncFlow, audience_names
 from segcrit.criteo.client import CriteoClient
-from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL, RATE_LIMIT_WINDOW_SECS
+from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL
 from segcrit.criteo.errors import (
     AudienceInvalidError,
     PermanentError,
@@ -47,8 +47,6 @@ log = logging.getLogger("segcrit.delivery")
 # the backlog; a group cut off by the scan is then read and sent a call's worth at a time.
 SCAN_LIMIT = MAX_IDENTIFIERS_PER_CALL
 MAX_CALLS_PER_GROUP_ROUND = 20
-# Tries of one call (a 401 is retried at once with a new token) and the token call before them.
-_REQUESTS_PER_CALL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +63,6 @@ class GroupKey:
 class DeliveryWorker(Worker[AudienceDeliveryStore, CriteoClient]):
     _re_resolved: set[str]  # audiences whose segment vanished during this round (set by drain_once)
     _admitted_on: int | None = None  # the UTC day held audiences were last admitted for
-
-    @property
-    def claim_secs(self) -> float:
-        """How long a call's claim on its changes lasts: longer than the call can take (a wait of
-        up to a rate-limit window, then the token call and two tries within criteo.timeout_secs
-        each), so that only the claim of a process that died expires."""
-        return RATE_LIMIT_WINDOW_SECS + _REQUESTS_PER_CALL * self.config.criteo.timeout_secs
 
     async def drain_once(self, *, force: bool = False, audience: str | None = None) -> int:
         """Send every group that is due (all of them with `force`), of one `audience` if given;
@@ -152,7 +143,13 @@ class DeliveryWorker(Worker[AudienceDeliveryStore, CriteoClient]):
         keys = [c.key for c in changes]
         try:
             segment_id = await self.segment_for(key.audience)
-            self.store.claim_changes(keys, self.clock.now() + self.claim_secs)
+            # The call carries what it claims: what another call holds, or what changed meanwhile, stays.
+            now = self.clock.now()
+            keys = self.store.claim_changes(keys, key.add, now, now + self.claim_secs)
+            if not keys:
+                return True
+            claimed = set(keys)
+            changes = [c for c in changes if c.key in claimed]
             await self.client.patch_contact_list(segment_id, key.operation, key.id_type, [k.id_value for k in keys])
         except AudienceInvalidError as error:
             # Answered: there is no such segment, so the call changed nothing (re-resolving ends its claim).

@@ -11,6 +11,7 @@ role it uses (the records they exchange are in `segcrit.domain`):
     AudienceDeliveryStore          contact lists: claim due changes, ack, defer, dead letter;
                                      audiences, held audiences, lookalikes
     EventsQueue / CatalogQueue     Events API documents, catalog products and batch polls
+    RateBudget                     the Criteo call budget every process shares
     SchedulerStore                 jobs and their leases
     ScheduledFlowStore             the scheduled part of suppression, lifecycle, lookalike_seed
     HousekeepingStore              retention
@@ -38,6 +39,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from segcrit.clock import Clock
 from segcrit.domain import (
     AcceptResult,
     AudienceRecord,
@@ -61,6 +63,7 @@ from segcrit.domain import (
     TargetKey,
     WaitingPlace,
 )
+from segcrit.ratelimit import RateLimiter, Sleep
 
 # ---------------------------------------------------------------------------------------- ingest
 
@@ -265,12 +268,14 @@ class AudienceDeliveryStore(Protocol):
         """The due changes of one (audience, operation, identifier type), the oldest first."""
         ...
 
-    def claim_changes(self, keys: Iterable[TargetKey], until: float) -> None:
-        """Before a call: its rows are in flight until `until`, and what Criteo holds of them is
-        unknown until it answers (an expired claim is a lost answer)."""
-        ...
+    def claim_changes(self, keys: Sequence[TargetKey], add: bool, now: float, until: float) -> list[TargetKey]:
+        """Before a call: claim those of `keys` that are still due for operation `add` and that no
+        other claim holds, until `until`; returns them (the call carries those only).
 
-    def release_claims(self) -> int: ...
+        Committed before the call: what Criteo holds of them is unknown until it answers, so a
+        crash during the call leaves them uncertain rather than settled (an expired claim is a
+        lost answer)."""
+        ...
 
     def ack_changes(self, keys: Iterable[TargetKey], add: bool, now: float) -> None:
         """Criteo answered: it holds (add) or no longer holds (remove) these identifiers."""
@@ -325,6 +330,10 @@ class EventsQueue(Protocol):
         """Events due (retry time passed, not claimed, not dead-lettered), the oldest first."""
         ...
 
+    def claim_criteo_events(self, ids: Sequence[int], now: float, until: float) -> list[int]:
+        """Claim those of these events that no other claim holds, until `until`; returns their ids."""
+        ...
+
     def events_sent(self, ids: Sequence[int]) -> None:
         """Criteo accepted them: they leave the queue."""
         ...
@@ -340,6 +349,10 @@ class CatalogQueue(Protocol):
         """Changed products not in a batch, not claimed, not dead-lettered, the oldest first."""
         ...
 
+    def claim_products(self, merchant_id: str, product_ids: Sequence[str], now: float, until: float) -> list[str]:
+        """Claim those of these products that no other claim holds, until `until`; returns them."""
+        ...
+
     def open_batch(
         self, token: str, merchant_id: str, products: Sequence[tuple[str, str]], now: float, poll_at: float
     ) -> None:
@@ -350,7 +363,9 @@ class CatalogQueue(Protocol):
     def dead_letter_products(
         self, merchant_id: str, product_ids: Sequence[str], status: int | None, error: str, now: float
     ) -> int: ...
-    def batches_to_poll(self, now: float) -> list[OpenBatch]: ...
+    def batches_to_poll(self, now: float, until: float) -> list[OpenBatch]:
+        """The open batches whose next poll is due, each claimed until `until` (or until polled)."""
+        ...
 
     def batch_polled(self, token: str, next_poll: float) -> None:
         """The report is not final yet: poll again at `next_poll` (the claim ends)."""
@@ -361,7 +376,14 @@ class CatalogQueue(Protocol):
         ...
 
 
-class DeliveryStore(AudienceDeliveryStore, EventsQueue, CatalogQueue, Protocol):
+class RateBudget(Protocol):
+    def rate_limiter(self, name: str, limit_per_minute: int, clock: Clock, sleep: Sleep) -> RateLimiter:
+        """The limiter of one call budget (`criteo_api`: every call to criteo.api_url; `events_api`):
+        at most `limit_per_minute` calls in any 60 s, shared by every process using this store."""
+        ...
+
+
+class DeliveryStore(AudienceDeliveryStore, EventsQueue, CatalogQueue, RateBudget, Protocol):
     """What the delivery thread uses (segcrit.runtime.build_workers, `segcrit resync`)."""
 
 

@@ -35,6 +35,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
+from segcrit.clock import Clock
 from segcrit.domain import (
     AcceptResult,
     AudienceRecord,
@@ -47,9 +48,10 @@ from segcrit.domain import (
     TargetKey,
 )
 from segcrit.errors import StoreError, StoreUnavailable
+from segcrit.ratelimit import RateLimiter, Sleep, SlidingWindowLimiter
 from segcrit.store import sqlite_path
 from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
-from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin
+from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin, MemoryClaims
 from segcrit.store.sqlite_enrichment import EnrichmentStoreMixin, EnrichmentTxMixin
 from segcrit.store.sqlite_retention import RetentionStoreMixin
 
@@ -197,6 +199,10 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         self._writer: threading.Thread | None = None
         self._closed = False
         self._owner_fd: int | None = None
+        # Claims on work without an "unknown" state: one process owns the file, so they live here.
+        self._event_claims = MemoryClaims[int]()
+        self._product_claims = MemoryClaims[tuple[str, str]]()
+        self._poll_claims = MemoryClaims[str]()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             if owner:
@@ -206,9 +212,16 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
                 _make_private(path)
             schema = resources.files("segcrit.store").joinpath("schema_sqlite.sql").read_text()
             self._conn().executescript(schema)
+            if owner:
+                self._take_over()
         except BaseException:
             self.close()
             raise
+
+    def _take_over(self) -> None:
+        released = self.release_claims()
+        if released:
+            log.warning("unanswered changes of an earlier run will be sent again", extra={"changes": released})
 
     # ------------------------------------------------------------------ connections
 
@@ -561,22 +574,37 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         """Changes waiting for delivery, held audiences' included (a running total: no scan)."""
         return self.counter("changes_pending")
 
-    def claim_changes(self, keys: Iterable[TargetKey], until: float) -> None:
-        """Before a call: its rows are in flight until `until`, and what Criteo holds of them is
-        unknown until it answers. Committed before the call, so that a crash during it leaves them
-        uncertain rather than settled (a claim that expires is a lost answer)."""
+    def claim_changes(self, keys: Sequence[TargetKey], add: bool, now: float, until: float) -> list[TargetKey]:
+        """Before a call: claim the rows still due for this operation (see AudienceDeliveryStore);
+        from then on what Criteo holds of them is unknown until it answers. Committed before the
+        call, so that a crash during it leaves them uncertain rather than settled.
+
+        One process owns the file, so every claim is this process's own: the answer that settles a
+        row (ack, defer, dead letter) needs no check of who holds it."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for key in keys:
+            groups.setdefault((key.audience, key.id_type), []).append(key.id_value)
+        claimed: list[TargetKey] = []
         with self._write() as conn:
-            conn.executemany(
-                f"UPDATE targets SET acked_before = acked, acked = {UNKNOWN}, claim_until = ? "
-                "WHERE audience = ? AND id_type = ? AND id_value = ?",
-                [(until, k.audience, k.id_type, k.id_value) for k in keys],
-            )
+            for (audience, id_type), values in groups.items():
+                for piece in _pieces(values):
+                    marks = ", ".join("?" * len(piece))
+                    rows = conn.execute(
+                        f"UPDATE targets SET acked_before = acked, acked = {UNKNOWN}, claim_until = ? "
+                        f"WHERE audience = ? AND id_type = ? AND id_value IN ({marks}) AND desired = ? "
+                        "AND desired != acked AND dead_letter_id IS NULL AND next_at <= ? "
+                        "AND (claim_until IS NULL OR claim_until <= ?) RETURNING id_value",
+                        (until, audience, id_type, *piece, int(add), now, now),
+                    ).fetchall()
+                    claimed += [TargetKey(audience, id_type, row[0]) for row in rows]
+        return claimed
 
     def release_claims(self) -> int:
         """End every claim as a lost answer (the rows stay unknown and are due); returns how many.
 
-        For the process that takes over the SQLite file: one process owns it, so a claim found in it
-        was left by a process that died during the call, and need not wait for its expiry."""
+        At takeover (`owner=True`): one process owns the file, so a claim found in it was left by a
+        process that died during the call, and need not wait for its expiry. The claims on Events
+        API events and catalog products live in memory (`MemoryClaims`): they went with that process."""
         with self._write() as conn:
             return conn.execute(
                 "UPDATE targets SET claim_until = NULL, acked_before = NULL "
@@ -837,6 +865,12 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         ):
             out.setdefault(id_type, set()).add(id_value)
         return out
+
+    # ------------------------------------------------------------------ rate budget
+
+    def rate_limiter(self, name: str, limit_per_minute: int, clock: Clock, sleep: Sleep) -> RateLimiter:
+        """One process owns the file: the window it keeps in memory is the whole budget."""
+        return SlidingWindowLimiter(limit_per_minute, clock, sleep)
 
     # ------------------------------------------------------------------ leases
 

@@ -2,18 +2,51 @@
 
 Mixed into SqliteStore (store-level reads and delivery bookkeeping) and SqliteTx (what the
 processor writes inside its transaction), so `sqlite.py` keeps the audience core.
+
+Claims (EventsQueue, CatalogQueue): one process owns the file, so the claims on Events API events,
+catalog products and batch polls are kept in memory (`MemoryClaims`); a due read leaves claimed
+work out, and the write that settles it ends its claim.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
 from segcrit.domain import CatalogStats, OpenBatch, PendingEvent, PendingProduct
+
+K = TypeVar("K", bound=Hashable)
+
+
+class MemoryClaims(Generic[K]):
+    """Claims kept in memory: key -> until. Enough for a store one process owns (SQLite), for work
+    whose claim only keeps two senders apart (Events API events, catalog products and polls);
+    what a dead process claimed is free again with the next process."""
+
+    def __init__(self) -> None:
+        self._until: dict[K, float] = {}
+        self._lock = threading.Lock()
+
+    def take(self, keys: Iterable[K], now: float, until: float) -> list[K]:
+        """Claim those of `keys` that no claim holds at `now`; returns them."""
+        with self._lock:
+            self._until = {key: end for key, end in self._until.items() if end > now}
+            taken = [key for key in dict.fromkeys(keys) if key not in self._until]
+            self._until.update(dict.fromkeys(taken, until))
+        return taken
+
+    def held(self, key: K, now: float) -> bool:
+        return self._until.get(key, float("-inf")) > now
+
+    def end(self, keys: Iterable[K]) -> None:
+        with self._lock:
+            for key in keys:
+                self._until.pop(key, None)
 
 
 class CommerceTxMixin:
@@ -100,6 +133,10 @@ class CommerceTxMixin:
 
 
 class CommerceStoreMixin:
+    _event_claims: MemoryClaims[int]
+    _product_claims: MemoryClaims[tuple[str, str]]
+    _poll_claims: MemoryClaims[str]
+
     def _conn(self) -> sqlite3.Connection:
         raise NotImplementedError  # provided by SqliteStore
 
@@ -118,11 +155,19 @@ class CommerceStoreMixin:
             )
             .fetchall()
         )
-        return [PendingEvent(r[0], r[1], orjson.loads(r[2]), orjson.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+        return [
+            PendingEvent(r[0], r[1], orjson.loads(r[2]), orjson.loads(r[3]), r[4], r[5], r[6])
+            for r in rows
+            if not self._event_claims.held(r[0], now)
+        ]
+
+    def claim_criteo_events(self, ids: Sequence[int], now: float, until: float) -> list[int]:
+        return self._event_claims.take(ids, now, until)
 
     def events_sent(self, ids: Sequence[int]) -> None:
         with self._write() as conn:
             conn.executemany("DELETE FROM criteo_events WHERE id = ?", [(i,) for i in ids])
+        self._event_claims.end(ids)
 
     def defer_events(self, ids: Sequence[int], next_at: float, now: float) -> None:
         with self._write() as conn:
@@ -131,11 +176,13 @@ class CommerceStoreMixin:
                 "first_failure = coalesce(first_failure, ?) WHERE id = ?",
                 [(next_at, now, i) for i in ids],
             )
+        self._event_claims.end(ids)
 
     def dead_letter_events(self, ids: Sequence[int], status: int | None, error: str, now: float) -> int:
         with self._write() as conn:
             letter = _new_dead_letter(conn, "events", "events", "send", "document", len(ids), status, error, now)
             conn.executemany("UPDATE criteo_events SET dead_letter_id = ? WHERE id = ?", [(letter, i) for i in ids])
+        self._event_claims.end(ids)
         return letter
 
     def pending_event_count(self) -> int:
@@ -157,7 +204,15 @@ class CommerceStoreMixin:
             )
             .fetchall()
         )
-        return [PendingProduct(r[0], r[1], orjson.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+        return [
+            PendingProduct(r[0], r[1], orjson.loads(r[2]), r[3], r[4], r[5], r[6])
+            for r in rows
+            if not self._product_claims.held((r[0], r[1]), now)
+        ]
+
+    def claim_products(self, merchant_id: str, product_ids: Sequence[str], now: float, until: float) -> list[str]:
+        taken = self._product_claims.take([(merchant_id, p) for p in product_ids], now, until)
+        return [product_id for _, product_id in taken]
 
     def open_batch(
         self, token: str, merchant_id: str, products: Sequence[tuple[str, str]], now: float, poll_at: float
@@ -173,8 +228,9 @@ class CommerceStoreMixin:
                 "WHERE merchant_id = ? AND product_id = ?",
                 [(token, merchant_id, pid) for pid, _ in products],
             )
+        self._product_claims.end((merchant_id, pid) for pid, _ in products)
 
-    def batches_to_poll(self, now: float) -> list[OpenBatch]:
+    def batches_to_poll(self, now: float, until: float) -> list[OpenBatch]:
         rows = (
             self._conn()
             .execute(
@@ -184,13 +240,19 @@ class CommerceStoreMixin:
             )
             .fetchall()
         )
-        return [OpenBatch(r[0], r[1], r[2], [(p[0], p[1]) for p in orjson.loads(r[3])], r[4]) for r in rows]
+        claimed = set(self._poll_claims.take([r[0] for r in rows], now, until))
+        return [
+            OpenBatch(r[0], r[1], r[2], [(p[0], p[1]) for p in orjson.loads(r[3])], r[4])
+            for r in rows
+            if r[0] in claimed
+        ]
 
     def batch_polled(self, token: str, next_poll: float) -> None:
         with self._write() as conn:
             conn.execute(
                 "UPDATE catalog_batches SET polls = polls + 1, next_poll = ? WHERE token = ?", (next_poll, token)
             )
+        self._poll_claims.end([token])
 
     def close_batch(self, batch: OpenBatch, errors: dict[str, str], now: float, *, failed: bool = False) -> None:
         """The report is final: record each product's outcome; a failed batch is sent again."""
@@ -210,6 +272,7 @@ class CommerceStoreMixin:
                     (fingerprint, "error" if error else "accepted", error, batch.merchant_id, product_id, batch.token),
                 )
             conn.execute("DELETE FROM catalog_batches WHERE token = ?", (batch.token,))
+        self._poll_claims.end([batch.token])
 
     def defer_products(self, merchant_id: str, product_ids: Sequence[str], next_at: float, now: float) -> None:
         with self._write() as conn:
@@ -218,6 +281,7 @@ class CommerceStoreMixin:
                 "WHERE merchant_id = ? AND product_id = ?",
                 [(next_at, now, merchant_id, pid) for pid in product_ids],
             )
+        self._product_claims.end((merchant_id, pid) for pid in product_ids)
 
     def dead_letter_products(
         self, merchant_id: str, product_ids: Sequence[str], status: int | None, error: str, now: float
@@ -230,6 +294,7 @@ class CommerceStoreMixin:
                 "UPDATE products SET dead_letter_id = ? WHERE merchant_id = ? AND product_id = ?",
                 [(letter, merchant_id, pid) for pid in product_ids],
             )
+        self._product_claims.end((merchant_id, pid) for pid in product_ids)
         return letter
 
     def catalog_stats(self) -> CatalogStats:
@@ -278,6 +343,5 @@ def _new_dead_letter(
     return int(cursor.lastrowid or 0)
 
 
-def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _open_batch(row: Sequence[Any]) -> OpenBatch:
+    return OpenBatch(row[0], row[1], row[2], [(p[0], p[1]) for p in orjson.loads(row[3])], row[4])
