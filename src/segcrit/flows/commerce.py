@@ -96,7 +96,10 @@ def event_timestamp(message: Mapping[str, Any]) -> str:
     meta = message.get("_segcrit")
     ts = meta.get("ts") if isinstance(meta, Mapping) else None
     if isinstance(ts, int | float):
-        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        try:
+            return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        except (OverflowError, ValueError, OSError):
+            pass  # ingest never stores such a time; a message from elsewhere must not stop processing
     return str(message.get("timestamp") or "")
 
 
