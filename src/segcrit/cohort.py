@@ -7,7 +7,7 @@ builtins), never `eval`. What an expression can use:
     first_order_at, last_order_at               epoch seconds, or None without orders
     last_seen_at, created_at                    epoch seconds
     days_since_last_order, days_since_first_order, days_since_last_seen   float days, or None
-    traits                                      non-PII traits from identify: traits['plan']
+    traits                                      traits from identify that cohorts may use (below)
     audiences                                   the audiences the person is a member of
     trait(name, default=None), in_audience(name), days_since(epoch)
     and / or / not, comparisons, in, arithmetic, literals
@@ -16,6 +16,10 @@ A missing value reads as None and an ordering comparison with it (<, <=, >, >=) 
 than an error, so `days_since_last_order < 30` excludes people who never ordered while
 `days_since_last_order > 90 or order_count == 0` still includes them; `traits['plan']` of someone
 without a plan is None.
+
+A profile keeps only the traits that cohorts can use (SPEC §8: free text from identify calls never
+lands on the profile): those that some `when` names (`traits['x']`, `trait('x')`, `'x' in traits`,
+found by `trait_names`) and a few common ones (segcrit.profile_flows.COHORT_TRAITS).
 """
 
 from __future__ import annotations
@@ -225,6 +229,31 @@ def names_for(facts: ProfileFacts, now: float) -> Mapping[str, Any]:
         "audiences": facts.audiences,
         "now": now,
     }
+
+
+def trait_names(expression: str) -> frozenset[str]:
+    """The traits an expression names: `traits['x']`, `trait('x', ...)` and `'x' in traits`."""
+    try:
+        parsed = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError:
+        return frozenset()
+    names: set[str] = set()
+    for node in ast.walk(parsed):
+        if isinstance(node, ast.Subscript) and _is_name(node.value, "traits"):
+            names.update(_text_constants([node.slice]))
+        elif isinstance(node, ast.Call) and _is_name(node.func, "trait"):
+            names.update(_text_constants(node.args[:1]))
+        elif isinstance(node, ast.Compare) and any(_is_name(c, "traits") for c in node.comparators):
+            names.update(_text_constants([node.left, *node.comparators]))
+    return frozenset(names)
+
+
+def _is_name(node: ast.AST, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def _text_constants(nodes: list[ast.expr]) -> list[str]:
+    return [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)]
 
 
 def validate_expression(expression: str) -> str | None:
