@@ -117,8 +117,9 @@ def prepare_messages(
         if len(serialised) > rules.max_message_bytes:
             prepared.rejected.append({"index": index, "reason": too_large})
             continue
-        # No "@" anywhere (most track and page calls): no email to look for inside strings.
-        clean = sanitize_message(message, phone_region=rules.phone_region, may_hold_email=b"@" in serialised)
+        # The serialisation tells the sanitiser which searches it can skip (most messages hold no
+        # email and no phone at all).
+        clean = sanitize_message(message, phone_region=rules.phone_region, serialised=serialised)
         reason = validate_message(
             clean, rules, received_at=received_at, received_iso=received_iso, sent_at=sent_at, new_id=new_id
         )
