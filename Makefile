@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,postgres]'
+	$(BIN)/pip install -q -e '.[dev,postgres,mysql]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/delivery.py
 	$(BIN)/python benchmarks/events.py
 	$(BIN)/python benchmarks/cohort.py
+	$(BIN)/python benchmarks/enrichment.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

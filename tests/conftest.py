@@ -17,9 +17,17 @@ def emulator_clock() -> FakeClock:
 
 
 @pytest.fixture
-def emulator_state(emulator_clock: FakeClock) -> EmulatorState:
-    """A fresh emulator state (demo client, no segments, no faults); adjust it before or during a test."""
-    return EmulatorState(clock=emulator_clock)
+def emulator_state(emulator_clock: FakeClock) -> Iterator[EmulatorState]:
+    """A fresh emulator state (demo client, no segments, no faults); adjust it before or during a test.
+
+    After the test, no request may have carried a key that Criteo's schemas lack: Criteo ignores
+    such a key without a word, so it is a mistake in a client model (a misspelt or snake_case
+    key). A test that sends one on purpose reads them with `unknown_keys(clear=True)`.
+    """
+    state = EmulatorState(clock=emulator_clock)
+    yield state
+    unknown = state.unknown_keys()
+    assert unknown == [], f"requests carried keys that Criteo's schemas do not have: {unknown}"
 
 
 @pytest.fixture

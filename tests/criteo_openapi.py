@@ -1,7 +1,10 @@
-"""Holding segcrit's Criteo models against one of Criteo's OpenAPI documents (test helper).
+"""Holding Criteo models (the client's, and the emulator's own) against one of Criteo's OpenAPI
+documents (test helper). A model mirrors a schema when it names it in a `criteo_schema` class
+attribute (`Name` or `Name#/json/pointer`); `criteo_partial` says it names only some properties.
 
 The documents stay in `shared/reference/criteo-openapi/` beside the repository (never copied in);
-`document_path(name)` finds them from this file, and tests skip with the path when absent.
+`document_path(name)` finds them from this file. A test that needs one is skipped, naming the path,
+when it is absent, and fails instead in CI (`tests.required`).
 """
 
 from __future__ import annotations
@@ -9,14 +12,17 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from segcrit.criteo.models import CriteoModel
+from tests.required import Test, needs
+
+Model = type[BaseModel]
 
 
 def document_path(name: str) -> Path:
@@ -24,14 +30,21 @@ def document_path(name: str) -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "criteo-openapi" / name
 
 
-def criteo_models(module: types.ModuleType) -> list[type[CriteoModel]]:
-    """The models of `module` that mirror a Criteo schema, by name."""
+def criteo_models(module: types.ModuleType) -> list[Model]:
+    """The models defined in `module` that mirror a Criteo schema, by name."""
     found = [
         value
         for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, CriteoModel) and value.criteo_schema
+        if isinstance(value, type)
+        and issubclass(value, BaseModel)
+        and value.__module__ == module.__name__
+        and schema_of(value)
     ]
     return sorted(found, key=lambda model: model.__name__)
+
+
+def schema_of(model: Model) -> str:
+    return str(getattr(model, "criteo_schema", ""))
 
 
 class OpenApiDocument:
@@ -39,9 +52,9 @@ class OpenApiDocument:
         self.path = path
 
     @property
-    def needed(self) -> pytest.MarkDecorator:
-        """A mark that skips the test, naming the path, when the document is not there."""
-        return pytest.mark.skipif(not self.path.exists(), reason=f"Criteo's OpenAPI document not found at {self.path}")
+    def needed(self) -> Callable[[Test], Test]:
+        """A decorator for a test that reads the document: skipped (failed in CI) without it."""
+        return needs(self.path.exists(), f"Criteo's OpenAPI document not found at {self.path}")
 
     @cached_property
     def body(self) -> dict[str, Any]:
@@ -68,14 +81,14 @@ class OpenApiDocument:
             return set(self.resolve(items)["enum"])
         return None
 
-    def mismatches(self, model: type[CriteoModel]) -> list[str]:
+    def mismatches(self, model: Model) -> list[str]:
         """How `model` differs from its schema: property names (a subset when `criteo_partial`),
         required ones, enum values, and which schema each nested model mirrors."""
-        schema = self.schema_at(model.criteo_schema)
+        schema = self.schema_at(schema_of(model))
         properties: dict[str, Any] = schema.get("properties", {})
         fields = {field.alias or name: field for name, field in model.model_fields.items()}
         found: list[str] = []
-        if model.criteo_partial:
+        if getattr(model, "criteo_partial", False):
             if extra := set(fields) - set(properties):
                 found.append(f"properties not in the schema: {sorted(extra)}")
         elif set(fields) != set(properties):
@@ -90,9 +103,9 @@ class OpenApiDocument:
             if literal_values(field.annotation) != self.property_enum(prop):
                 found.append(f"enum of {name} differs")
             nested = nested_models(field.annotation)
-            target = property_target(model.criteo_schema, name, prop)
-            if nested and [m.criteo_schema for m in nested] != [target]:
-                found.append(f"{name} nests {[m.criteo_schema for m in nested]}, the schema {target}")
+            target = property_target(schema_of(model), name, prop)
+            if nested and [schema_of(m) for m in nested] != [target]:
+                found.append(f"{name} nests {[schema_of(m) for m in nested]}, the schema {target}")
         return found
 
     def json_schema_of(self, node: dict[str, Any]) -> str | None:
@@ -125,8 +138,8 @@ def literal_values(annotation: Any) -> set[str] | None:
     return {value for literal in literals for value in typing.get_args(literal)}
 
 
-def nested_models(annotation: Any) -> list[type[CriteoModel]]:
-    return [t for t in flatten(annotation) if isinstance(t, type) and issubclass(t, CriteoModel)]
+def nested_models(annotation: Any) -> list[Model]:
+    return [t for t in flatten(annotation) if isinstance(t, type) and issubclass(t, BaseModel) and schema_of(t)]
 
 
 def property_target(owner: str, name: str, prop: dict[str, Any]) -> str | None:
@@ -140,5 +153,5 @@ def property_target(owner: str, name: str, prop: dict[str, Any]) -> str | None:
     return None
 
 
-def model_field(model: type[CriteoModel], wire_name: str) -> FieldInfo:
+def model_field(model: Model, wire_name: str) -> FieldInfo:
     return next(field for name, field in model.model_fields.items() if (field.alias or name) == wire_name)

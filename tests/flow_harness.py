@@ -58,9 +58,9 @@ class Process:
     def now(self) -> float:
         return self.clock.now()
 
-    def send(self, *messages: dict[str, Any]) -> None:
-        """Ingest (as the Tracking API does) and process."""
-        put(self.store, *messages, received_at=self.clock.now())
+    def send(self, *messages: dict[str, Any], source: str = "web") -> None:
+        """Ingest (as the Tracking API or a webhook does, through `source`) and process."""
+        put(self.store, *messages, source=source, received_at=self.clock.now())
         self.processor.drain()
 
     def run_jobs(self) -> list[str]:

@@ -15,9 +15,10 @@ from starlette.routing import Route
 
 from segcrit.clock import Clock, SystemClock
 from segcrit.config import Config
-from segcrit.metrics import Metrics
+from segcrit.metrics import HeldAudiences, Metrics
 from segcrit.runtime import Runtime
 from segcrit.sources import ingest_routes
+from segcrit.sources.accept import bearer_ok, error_response
 from segcrit.store.base import AcceptResult
 from segcrit.store.sqlite import SqliteStore
 
@@ -50,19 +51,30 @@ def create_app(
     metrics = metrics or Metrics()
     clock = clock or SystemClock()
     runtime = Runtime(store, config, metrics, clock) if run_workers else None
+    # Each read is constant work (running totals, one bounded index read): scrapes never scan.
     metrics.backlog.set_function(store.backlog)
     metrics.changes_pending.set_function(store.pending_count)
     metrics.dead_letters.set_function(store.dead_letter_count)
+    metrics.audiences_held.set_function(store.held_audience_count)
+    metrics.registry.register(HeldAudiences(store.held_audiences))
+    metrics_token = config.server.metrics_token
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        checks = {"store": store.ping(), "workers": runtime is None or runtime.alive()}
+        # The store must be reachable and able to write: a full disk turns ingest away (503).
+        write_failure = store.write_failure()
+        checks = {"store": write_failure is None and store.ping(), "workers": runtime is None or runtime.alive()}
         status = 200 if all(checks.values()) else 503
-        return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
+        body: dict[str, Any] = {"ready": status == 200, "checks": checks}
+        if write_failure is not None:
+            body["store_error"] = write_failure
+        return JSONResponse(body, status_code=status)
 
     async def metrics_endpoint(request: Request) -> Response:
+        if metrics_token is not None and not bearer_ok(request, metrics_token.get_secret_value()):
+            return error_response(401, "unauthorized", "missing or invalid bearer token")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @contextlib.asynccontextmanager

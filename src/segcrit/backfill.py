@@ -126,6 +126,8 @@ async def resync_audience(config: Config, store: SqliteStore, audience: str, pro
     try:
         worker = DeliveryWorker(store, config, client, clock, metrics)
         segment_id = await worker.segment_for(audience)
+        # Should the wipe's answer be lost, Criteo may hold nothing: every change is then sent again.
+        store.mark_audience_unknown(audience, clock.now())
         await client.wipe_contact_list(segment_id)
         store.reset_audience_acks(audience, clock.now())
         stats = next(s for s in store.audience_stats() if s.name == audience)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from segcrit import __version__
-from segcrit.config import Config, audience_names, load_config
+from segcrit.config import Config, audience_names, config_warnings, load_config
 from segcrit.errors import ConfigError, SegcritError, UserError
 from segcrit.logs import setup_logging
 
@@ -49,7 +49,7 @@ def serve(config_file: str | None) -> None:
 
     config = load_config(config_file)
     setup_logging()
-    store = open_store(config.store)
+    store = open_store(config.store, owner=True)
     app = create_app(config, store)
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config.server.host, config.server.port)))
     tune_gc()
@@ -145,15 +145,6 @@ def check(config_file: str | None, online: bool) -> None:
     click.echo("config ok" + (" (Criteo reachable, audiences resolved)" if online else ""))
 
 
-def config_warnings(config: Config) -> list[str]:
-    warnings = []
-    if config.identity.email_hash == "none":
-        warnings.append(
-            "identity.email_hash: none would need raw emails, which segcrit never stores; sha256 is sent instead"
-        )
-    return warnings
-
-
 async def _check_online(config: Config) -> None:
     from segcrit.clock import SystemClock
     from segcrit.criteo.errors import CredentialsError
@@ -189,13 +180,23 @@ async def _check_online(config: Config) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8099, show_default=True, type=int)
 @click.option("--faults", default=None, metavar="SPEC", help="e.g. 5xx=0.1,429_burst=3,latency_ms=50,token_ttl=60")
-def emulator(host: str, port: int, faults: str | None) -> None:
-    """A local emulator of the Criteo API."""
+@click.option(
+    "--profiles",
+    "profiles_file",
+    default=None,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON seed of the Segment Profile API it also serves (spaces, tokens, people).",
+)
+def emulator(host: str, port: int, faults: str | None, profiles_file: Path | None) -> None:
+    """A local emulator of the Criteo API (and of Segment's Profile API)."""
+    from segcrit.criteo.emulator.profiles import ProfileApiState
     from segcrit.criteo.emulator.server import serve as serve_emulator
 
+    profiles = ProfileApiState.from_file(profiles_file) if profiles_file is not None else None
     setup_logging()
     _exit_zero_after_signals()
-    serve_emulator(host, port, faults)
+    serve_emulator(host, port, faults, profiles=profiles)
 
 
 # ---------------------------------------------------------------------------------------- demo
@@ -216,7 +217,7 @@ def demo(keep: bool) -> None:
 @cli.command()
 @config_option
 def status(config_file: str | None) -> None:
-    """Backlog, delivery lag, audiences (desired vs acknowledged), dead letters."""
+    """Backlog, delivery lag, audiences (desired vs acknowledged), dead letters, set-aside events."""
     from segcrit.status import collect_status, render_status
     from segcrit.store import open_store
 
@@ -231,19 +232,26 @@ def status(config_file: str | None) -> None:
 @cli.command()
 @config_option
 @click.option("--audience", default=None, help="Only this audience's dead letters.")
-def replay(config_file: str | None, audience: str | None) -> None:
-    """Put dead letters back on the delivery queue."""
+@click.option("--failed", is_flag=True, help="Put the events processing set aside back on the inbox instead.")
+def replay(config_file: str | None, audience: str | None, failed: bool) -> None:
+    """Put dead letters back on the delivery queue (--failed: set-aside events on the inbox)."""
     import time
 
     from segcrit.store import open_store
 
+    if failed and audience is not None:
+        raise UserError("--failed puts back set-aside events, which belong to no audience: drop --audience")
     config = load_config(config_file)
+    # No ownership: a quick edit of the store, made while `segcrit serve` runs (SQLite's lock orders it).
     store = open_store(config.store)
     try:
-        count = store.replay_dead_letters(audience, time.time())
+        count = store.replay_failed_events() if failed else store.replay_dead_letters(audience, time.time())
     finally:
         store.close()
-    click.echo(f"{count} dead letter(s) put back on the delivery queue")
+    if failed:
+        click.echo(f"{count} set-aside event(s) put back on the inbox")
+    else:
+        click.echo(f"{count} dead letter(s) put back on the delivery queue")
 
 
 @cli.command()
@@ -266,6 +274,32 @@ def forget(identifier: str, config_file: str | None) -> None:
         click.echo("no profile matched; a tombstone was recorded so older events will not bring them back")
     else:
         click.echo(f"erased {erased} profile(s); their removal from Criteo is queued")
+
+
+@cli.command()
+@click.argument("identifier")
+@config_option
+def enrich(identifier: str, config_file: str | None) -> None:
+    """Run every lookup for one person (userId, anonymousId or email); print what each returned."""
+    from segcrit.enrichment.inspect import report_lines, run_inspection
+    from segcrit.store import open_store
+
+    config = load_config(config_file)
+    if not config.enrichment:
+        raise UserError("no lookups to run: the config has no `enrichment:` section")
+    # The person's stored ids help choose the keys; a store that does not exist yet is not created.
+    path = config.store.removeprefix("sqlite:///")
+    store = open_store(config.store) if not config.store.startswith("sqlite") or Path(path).exists() else None
+    try:
+        reports = run_inspection(config, store, identifier)
+    finally:
+        if store is not None:
+            store.close()
+    for line in report_lines(reports):
+        click.echo(line)
+    failed = [report.name for report in reports if report.error is not None]
+    if failed:
+        raise SegcritError(f"lookup(s) failed: {', '.join(failed)}")
 
 
 @cli.command()
@@ -293,7 +327,7 @@ def import_command(files: tuple[Path, ...], config_file: str | None, source: str
     from segcrit.store import open_store
 
     config = load_config(config_file)
-    store = open_store(config.store)
+    store = open_store(config.store, owner=True)
     try:
         report = import_files(config, store, list(files), source, progress=sys.stderr.isatty())
     finally:
@@ -315,7 +349,7 @@ def resync(audience: str, config_file: str | None) -> None:
     from segcrit.store import open_store
 
     config = load_config(config_file)
-    store = open_store(config.store)
+    store = open_store(config.store, owner=True)
     try:
         sent = asyncio.run(resync_audience(config, store, audience, progress=sys.stderr.isatty()))
     finally:

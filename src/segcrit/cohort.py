@@ -19,7 +19,8 @@ without a plan is None.
 
 A profile keeps only the traits that cohorts can use (SPEC §8: free text from identify calls never
 lands on the profile): those that some `when` names (`traits['x']`, `trait('x')`, `'x' in traits`,
-found by `trait_names`) and a few common ones (segcrit.profile_flows.COHORT_TRAITS).
+found by `trait_names`) and a few common ones (segcrit.profile_flows.COHORT_TRAITS). An expression
+that reads `traits` as a whole (`len(traits)`, a computed name) sees only those.
 """
 
 from __future__ import annotations
@@ -231,35 +232,53 @@ def names_for(facts: ProfileFacts, now: float) -> Mapping[str, Any]:
     }
 
 
-def trait_names(expression: str) -> frozenset[str]:
-    """The traits an expression names: `traits['x']`, `trait('x', ...)` and `'x' in traits`."""
-    try:
-        parsed = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError:
-        return frozenset()
-    names: set[str] = set()
-    for node in ast.walk(parsed):
-        if isinstance(node, ast.Subscript) and _is_name(node.value, "traits"):
-            names.update(_text_constants([node.slice]))
-        elif isinstance(node, ast.Call) and _is_name(node.func, "trait"):
-            names.update(_text_constants(node.args[:1]))
-        elif isinstance(node, ast.Compare) and any(_is_name(c, "traits") for c in node.comparators):
-            names.update(_text_constants([node.left, *node.comparators]))
-    return frozenset(names)
-
-
-def _is_name(node: ast.AST, name: str) -> bool:
-    return isinstance(node, ast.Name) and node.id == name
-
-
-def _text_constants(nodes: list[ast.expr]) -> list[str]:
-    return [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-
-
 def validate_expression(expression: str) -> str | None:
     """The problem with an expression, or None (for `segcrit check`)."""
     try:
         Cohort(expression)
     except CohortError as exc:
         return str(exc)
+    return None
+
+
+def trait_names(expression: str) -> frozenset[str] | None:
+    """The traits an expression reads (`traits['x']`, `trait('x')`); None when it may read any
+    (a trait named by something other than a literal, or `traits` used as a whole)."""
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError:
+        return frozenset()
+    names: set[str] = set()
+    parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == "traits":
+            parent = parents.get(id(node))
+            tested = _membership_name(parent, node)
+            if tested is not None:  # `'x' in traits` reads one trait, as `traits['x']` does
+                names.add(tested)
+                continue
+            if not (isinstance(parent, ast.Subscript) and parent.value is node):
+                return None
+            if not (isinstance(parent.slice, ast.Constant) and isinstance(parent.slice.value, str)):
+                return None
+            names.add(parent.slice.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "trait":
+            first = node.args[0] if node.args else None
+            if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+                return None
+            names.add(first.value)
+    return frozenset(names)
+
+
+def _membership_name(node: ast.AST | None, traits: ast.Name) -> str | None:
+    """'x' for `'x' in traits` / `'x' not in traits` (one literal name, traits on the right)."""
+    if (
+        isinstance(node, ast.Compare)
+        and len(node.ops) == 1
+        and isinstance(node.ops[0], ast.In | ast.NotIn)
+        and node.comparators[0] is traits
+        and isinstance(node.left, ast.Constant)
+        and isinstance(node.left.value, str)
+    ):
+        return node.left.value
     return None

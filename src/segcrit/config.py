@@ -51,6 +51,15 @@ class ServerConfig(_Model):
     # them for good, so webhook requests get their own, larger limits.
     webhook_max_request_bytes: int = Field(4_000_000, ge=1024)
     webhook_max_batch_messages: int = Field(4_000, ge=1)
+    # When set, GET /metrics needs `Authorization: Bearer <metrics_token>` (SPEC §3.3).
+    metrics_token: SecretStr | None = None
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _token_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty (leave the key out to serve /metrics without a token)")
+        return value
 
 
 class SourceConfig(_Model):
@@ -58,6 +67,9 @@ class SourceConfig(_Model):
     type: Literal["tracking_api", "webhook"]
     write_key: SecretStr | None = None
     shared_secret: SecretStr | None = None
+    # Webhook sources: also require `Authorization: Bearer <bearer_token>`, which authenticates the
+    # whole body where Segment's signature covers only element 0 of an array (SPEC §3.2).
+    bearer_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _credentials(self) -> SourceConfig:
@@ -65,6 +77,10 @@ class SourceConfig(_Model):
             raise ValueError("write_key: required for a tracking_api source")
         if self.type == "webhook" and not self.shared_secret:
             raise ValueError("shared_secret: required for a webhook source")
+        if self.bearer_token is not None and self.type != "webhook":
+            raise ValueError("bearer_token: only a webhook source takes one (a tracking_api source has its write_key)")
+        if self.bearer_token is not None and not self.bearer_token.get_secret_value():
+            raise ValueError("bearer_token: must not be empty (leave the key out to go without one)")
         return self
 
 
@@ -125,11 +141,24 @@ class AudienceConfig(_Model):
 
 class AudienceSyncFlow(_Model):
     type: Literal["audience_sync"]
+    # Only messages from these sources change audiences (None: every source, SPEC §4.1); messages
+    # from the others are processed for everything else and counted as ignored audience messages.
+    sources: list[str] | None = None
     auto_create: bool = True
+    # New audience keys admitted per UTC day; past it a key gets no Criteo segment until an operator
+    # lists it under `audiences:` or a later day's allowance admits it. Named audiences never count.
+    max_new_audiences_per_day: int = Field(50, ge=0)
     entered_event: str = "Audience Entered"
     exited_event: str = "Audience Exited"
     # Optional renaming: Engage audience key -> our audience name.
     audiences: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("sources")
+    @classmethod
+    def _some_source(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list lets no message change audiences; name a source, or leave the key out")
+        return value
 
 
 class CommerceMapping(_Model):
@@ -236,6 +265,93 @@ Flow = Annotated[
 ]
 
 
+# ------------------------------------------------------------------------------------- enrichment
+
+LookupKey = Literal["user_id", "anonymous_id", "email"]
+# Where a column of a `sql` lookup's answer may go (`columns:`); every other column is a trait.
+LookupField = Literal["email", "phone", "madid", "gum", "identityLink", "consent"]
+_LOOKUP_NAME = r"^[A-Za-z0-9_.-]+$"
+
+
+class SqlLookup(_Model):
+    """A CRM or warehouse table, read through SQLAlchemy Core (segcrit.enrichment.sql)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=_LOOKUP_NAME)
+    type: Literal["sql"]
+    # The whole URL is a secret: it usually carries the database password.
+    url: SecretStr
+    key: LookupKey = "user_id"
+    query: str = Field(min_length=1, max_length=20_000)
+    columns: dict[LookupField, str] = Field(default_factory=dict)
+    ttl_minutes: float = Field(1440, gt=0)
+    max_per_second: int = Field(10, ge=1, le=10_000, description="queries per second")
+    batch_size: int = Field(500, ge=100, le=10_000, description="keys per query")
+    timeout_secs: float = Field(30, gt=0)
+
+    @field_validator("query")
+    @classmethod
+    def _expanding_keys(cls, value: str) -> str:
+        if not re.search(r"(?<![:\w]):keys\b", value):
+            raise ValueError("must use the parameter :keys for the keys looked up, e.g. WHERE customer_id IN :keys")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _sqlalchemy_url(cls, value: SecretStr) -> SecretStr:
+        from segcrit.enrichment.sql import url_problem  # imports SQLAlchemy: only when a sql lookup exists
+
+        problem = url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _column_names(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not column.strip() for column in value.values()):
+            raise ValueError("each column name must be non-empty")
+        return value
+
+
+class SegmentProfilesLookup(_Model):
+    """Segment's Profile API (reference/segment.md §9.1), read by segcrit.enrichment.profiles."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=_LOOKUP_NAME)
+    type: Literal["segment_profiles"]
+    space_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")
+    access_token: SecretStr
+    url: str = "https://profiles.segment.com"
+    key: LookupKey = "user_id"
+    external_ids: bool = True
+    traits: list[str] = Field(default_factory=list, max_length=200)
+    ttl_minutes: float = Field(1440, gt=0)
+    # The Profile API allows 100 requests/s per space.
+    max_per_second: int = Field(100, ge=1, le=1_000, description="requests per second")
+    timeout_secs: float = Field(10, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _something_to_read(self) -> SegmentProfilesLookup:
+        if self.key == "email":
+            # Segment advises against PII in Profile API URLs (they end up in server logs).
+            raise ValueError(
+                "key: email is not offered for segment_profiles (it would put emails in URLs); "
+                "use user_id or anonymous_id"
+            )
+        if not self.external_ids and not self.traits:
+            raise ValueError("traits: nothing to read; list traits or set external_ids: true")
+        return self
+
+
+Lookup = Annotated[SqlLookup | SegmentProfilesLookup, Field(discriminator="type")]
+
+
 class IngestConfig(_Model):
     dedupe_hours: float = Field(24, ge=0)
     max_backlog: int = Field(1_000_000, ge=1)
@@ -246,6 +362,14 @@ class DeliveryConfig(_Model):
     retry_window_hours: float = Field(24, gt=0)
     backoff_initial_secs: float = Field(1, gt=0)
     backoff_max_secs: float = Field(300, gt=0)
+
+
+class RetentionConfig(_Model):
+    """How long what no work drains is kept (SPEC §4.1, §8); housekeeping applies it."""
+
+    failed_events_days: float = Field(30, gt=0)  # events set aside by processing
+    dead_letters_days: float = Field(90, gt=0)  # then dropped and counted, never silently
+    anonymous_profiles_days: float = Field(395, gt=0)  # profiles with only an anonymousId, unseen that long
 
 
 def filled_audiences(flows: list[Any]) -> dict[str, list[int]]:
@@ -308,14 +432,15 @@ def _lifecycle_problems(flow: LifecycleFlow) -> list[str]:
     return problems
 
 
-def flow_problems(flows: list[Any], listed: set[str] | None) -> list[str]:
+def flow_problems(flows: list[Any], sources: list[str] | None = None) -> list[str]:
     """What the schema cannot see: an invalid `when`, a stage mapped twice, a dormant stage half
-    configured, flows that contradict each other, unknown audiences. Checked together, so that
-    `segcrit check` lists all of them at once, in the order of the flows.
+    configured, flows that contradict each other, an audience_sync flow naming an unknown source
+    (`sources` are the configured names; None when that section is itself invalid). Checked
+    together, so that `segcrit check` lists all of them at once, in the order of the flows.
 
-    Each problem starts with its key path (`flows[i]...`). `listed` are the audiences under
-    `audiences:`; None when that section is itself invalid, and then unknown audiences are not
-    reported (the list they would be checked against is wrong already).
+    Each problem starts with its key path (`flows[i]...`). An audience a flow names without
+    `audiences:` listing it is no problem: it is found or created by that name (SPEC §4);
+    `config_warnings` may mention it.
     """
     found: list[tuple[int, str]] = []
 
@@ -329,20 +454,12 @@ def flow_problems(flows: list[Any], listed: set[str] | None) -> list[str]:
         elif isinstance(flow, LifecycleFlow):
             for problem in _lifecycle_problems(flow):
                 report(index, problem)
+        elif isinstance(flow, AudienceSyncFlow) and flow.sources is not None and sources is not None:
+            for name in dict.fromkeys(flow.sources):
+                if name not in sources:
+                    report(index, f"sources: unknown source {name!r}; the sources are: {', '.join(sources)}")
 
     fillers = filled_audiences(flows)
-    known = set(fillers) | (listed or set())
-    for index, flow in enumerate(flows):
-        if isinstance(flow, SuppressionFlow) and isinstance(flow.remove_from, list) and listed is not None:
-            for audience in dict.fromkeys(flow.remove_from):
-                if audience not in known:
-                    report(
-                        index,
-                        f"remove_from: unknown audience {audience!r}; list it under `audiences:` "
-                        f"(`{audience}: {{}}` for an Engage audience that audience_sync fills) or name an "
-                        "audience that a flow fills",
-                    )
-
     first_flow_of_event: dict[str, int] = {}
     for index, flow in enumerate(flows):
         for event in flow.stages if isinstance(flow, LifecycleFlow) else ():
@@ -398,6 +515,8 @@ class Config(_Model):
     flows: list[Flow] = Field(default_factory=list)
     ingest: IngestConfig = Field(default_factory=IngestConfig)  # type: ignore[arg-type]
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)  # type: ignore[arg-type]
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)  # type: ignore[arg-type]
+    enrichment: list[Lookup] = Field(default_factory=list)
 
     @field_validator("store")
     @classmethod
@@ -417,10 +536,10 @@ class Config(_Model):
     @field_validator("flows")
     @classmethod
     def _flows_fit_together(cls, flows: list[Any], info: ValidationInfo) -> list[Any]:
-        # A field check, not a model check: it runs whenever the flows (and `audiences`, declared
-        # before them) are valid, so its problems are listed with those of any other section.
-        audiences = info.data.get("audiences")
-        problems = flow_problems(flows, set(audiences) if audiences is not None else None)
+        # A field check, not a model check: it runs whenever the flows are valid, so its problems
+        # are listed with those of any other section.
+        sources = info.data.get("sources")
+        problems = flow_problems(flows, [source.name for source in sources] if sources is not None else None)
         if problems:
             # Relative to `flows`, where pydantic reports a problem of this field.
             raise ValueError("\n".join(p.removeprefix("flows") for p in problems))
@@ -432,6 +551,9 @@ class Config(_Model):
         names = [s.name for s in self.sources]
         for name in {n for n in names if names.count(n) > 1}:
             problems.append(f"sources: the name {name!r} is used twice")
+        lookups = [lookup.name for lookup in self.enrichment]
+        for name in sorted({n for n in lookups if lookups.count(n) > 1}):
+            problems.append(f"enrichment: the lookup name {name!r} is used twice")
         if "gum" in self.identity.send and self.criteo.gum_caller_id is None:
             problems.append("criteo.gum_caller_id: required when identity.send includes gum")
         if problems:
@@ -505,6 +627,8 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
             "catalog",
             "lookalike_seed",
             "lifecycle",
+            "sql",
+            "segment_profiles",
         } and out.endswith("]"):
             continue  # pydantic names the union branch; users think in list positions
         else:
@@ -534,6 +658,7 @@ def format_validation_error(error: ValidationError) -> list[str]:
 
 
 _RELATIVE_PROBLEM = re.compile(r"^((?:[A-Za-z_]|\[[0-9]+\])[A-Za-z0-9_.\[\]]*): (.+)$")
+_LOOKUP_TYPES = "sql, segment_profiles"
 _FLOW_TYPES = "audience_sync, conversions, suppression, product_signals, catalog, lookalike_seed, lifecycle"
 
 
@@ -544,6 +669,9 @@ def _message(item: Any) -> str:
         return "unknown key"
     if kind == "missing":
         return "required, but missing"
+    if kind in {"union_tag_invalid", "union_tag_not_found"} and item["loc"][:1] == ("enrichment",):
+        what = f"unknown lookup type {ctx.get('tag')!r}; expected" if kind == "union_tag_invalid" else "required,"
+        return f"type: {what} one of: {_LOOKUP_TYPES}"
     if kind == "union_tag_invalid":
         return f"type: unknown flow type {ctx.get('tag')!r}; expected one of: {_FLOW_TYPES}"
     if kind == "union_tag_not_found":
@@ -625,7 +753,21 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: P
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
-    return _resolve_store_path(config, base_dir)
+    return _resolve_lookup_paths(_resolve_store_path(config, base_dir), base_dir)
+
+
+def _resolve_lookup_paths(config: Config, base_dir: Path | None) -> Config:
+    """A `sql` lookup on a relative SQLite file finds it next to the config file, as `store` does."""
+    prefix = "sqlite:///"
+    lookups = []
+    for lookup in config.enrichment:
+        url = lookup.url.get_secret_value() if isinstance(lookup, SqlLookup) else ""
+        path = url[len(prefix) :]
+        if base_dir is None or not url.startswith(prefix) or path in {"", ":memory:"} or Path(path).is_absolute():
+            lookups.append(lookup)
+        else:
+            lookups.append(lookup.model_copy(update={"url": SecretStr(prefix + str((base_dir / path).resolve()))}))
+    return config.model_copy(update={"enrichment": lookups}) if lookups != config.enrichment else config
 
 
 def _resolve_store_path(config: Config, base_dir: Path | None) -> Config:
@@ -664,10 +806,13 @@ def _name_file(problem: str, path: Path) -> str:
 
 
 def audience_names(config: Config) -> set[str]:
-    """Every audience the config names (listed or referenced by a flow)."""
+    """Every audience the config names: listed, referenced by a flow, or an audience_sync renaming.
+    Only audience_sync adds others, from the Engage audience keys that traffic carries."""
     names = set(config.audiences)
     for flow in config.flows:
-        if isinstance(flow, SuppressionFlow):
+        if isinstance(flow, AudienceSyncFlow):
+            names.update(flow.audiences.values())
+        elif isinstance(flow, SuppressionFlow):
             if isinstance(flow.remove_from, list):
                 names.update(flow.remove_from)
             if flow.add_to:
@@ -675,7 +820,59 @@ def audience_names(config: Config) -> set[str]:
         elif isinstance(flow, LookalikeSeedFlow):
             names.add(flow.audience)
         elif isinstance(flow, LifecycleFlow):
-            names.update(flow.stages.values())
-            if flow.dormant:
-                names.add(flow.dormant)
+            names.update(lifecycle_stage_audiences(flow))
     return names
+
+
+# --------------------------------------------------------------------------------------- warnings
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What `segcrit check` points out without refusing the config, each as `key.path: why`."""
+    warnings: list[str] = []
+    if config.identity.email_hash == "none":
+        warnings.append(
+            "identity.email_hash: none would need raw emails, which segcrit never stores; sha256 is sent instead"
+        )
+    for index, source in enumerate(config.sources):
+        if source.type == "webhook" and source.bearer_token is None:
+            warnings.append(
+                f"sources[{index}].bearer_token: not set, so only what Segment's signature covers (a single "
+                "message, or element 0 of a batch) is authenticated, and a delete past element 0 is refused; "
+                "set bearer_token and send it from the Webhooks (Actions) destination as the header "
+                "`Authorization: Bearer <token>`"
+            )
+    tracking = [source.name for source in config.sources if source.type == "tracking_api"]
+    for index, flow in enumerate(config.flows):
+        if isinstance(flow, AudienceSyncFlow) and flow.sources is None and tracking:
+            warnings.append(
+                f"flows[{index}].sources: not set, so messages through the tracking_api source(s) "
+                f"{', '.join(map(repr, tracking))} can change audiences, and a browser write key is public; "
+                "list the sources Engage sends through (e.g. `sources: [engage]`)"
+            )
+    for index, lookup in enumerate(config.enrichment):
+        if lookup.key == "email":
+            warnings.append(
+                f"enrichment[{index}].key: email: segcrit keeps emails only as hashes, so it can look people up "
+                "only by the emails this process has received since it started (held in memory); prefer "
+                "user_id where the source has it"
+            )
+    return warnings + _unfilled_audience_warnings(config)
+
+
+def _unfilled_audience_warnings(config: Config) -> list[str]:
+    """An audience that `remove_from` names while nothing can ever fill it: likely a misspelling.
+    With an audience_sync flow any name may be an Engage key, known only at run time (SPEC §4)."""
+    if config.flows_of(AudienceSyncFlow):
+        return []
+    known = set(config.audiences) | set(filled_audiences(config.flows))
+    warnings = []
+    for index, flow in enumerate(config.flows):
+        if isinstance(flow, SuppressionFlow) and isinstance(flow.remove_from, list):
+            for audience in dict.fromkeys(flow.remove_from):
+                if audience not in known:
+                    warnings.append(
+                        f"flows[{index}].remove_from: no flow fills {audience!r} and `audiences:` does not list "
+                        "it; it is found in Criteo by that name (or created empty)"
+                    )
+    return warnings

@@ -1,16 +1,19 @@
 """`segcrit demo`: the embedded default, end to end on this machine.
 
-Starts the Criteo emulator and a segcrit server on SQLite in a temporary folder (both on loopback),
-sends a small shop's traffic through the real HTTP path — Segment's own Python library for the
-Tracking API, signed JSON arrays for the Engage webhook — waits until Criteo acknowledged every
-change, and prints what the emulator holds. Needs no account and no network.
+Starts the Criteo emulator (which also plays Segment's Profile API) and a segcrit server on SQLite
+in a temporary folder (both on loopback), with a small CRM table beside it for enrichment, sends a
+small shop's traffic through the real HTTP path — Segment's own Python library for the Tracking
+API, signed JSON arrays for the Engage webhook — waits until Criteo acknowledged every change, and
+prints what the emulator holds. Needs no account and no network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,13 +31,17 @@ from rich.table import Table
 from segcrit.app import create_app
 from segcrit.config import Config, LookalikeSeedFlow, parse_config
 from segcrit.criteo.emulator import EmulatorState
+from segcrit.criteo.emulator.profiles import ProfileApiState
 from segcrit.criteo.emulator.server import running_app, running_emulator
 from segcrit.errors import SegcritError
-from segcrit.status import flow_lines
+from segcrit.identity.normalize import email_hashes, phone_hashes
+from segcrit.status import enrichment_lines, flow_lines
 from segcrit.store.sqlite import SqliteStore
 
 WRITE_KEY = "demo-write-key"
 WEBHOOK_SECRET = "demo-webhook-secret"
+PROFILES_SPACE = "spa_demo"
+PROFILES_TOKEN = "demo-profiles-token"
 SETTLE_TIMEOUT_SECS = 60.0
 
 CONFIG = """\
@@ -52,7 +59,7 @@ criteo:
   api_url: {api_url}
   events_url: {api_url}/m/event?version=s2s_v0
 identity:
-  send: [email, madid]
+  send: [email, madid, phoneNumber]
 audiences:
   cart_abandoners: {{}}
 flows:
@@ -75,12 +82,50 @@ flows:
       Subscription Lapsed: lapsed
   - type: lookalike_seed
     audience: high_value
-    when: "order_count >= 2 or revenue_total >= 500"
+    when: "order_count >= 2 or revenue_total >= 500 or trait('lifetime_value') >= 1000"
     every_minutes: 0.05
     lookalike: {{name: High value lookalike, target_size: 1000000}}
 delivery:
   max_wait_secs: 1
+enrichment:
+  - name: crm                     # the shop's customer table (SQLite here; any SQLAlchemy URL)
+    type: sql
+    url: sqlite:///{crm}
+    query: SELECT customer_id AS user_id, email, phone, ad_consent FROM customers WHERE customer_id IN :keys
+    columns: {{email: email, phone: phone, consent: ad_consent}}
+  - name: segment                 # Segment's Profile API (the emulator plays it)
+    type: segment_profiles
+    space_id: {space}
+    access_token: {token}
+    url: {api_url}
+    traits: [lifetime_value]
 """
+
+# The CRM: two people Engage sends with a userId only, and a phone for a shopper segcrit knows.
+CRM_ROWS = [
+    ("user-101", "maria.crm@example.com", "+33 6 12 34 56 78", 1),
+    ("user-102", "tom.crm@example.com", "+44 7911 123456", 0),  # said no to advertising in the CRM
+    ("user-003", "shopper3@example.com", "+1 415 555 2671", 1),
+]
+# Segment's Profile API: a lifetime value Engage computed, which puts user-020 in the cohort.
+PROFILES_SEED = {
+    "spaces": {
+        PROFILES_SPACE: {
+            "access_token": PROFILES_TOKEN,
+            "profiles": [
+                {
+                    "external_ids": [
+                        {"type": "user_id", "id": "user-020"},
+                        {"type": "email", "id": "shopper20@example.com"},
+                    ],
+                    "traits": {"lifetime_value": 1500},
+                },
+                {"external_ids": [{"type": "user_id", "id": "user-101"}], "traits": {"lifetime_value": 80}},
+            ],
+        }
+    }
+}
+USER_ID_ONLY = ("user-101", "user-102")  # enter an audience with nothing but their userId"""
 
 
 @dataclass(frozen=True)
@@ -105,14 +150,13 @@ def run_demo(*, keep: bool = False, console: Console | None = None) -> dict[str,
     folder = Path(tempfile.mkdtemp(prefix="segcrit-demo-"))
     try:
         state = EmulatorState()
-        with running_emulator(state) as api_url:
-            config = parse_config(
-                CONFIG.format(db=folder / "segcrit.db", write_key=WRITE_KEY, secret=WEBHOOK_SECRET, api_url=api_url),
-                env={},
-            )
-            (folder / "segcrit.yaml").write_text(
-                CONFIG.format(db="segcrit.db", write_key=WRITE_KEY, secret=WEBHOOK_SECRET, api_url=api_url)
-            )
+        profiles = ProfileApiState(PROFILES_SEED)
+        _write_crm(folder / "crm.db")
+        with running_emulator(state, profiles=profiles) as api_url:
+            names = {"write_key": WRITE_KEY, "secret": WEBHOOK_SECRET, "api_url": api_url}
+            names |= {"space": PROFILES_SPACE, "token": PROFILES_TOKEN}
+            config = parse_config(CONFIG.format(db=folder / "segcrit.db", crm=folder / "crm.db", **names), env={})
+            (folder / "segcrit.yaml").write_text(CONFIG.format(db="segcrit.db", crm="crm.db", **names))
             store = SqliteStore(config.store.removeprefix("sqlite:///"))
             try:
                 with _serving(config, store) as base_url:
@@ -122,6 +166,7 @@ def run_demo(*, keep: bool = False, console: Console | None = None) -> dict[str,
                     _settle(store, config, time.time())
                 summary = state.snapshot(include_members=True)
                 render_summary(summary, store, config, console)
+                render_enrichment(summary, store, config, profiles, console)
             finally:
                 store.close()
         return summary
@@ -138,9 +183,21 @@ def _serving(config: Config, store: SqliteStore) -> Iterator[str]:
         yield url
 
 
+def _write_crm(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as crm, crm:
+        crm.execute("CREATE TABLE customers (customer_id TEXT PRIMARY KEY, email TEXT, phone TEXT, ad_consent INTEGER)")
+        crm.executemany("INSERT INTO customers VALUES (?, ?, ?, ?)", CRM_ROWS)
+
+
+def _lookups_idle(store: SqliteStore, config: Config) -> bool:
+    """Everyone looked up once (refreshes go on: the cohort reads a Profile API trait every 3 s)."""
+    return not any(store.unanswered_lookup_count(lookup.name) for lookup in config.enrichment)
+
+
 def _settled(store: SqliteStore, config: Config, traffic_done: float) -> bool:
-    """Everything sent and acknowledged, and the cohort recomputed after the traffic."""
-    if store.backlog() or store.pending_count() or store.pending_event_count():
+    """Everything sent and acknowledged, and the cohort recomputed after the traffic (and after
+    the lookups' answers were processed)."""
+    if store.backlog() or store.pending_count() or store.pending_event_count() or not _lookups_idle(store, config):
         return False
     catalog = store.catalog_stats()
     if catalog.pending or catalog.in_flight:
@@ -154,8 +211,11 @@ def _settled(store: SqliteStore, config: Config, traffic_done: float) -> bool:
 
 def _settle(store: SqliteStore, config: Config, traffic_done: float) -> None:
     deadline = time.monotonic() + SETTLE_TIMEOUT_SECS
+    enriched: float | None = None  # when every answer had been processed: the cohort must run after
     while time.monotonic() < deadline:
-        if store.backlog() == 0 and _settled(store, config, traffic_done):
+        if enriched is None and store.backlog() == 0 and _lookups_idle(store, config):
+            enriched = max(traffic_done, time.time())
+        if enriched is not None and _settled(store, config, enriched):
             return
         time.sleep(0.1)  # a wait for a real server in real time, not test synchronisation
     raise SegcritError(f"delivery did not settle within {SETTLE_TIMEOUT_SECS:.0f} s")
@@ -197,6 +257,13 @@ def send_traffic(base_url: str) -> int:
         _audience_props("cart_abandoners", False),
         context=_personas("cart_abandoners"),
     )
+    # Engage puts two people in the audience that segcrit knows by nothing but their userId; the
+    # CRM lookup supplies the rest.
+    for user_id in USER_ID_ONLY:
+        client.track(
+            user_id, "Audience Entered", _audience_props("cart_abandoners", True), context=_personas("cart_abandoners")
+        )
+        count += 1
     # One shopper withdraws advertising consent in the cookie banner.
     client.track(
         SHOPPERS[1].user_id,
@@ -336,7 +403,7 @@ def _post_webhook(base_url: str, messages: list[dict[str, Any]]) -> None:
 
 def render_summary(snapshot: dict[str, Any], store: SqliteStore, config: Config, console: Console) -> None:
     table = Table(title="What Criteo received: audience segments", title_justify="left")
-    for column in ("segment", "id", "type", "identifiers", "emails", "mobile ids"):
+    for column in ("segment", "id", "type", "identifiers", "emails", "phones", "mobile ids"):
         table.add_column(column, justify="left" if column in ("segment", "id", "type") else "right")
     for segment in snapshot.get("segments", []):
         members = segment.get("members") or {}
@@ -351,6 +418,7 @@ def render_summary(snapshot: dict[str, Any], store: SqliteStore, config: Config,
             kind,
             str(total),
             str(len(members.get("email", []))),
+            str(len(members.get("phoneNumber", []))),
             str(len(members.get("madid", []))),
         )
     console.print(table)
@@ -385,3 +453,38 @@ def render_summary(snapshot: dict[str, Any], store: SqliteStore, config: Config,
         "left cart_abandoners for recent_buyers (suppression); user-003 and user-005 form the high-value "
         "seed of the lookalike; user-015's lapse arrived before an older start and still wins."
     )
+
+
+def render_enrichment(
+    snapshot: dict[str, Any], store: SqliteStore, config: Config, profiles: ProfileApiState, console: Console
+) -> None:
+    """What the lookups added, told through the people they concern."""
+    for line in enrichment_lines(store, config, time.time()):
+        console.print(line, markup=False)
+    times = profiles.request_times(PROFILES_SPACE)
+    busiest = max((sum(1 for t in times if start <= t < start + 1) for start in times), default=0)
+    console.print(
+        f"Profile API: {len(times)} request(s), at most {busiest} in any second (limit 100/s); the cohort reads "
+        "lifetime_value, so its candidates are refreshed every every_minutes (3 s here), spread over the interval"
+    )
+    segments = {s["name"]: s.get("members") or {} for s in snapshot.get("segments", [])}
+    abandoners = segments.get("cart_abandoners", {})
+    maria_email, _ = email_hashes("maria.crm@example.com")
+    maria_phone, _ = phone_hashes("+33612345678")
+    held = maria_email in abandoners.get("email", []) and maria_phone in abandoners.get("phoneNumber", [])
+    tom_email, _ = email_hashes("tom.crm@example.com")
+    console.print(
+        f"Enrichment: user-101 arrived with a userId only and is in cart_abandoners by the CRM's email hash "
+        f"{maria_email[:12]}… and phone hash {maria_phone[:12]}…: {'yes' if held else 'NO'}; user-102's CRM "
+        f"consent is false, so Criteo holds nothing of theirs: "
+        f"{'yes' if tom_email not in abandoners.get('email', []) else 'NO'}; user-020 is in the high_value "
+        f"cohort by lifetime_value 1500 from the Profile API: "
+        f"{'yes' if 'high_value' in _audiences_of(store, 'user-020') else 'NO'}"
+    )
+
+
+def _audiences_of(store: SqliteStore, user_id: str) -> frozenset[str]:
+    with store.dry_run() as tx:
+        profile_id = tx.find_profiles([("user_id", user_id)]).get(("user_id", user_id))
+    facts = store.profile_facts(profile_id) if profile_id is not None else None
+    return facts.audiences if facts is not None else frozenset()

@@ -4,6 +4,12 @@ It takes events from the inbox in chunks; a chunk commits in one transaction, or
 it gives way to ingest (see `drain_once`), each holding the effects of its events and the deletion
 of their inbox rows. A crash replays what had not committed, and replay is harmless because every
 decision is "latest timestamp wins" on desired state.
+
+Failures (SPEC §7): when the store cannot write (StoreUnavailable: disk full, locked, I/O), the
+chunk stays in the inbox and `drain_once` raises, for the caller to retry later; nothing is set
+aside. When processing itself raises, the chunk is bisected until the events that fail on their
+own are found; only those are set aside (`failed_events`, with the reason).
+
 The decisions themselves are pure functions (identity.graph, consent, flows, membership); this
 module only moves data between them and the store.
 """
@@ -18,9 +24,11 @@ from typing import Any
 
 from segcrit.clock import Clock
 from segcrit.commerce import CommerceStep
-from segcrit.config import AudienceSyncFlow, Config
+from segcrit.config import AudienceSyncFlow, Config, audience_names
 from segcrit.consent import consent_in_message
-from segcrit.flows.audience_sync import membership_changes
+from segcrit.enrichment.schedule import LookupMarks
+from segcrit.errors import StoreError
+from segcrit.flows.audience_sync import accepts_source, membership_changes, new_audience_allowance, utc_day
 from segcrit.identity.graph import TOMBSTONE_KINDS, extract_identifiers, plan_resolution
 from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymous_id
 from segcrit.membership import desired_targets
@@ -29,13 +37,18 @@ from segcrit.profile_flows import ProfileFlowsStep
 from segcrit.sources.validate import in_time_range
 from segcrit.store.base import Identifier, InboxEvent
 from segcrit.store.sqlite import SqliteStore, SqliteTx
+from segcrit.store.sqlite_retention import WAITING_TABLES
 
 log = logging.getLogger("segcrit.engine")
 
 CHUNK_EVENTS = 500
+# `counters` name prefix of the audience messages ignored per source (audience_sync `sources`).
+IGNORED_AUDIENCE_COUNTER = "audience_messages_ignored:"
 # A transaction that ingest waits for commits and gives way once it has run this long (less
 # would spend the processor's time on commits, more would delay acks).
 GIVE_WAY_AFTER_SECS = 0.005
+ERASURE_SCAN_PAGE = 1_000  # waiting events read per page when erasing a deleted person's
+ERASURES_PER_SCAN = 1_000  # deleted identifiers looked for in one scan of the waiting events
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +62,8 @@ class Outcome:
     criteo_events: tuple[dict[str, Any], ...] = ()  # Events API events queued
     notes: tuple[str, ...] = ()  # what the mapping adjusted (a price read from text, no currency...)
     products_changed: int = 0
+    # The source of an audience message that no audience_sync flow accepts from it (else None).
+    ignored_audience_source: str | None = None
 
 
 def event_time(message: Mapping[str, Any], fallback: float) -> float:
@@ -66,8 +81,12 @@ class Processor:
         self.clock = clock
         self.metrics = metrics
         self._audience_flows = config.flows_of(AudienceSyncFlow)
+        # Audiences the config names never count against max_new_audiences_per_day.
+        self._named_audiences = audience_names(config)
+        self._new_audience_allowance = new_audience_allowance(self._audience_flows)
         self.commerce = CommerceStep(config)
         self.profile_flows = ProfileFlowsStep(config)
+        self.lookups = LookupMarks(config)
 
     def drain_once(self, limit: int = CHUNK_EVENTS) -> int:
         """Process up to `limit` waiting events; returns how many.
@@ -76,6 +95,9 @@ class Processor:
         after `give_way_to_ingest`'s timeout), and when one starts waiting, the events done so far
         commit with the deletion of their inbox rows and the rest of the chunk follows in a new
         transaction. Without ingest traffic, the chunk is one transaction.
+
+        Raises StoreUnavailable when the store cannot write: what had not committed stays in the
+        inbox for the next call, and nothing is set aside.
         """
         self.store.use_large_cache()
         events = self.store.claim_events(limit)
@@ -88,44 +110,64 @@ class Processor:
             rest = events[len(outcomes) :]
             try:
                 outcomes += self._process_until_ingest_waits(rest, now)
-            except Exception:
-                # One bad event must not block the queue: redo the rest one event at a time and
-                # set aside only the events that fail on their own.
-                log.exception("chunk failed, retrying event by event")
-                outcomes += [self._process_alone(event, now) for event in rest]
+            except StoreError:
+                raise  # the store's fault, not the events': retried as they are
+            except Exception as error:
+                # One bad event must not block the queue: find the events that fail on their own.
+                log.warning("chunk failed, looking for the events at fault", extra={"error": _reason(error)})
+                outcomes += self._isolate(rest, error, now)
         self.metrics.events_processed.inc(len(events))
         for outcome in outcomes:
             if outcome.skipped:
                 self.metrics.events_skipped.labels(outcome.skipped).inc()
             for note in outcome.notes:
                 self.metrics.events_adjusted.labels(note).inc()
+            if outcome.ignored_audience_source is not None:
+                self.metrics.audience_messages_ignored.labels(outcome.ignored_audience_source).inc()
         return len(events)
 
-    def _process_until_ingest_waits(self, events: list[InboxEvent], now: float) -> list[Outcome]:
-        """Process events in one transaction, stopping early when an ingest commit waits."""
+    def _process_until_ingest_waits(
+        self, events: list[InboxEvent], now: float, *, give_way: bool = True
+    ) -> list[Outcome]:
+        """Process events in one transaction, stopping early when an ingest commit waits (unless
+        `give_way` is off: then all of them)."""
         outcomes: list[Outcome] = []
         with self.store.transaction() as tx:
             started = time.monotonic()
             for event in events:
                 outcomes.append(self.process(tx, event, now))
-                if self.store.ingest_waiting() and time.monotonic() - started >= GIVE_WAY_AFTER_SECS:
+                if give_way and self.store.ingest_waiting() and time.monotonic() - started >= GIVE_WAY_AFTER_SECS:
                     break
             tx.flush_seen()
             tx.delete_events([e.seq for e in events[: len(outcomes)]])
         return outcomes
 
-    def _process_alone(self, event: InboxEvent, now: float) -> Outcome:
-        try:
-            with self.store.transaction() as tx:
-                outcome = self.process(tx, event, now)
-                tx.flush_seen()
-                tx.delete_events([event.seq])
-            return outcome
-        except Exception as error:
-            log.exception("event failed, set aside", extra={"seq": event.seq, "source": event.source})
-            with self.store.transaction() as tx:
-                tx.quarantine_event(event, f"{error.__class__.__name__}: {error}", now)
-            return Outcome(None, skipped="failed")
+    def _isolate(self, events: list[InboxEvent], error: Exception, now: float) -> list[Outcome]:
+        """Process `events`, whose transaction failed with `error`, by halves, recursively, and set
+        aside the events that fail on their own: a poison event among n good ones costs about
+        2·log2(n) transactions, not n."""
+        if len(events) == 1:
+            return [self._set_aside(events[0], error, now)]
+        middle = len(events) // 2
+        outcomes: list[Outcome] = []
+        for half in (events[:middle], events[middle:]):
+            try:
+                outcomes += self._process_until_ingest_waits(half, now, give_way=False)
+            except StoreError:
+                raise
+            except Exception as half_error:
+                outcomes += self._isolate(half, half_error, now)
+        return outcomes
+
+    def _set_aside(self, event: InboxEvent, error: Exception, now: float) -> Outcome:
+        log.error(
+            "event set aside",
+            extra={"seq": event.seq, "source": event.source, "error": _reason(error)},
+            exc_info=error,
+        )
+        with self.store.transaction() as tx:
+            tx.quarantine_event(event, _reason(error), now)
+        return Outcome(None, skipped="failed")
 
     def drain(self, max_rounds: int = 1_000_000) -> int:
         total = 0
@@ -172,17 +214,14 @@ class Processor:
         for madid, tracking in ids.ad_tracking.items():
             if ("madid", madid) in owners:  # a new one was attached with this setting already
                 changed |= tx.set_identifier_active("madid", madid, tracking, ts)
+        self.lookups.mark(tx, profile_id, resolution, now)  # enrichment: new profile or new key
 
         consent = consent_in_message(message, self.config.consent.category)
         if consent is not None:
             changed |= tx.set_consent(profile_id, consent, ts)
 
-        memberships: list[tuple[str, bool]] = []
-        for flow in self._audience_flows:
-            for change in membership_changes(message, flow):
-                tx.ensure_audience(change.audience, self._auto_create(change.audience, flow))
-                memberships.append((change.audience, change.member))
-                changed |= tx.set_membership(profile_id, change.audience, change.member, ts)
+        memberships, synced, ignored_source = self._sync_audiences(tx, event, profile_id, ts, now)
+        changed |= synced
         step = self.profile_flows.apply(tx, message, profile_id, ts, now)
         changed |= step.changed
         memberships += step.memberships
@@ -193,7 +232,7 @@ class Processor:
         targets_changed = self.refresh_targets(tx, profile_id, now) if changed and not trivial else 0
         commerce = self.commerce.apply(tx, message, profile_id, ts, now) if self.commerce.active else None
         if commerce is None:
-            return Outcome(profile_id, None, targets_changed, tuple(memberships))
+            return Outcome(profile_id, None, targets_changed, tuple(memberships), (), (), 0, ignored_source)
         return Outcome(
             profile_id,
             commerce.skipped[0] if commerce.skipped and not commerce.queued else None,
@@ -202,11 +241,39 @@ class Processor:
             tuple(commerce.queued),
             tuple(commerce.notes),
             commerce.products_changed,
+            ignored_source,
         )
 
-    def _auto_create(self, audience: str, flow: AudienceSyncFlow) -> bool:
+    def _sync_audiences(
+        self, tx: SqliteTx, event: InboxEvent, profile_id: int, ts: float, now: float
+    ) -> tuple[list[tuple[str, bool]], bool, str | None]:
+        """audience_sync: apply the message's membership changes through every flow that accepts its
+        source. Returns the memberships, whether any changed, and the source when the message was
+        an audience message that no flow accepted from there (then counted as ignored)."""
+        memberships: list[tuple[str, bool]] = []
+        changed = refused = False
+        for flow in self._audience_flows:
+            changes = membership_changes(event.message, flow)
+            if changes and not accepts_source(flow, event.source):
+                refused = True
+                continue
+            for change in changes:
+                self._ensure_audience(tx, change.audience, flow, now)
+                memberships.append((change.audience, change.member))
+                changed |= tx.set_membership(profile_id, change.audience, change.member, ts)
+        if not refused or memberships:
+            return memberships, changed, None
+        tx.add_to_counter(f"{IGNORED_AUDIENCE_COUNTER}{event.source}")
+        return memberships, changed, event.source
+
+    def _ensure_audience(self, tx: SqliteTx, audience: str, flow: AudienceSyncFlow, now: float) -> None:
+        """Record the audience; one that only traffic names uses the day's new-audience allowance."""
         configured = self.config.audiences.get(audience)
-        return configured.auto_create if configured is not None else flow.auto_create
+        auto_create = configured.auto_create if configured is not None else flow.auto_create
+        if audience in self._named_audiences:
+            tx.ensure_audience(audience, auto_create)
+        else:
+            tx.ensure_new_audience(audience, auto_create, now, utc_day(now), self._new_audience_allowance)
 
     def refresh_targets(self, tx: SqliteTx, profile_id: int, now: float) -> int:
         """Recompute what Criteo should hold for the profile; returns the changes made."""
@@ -230,7 +297,8 @@ class Processor:
         return Outcome(None)
 
     def forget(self, identifier: str) -> int:
-        """Erase everyone known by this userId, anonymousId or email; returns profiles erased."""
+        """Erase everyone known by this userId, anonymousId or email, their events still waiting
+        in the inbox or set aside included; returns profiles erased."""
         keys = [("user_id", identifier), ("anonymous_id", identifier)]
         email = normalize_email(identifier)
         if email:
@@ -244,4 +312,42 @@ class Processor:
                 tx.erase_profile(profile_id, now, set(TOMBSTONE_KINDS))
             for kind, value in keys:
                 tx.add_tombstone(kind, value, now)
+        self.erase_waiting_events()
         return len(profiles)
+
+    def erase_waiting_events(self) -> int:
+        """Erase the events of deleted people that still wait in the inbox or set aside (SPEC §8);
+        returns how many. An event goes when it carries a deleted identifier and is not newer
+        than the deletion, the rule processing applies (a newer one starts a fresh profile).
+
+        The deletions to look for are queued with their tombstones (the `delete` message, `forget`);
+        housekeeping drains them, `forget` at once. Each page of waiting events is read, and
+        its matches deleted, in a transaction of its own: deletions are rare, the inbox may be long.
+        """
+        erased = 0
+        while erasures := self.store.pending_erasures(ERASURES_PER_SCAN):
+            for table in WAITING_TABLES:
+                after = 0
+                while page := self.store.waiting_events(table, after, ERASURE_SCAN_PAGE):
+                    doomed = [event.seq for event in page if _deleted(event, erasures)]
+                    if doomed:
+                        self.store.give_way_to_ingest()
+                        self.store.delete_waiting_events(table, doomed)
+                        erased += len(doomed)
+                    after = page[-1].seq
+            self.store.erasures_done(erasures)
+        return erased
+
+
+def _deleted(event: InboxEvent, erasures: Mapping[tuple[str, str], float]) -> bool:
+    """True when the event carries an identifier deleted at or after the event's time."""
+    ids = extract_identifiers(event.message)
+    keys = [(i.kind, i.value) for i in ids.identifiers if i.kind in TOMBSTONE_KINDS]
+    if ids.alias_previous:  # a userId or an anonymousId: either deletion covers it
+        keys += [("user_id", ids.alias_previous), ("anonymous_id", ids.alias_previous)]
+    ts = event_time(event.message, event.received_at)
+    return any(erasures.get(key, float("-inf")) >= ts for key in keys)
+
+
+def _reason(error: BaseException) -> str:
+    return f"{error.__class__.__name__}: {error}"

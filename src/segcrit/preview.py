@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from segcrit.clock import SystemClock
-from segcrit.config import Config, LifecycleFlow, SuppressionFlow
+from segcrit.config import AudienceSyncFlow, Config, LifecycleFlow, SuppressionFlow
 from segcrit.criteo.constants import CONTACT_LIST_PATH
 from segcrit.criteo.models import ContactlistAmendmentRequest
 from segcrit.delivery.commerce_workers import DOCUMENT_VERSION
@@ -50,6 +50,16 @@ def _open_for_preview(config: Config) -> tuple[SqliteStore, tempfile.TemporaryDi
     return SqliteStore(str(Path(scratch.name) / "preview.db")), scratch
 
 
+def preview_source(config: Config) -> str:
+    """The source a previewed message stands for: one that audience_sync accepts (SPEC §4.1
+    `sources`), so that an Engage audience message shows what it would do when it comes from Engage."""
+    flows: list[AudienceSyncFlow] = config.flows_of(AudienceSyncFlow)
+    for flow in flows:
+        if flow.sources:
+            return flow.sources[0]
+    return "preview"
+
+
 def preview_event(config: Config, text: str) -> str:
     now = time.time()
     prepared = prepare_messages(
@@ -59,9 +69,10 @@ def preview_event(config: Config, text: str) -> str:
     store, scratch = _open_for_preview(config)
     try:
         processor = Processor(store, config, SystemClock(), Metrics())
+        source = preview_source(config)
         with store.dry_run() as tx:
             for index, message in enumerate(prepared.messages):
-                outcome = processor.process(tx, InboxEvent(0, "preview", message, now), now)
+                outcome = processor.process(tx, InboxEvent(0, source, message, now), now)
                 lines.append(f"message {index}: {message.get('type')} {message.get('event') or ''}".rstrip())
                 if outcome.skipped:
                     lines.append(f"  skipped: {outcome.skipped}")

@@ -37,9 +37,10 @@ MAX_TRAIT_CHARS = 256
 
 
 def cohort_trait_names(config: Config) -> frozenset[str]:
-    """The allowlist: COHORT_TRAITS and every trait a lookalike_seed `when` names."""
+    """The allowlist: COHORT_TRAITS and every trait a lookalike_seed `when` names. An expression
+    that reads `traits` as a whole gets no more: keeping every trait is what the list prevents."""
     named = (trait_names(flow.when) for flow in config.flows_of(LookalikeSeedFlow))
-    return COHORT_TRAITS.union(*named)
+    return COHORT_TRAITS.union(*(names for names in named if names is not None))
 
 
 def cohort_traits(traits: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:

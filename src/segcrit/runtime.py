@@ -4,6 +4,11 @@ Ingest runs on the HTTP server's event loop; processing and delivery each run on
 their own (delivery with its own event loop), so a slow Criteo call or a large processing chunk
 never delays an ingest acknowledgement. Tests do not start these threads: they build a
 Processor and a DeliveryWorker and step them with `drain_once()`.
+
+While the store cannot write (StoreUnavailable: disk full, locked), the processor retries with
+a growing pause (`STORE_RETRY_SECS`), and with an empty inbox probes the store, so that /readyz
+turns ready again as soon as a write succeeds. The store logs the episode; the loops here stay
+quiet about it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from segcrit.delivery.commerce_workers import CatalogWorker, EventsWorker
 from segcrit.delivery.ratelimit import SlidingWindowLimiter
 from segcrit.delivery.worker import DeliveryWorker
 from segcrit.engine import Processor
+from segcrit.enrichment.worker import build_enrichment
+from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
 from segcrit.scheduler import Scheduler
 from segcrit.store.sqlite import SqliteStore
@@ -37,6 +44,8 @@ log = logging.getLogger("segcrit.runtime")
 IDLE_WAIT_SECS = 0.05  # processor: how long to wait for a wake-up before looking again
 SCHEDULER_TICK_SECS = 1.0
 SHUTDOWN_FLUSH_SECS = 5.0
+STORE_RETRY_SECS = (0.1, 5.0)  # first and longest pause between tries while the store cannot write
+ENRICHMENT_IDLE_SECS = 0.5  # nothing due: how long before looking again (answers batch up meanwhile)
 
 
 def build_criteo_client(
@@ -82,7 +91,13 @@ def build_workers(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
 ) -> Workers:
-    """The delivery workers with their Criteo clients (call inside the event loop that runs them)."""
+    """The delivery workers with their Criteo clients (call inside the event loop that runs them).
+
+    They take the store over: a call still claimed in it was cut short by a process that is gone
+    (one process owns a SQLite file), so its changes count as unanswered at once."""
+    released = store.release_claims()
+    if released:
+        log.warning("unanswered changes of an earlier run will be sent again", extra={"changes": released})
     client, http = build_criteo_client(config, clock, metrics, transport, sleep)
     events_http = httpx.AsyncClient(timeout=config.criteo.timeout_secs, transport=transport, follow_redirects=False)
     events_limiter = SlidingWindowLimiter(config.criteo.events_rate_limit_per_minute, clock, sleep)
@@ -115,6 +130,7 @@ class Runtime:
         self._wake = threading.Event()
         self._threads: list[_Thread] = []
         self.failed: str | None = None
+        metrics.store_write_failing.set_function(lambda: store.write_failure() is not None)
 
     # ------------------------------------------------------------------ control
 
@@ -122,6 +138,8 @@ class Runtime:
         self._spawn("segcrit-processor", self._process_loop)
         self._spawn("segcrit-delivery", self._delivery_thread)
         self._spawn("segcrit-scheduler", self._scheduler_loop)
+        if self.config.enrichment:
+            self._spawn("segcrit-enrichment", self._enrichment_thread)
 
     def stop(self, timeout: float = SHUTDOWN_FLUSH_SECS + 1) -> None:
         """Ask every worker to stop and wait for them, `timeout` seconds in all (not per thread):
@@ -161,9 +179,18 @@ class Runtime:
     # ------------------------------------------------------------------ processor
 
     def _process_loop(self, stop: threading.Event) -> None:
+        pause = STORE_RETRY_SECS[0]
         while not stop.is_set():
             try:
                 processed = self.processor.drain_once()
+                if processed == 0 and self.store.write_failure() is not None:
+                    self.store.probe_write()  # nothing to retry with: is the store back?
+                pause = STORE_RETRY_SECS[0]
+            except StoreUnavailable:
+                # The events stay in the inbox; the store logged the error when the episode began.
+                stop.wait(pause)
+                pause = min(pause * 2, STORE_RETRY_SECS[1])
+                continue
             except Exception:
                 # One bad chunk must not stop the service; it stays in the inbox for the next round.
                 log.exception("processing failed")
@@ -185,6 +212,8 @@ class Runtime:
             while not stop.is_set():
                 try:
                     await workers.drain_once()
+                except StoreUnavailable:
+                    await asyncio.sleep(1.0)  # logged by the store; what was sent is sent again
                 except Exception:
                     log.exception("delivery round failed")
                     await asyncio.sleep(1.0)
@@ -197,6 +226,30 @@ class Runtime:
         finally:
             await workers.aclose()
 
+    # ------------------------------------------------------------------ enrichment
+
+    def _enrichment_thread(self, stop: threading.Event) -> None:
+        asyncio.run(self._enrichment_loop(stop))
+
+    async def _enrichment_loop(self, stop: threading.Event) -> None:
+        """Lookups on a thread and event loop of their own: a slow or dead source delays only them."""
+        worker = build_enrichment(self.store, self.config, self.clock, self.metrics, wake=self.wake)
+        try:
+            while not stop.is_set():
+                try:
+                    done = await worker.drain_once()
+                except StoreUnavailable:
+                    done = 0  # logged by the store; the people stay due and are looked up again
+                    await asyncio.sleep(1.0)
+                except Exception:
+                    log.exception("enrichment round failed")
+                    done = 0
+                    await asyncio.sleep(1.0)
+                if done == 0:
+                    await asyncio.sleep(ENRICHMENT_IDLE_SECS)
+        finally:
+            await worker.aclose()
+
     # ------------------------------------------------------------------ scheduler
 
     def _scheduler_loop(self, stop: threading.Event) -> None:
@@ -204,6 +257,8 @@ class Runtime:
         while not stop.is_set():
             try:
                 self.scheduler.run_due()
+            except StoreUnavailable:
+                pass  # logged by the store; the jobs run again on a later tick
             except Exception:
                 log.exception("scheduler round failed")
             stop.wait(SCHEDULER_TICK_SECS)

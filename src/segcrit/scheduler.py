@@ -7,8 +7,10 @@ when it actually ran: after downtime, a late job runs once at start, not once pe
 interval. Jobs compute their work from the store (expired suppressions, people not seen since a
 cutoff, the whole cohort), so a run that was missed loses nothing.
 
-Jobs: `housekeeping` (dedupe window), `suppression_expiry`, `lifecycle_dormancy:<i>`,
-`cohort:<audience>` (lookalike_seed; first at start, then every `every_minutes`).
+Jobs: `housekeeping` (the dedupe window, `retention:`, erasure of deleted people's waiting
+events), `suppression_expiry`, `lifecycle_dormancy:<i>`, `cohort:<audience>` (lookalike_seed;
+first at start, then every `every_minutes`). Housekeeping works in small transactions that give
+way to ingest (see `segcrit.store.sqlite_retention`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from segcrit.clock import Clock
 from segcrit.cohort import Cohort
 from segcrit.config import Config, LifecycleFlow, LookalikeSeedFlow, SuppressionFlow
 from segcrit.engine import Processor
+from segcrit.errors import StoreUnavailable
 from segcrit.profile_flows import DAY_SECS, lifecycle_audiences, suppression_key
 from segcrit.store.sqlite import SqliteStore
 
@@ -76,6 +79,8 @@ class Scheduler:
                 continue  # another process runs it
             try:
                 result = job.run(now)
+            except StoreUnavailable:
+                raise  # not the job's fault: it stays due and runs again once the store writes
             except Exception as error:
                 log.exception("job failed", extra={"job": job.name})
                 result = f"failed: {error.__class__.__name__}"
@@ -100,8 +105,21 @@ class Scheduler:
     # ------------------------------------------------------------------ jobs
 
     def housekeeping(self, now: float) -> str:
-        pruned = self.store.prune_seen(now - self.config.ingest.dedupe_hours * 3600)
-        return f"{pruned} dedupe entries pruned"
+        """Apply the dedupe window and `retention:`, erase deleted people's waiting events."""
+        retention = self.config.retention
+        dropped = {
+            "dedupe_entries": self.store.prune_seen(now - self.config.ingest.dedupe_hours * 3600),
+            "failed_events": self.store.prune_failed_events(now - retention.failed_events_days * DAY_SECS),
+            "dead_letters": self.store.drop_dead_letters(now - retention.dead_letters_days * DAY_SECS),
+            "anonymous_profiles": self.store.erase_anonymous_profiles(
+                now - retention.anonymous_profiles_days * DAY_SECS, now
+            ),
+        }
+        for what, count in dropped.items():
+            self.processor.metrics.retention_dropped.labels(what).inc(count)
+        erased = self.processor.erase_waiting_events()
+        counts = ", ".join(f"{what} {count}" for what, count in dropped.items())
+        return f"dropped {counts}; erased {erased} waiting event(s) of deleted people"
 
     def expire_suppressions(self, now: float) -> str:
         flows = {suppression_key(f): f for f in self.config.flows if isinstance(f, SuppressionFlow)}

@@ -8,6 +8,7 @@ import hmac
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -196,3 +197,30 @@ def test_sigkill_mid_traffic_loses_nothing(server: Server, emulator: Emulator) -
     status = server.segcrit("status")
     assert "dead letters: 0" in status.stdout
     assert server.terminate() == 0
+
+
+def test_a_second_owner_of_the_store_exits_at_once_and_operator_commands_keep_working(
+    server: Server, emulator: Emulator, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive.ndjson"
+    archive.write_bytes(orjson.dumps({"type": "track", "event": "Clicked", "userId": "u1", "messageId": "a1"}))
+    server.start()
+    assert server.process is not None
+    db = (server.config_path.parent / "segcrit.db").resolve()
+    refusal = f"error: another segcrit process owns {db} (pid {server.process.pid})"
+
+    # Each would run workers on the same file: double Events API documents, a second rate budget.
+    for command in (("serve",), ("import", str(archive)), ("resync", "cart_abandoners")):
+        result = server.segcrit(*command)
+        assert (result.returncode, result.stderr.splitlines()) == (1, [refusal]), command
+
+    # Reads and quick edits of the store are how operators use a running service.
+    for command in (("status",), ("replay",), ("replay", "--failed"), ("forget", "nobody@example.com")):
+        result = server.segcrit(*command)
+        assert result.returncode == 0, (command, result.stderr)
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    assert server.terminate() == 0
+
+    imported = server.segcrit("import", str(archive))  # the owner has gone
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.startswith("1 line(s): 1 queued")

@@ -102,9 +102,11 @@ class Session:
         self.moment = start
         self.expected: list[dict[str, Any]] = []
         self.url_at: dict[str, str] = {}  # event timestamp -> context.page.url
+        self.message_id = ""  # of the latest message: a signal's Criteo event id
 
     def _next(self, path: str) -> tuple[datetime, dict[str, Any]]:
         self.moment += timedelta(seconds=7, milliseconds=250)
+        self.message_id = f"{self.person.user_id}-{len(self.url_at)}"
         url = SHOP + path
         self.url_at[iso_ms(self.moment)] = url
         context = {
@@ -116,7 +118,7 @@ class Session:
         return self.moment, context
 
     def _expect(self, event: str, moment: datetime, **fields: Any) -> None:
-        self.expected.append({"event": event, "timestamp": iso_ms(moment), **fields})
+        self.expected.append({"event": event, "timestamp": iso_ms(moment), "id": self.message_id, **fields})
 
     def _item(self, pid: str) -> dict[str, Any]:
         return {"id": pid, "price": PRODUCTS[pid]["price"], "quantity": self.person.quantity}
@@ -130,38 +132,41 @@ class Session:
         client.identify(person.user_id, {"email": person.email, "first_name": "Test"}, context, moment)
 
         moment, context = self._next("/")
-        client.page(person.user_id, None, "Home", {"path": "/", "url": SHOP + "/"}, context, moment)
+        home = {"path": "/", "url": SHOP + "/"}
+        client.page(person.user_id, None, "Home", home, context, moment, message_id=self.message_id)
         self._expect("viewHome", moment)
 
         moment, context = self._next("/search?q=trail+shoes")
-        client.track(person.user_id, "Products Searched", {"query": "trail shoes"}, context, moment)
+        searched = {"query": "trail shoes"}
+        client.track(person.user_id, "Products Searched", searched, context, moment, message_id=self.message_id)
         self._expect("viewList", moment, item=[], keywords="trail shoes")
 
         moment, context = self._next("/c/trail-shoes")
         listed = [{**PRODUCTS[pid], "position": n} for n, pid in enumerate(LISTED, 1)]
         properties = {"list_id": "trail-shoes", "category": "Shoes", "products": listed}
-        client.track(person.user_id, "Product List Viewed", properties, context, moment)
+        client.track(person.user_id, "Product List Viewed", properties, context, moment, message_id=self.message_id)
         self._expect("viewList", moment, item=[{"id": pid} for pid in LISTED[:3]])
 
         for pid in person.viewed:
             moment, context = self._next(f"/p/{pid.lower()}")
-            client.track(person.user_id, "Product Viewed", {**PRODUCTS[pid], "currency": "EUR"}, context, moment)
+            viewed = {**PRODUCTS[pid], "currency": "EUR"}
+            client.track(person.user_id, "Product Viewed", viewed, context, moment, message_id=self.message_id)
             self._expect("viewItem", moment, item=[{"id": pid}])
 
         moment, context = self._next(f"/p/{person.bought.lower()}")
         added = {**PRODUCTS[person.bought], "cart_id": f"cart-{person.user_id}", "quantity": person.quantity}
-        client.track(person.user_id, "Product Added", added, context, moment)
+        client.track(person.user_id, "Product Added", added, context, moment, message_id=self.message_id)
         self._expect("addToCart", moment, item=[self._item(person.bought)])
 
         moment, context = self._next("/cart")
         cart = {"cart_id": f"cart-{person.user_id}", "products": self._cart()}
-        client.track(person.user_id, "Cart Viewed", cart, context, moment)
+        client.track(person.user_id, "Cart Viewed", cart, context, moment, message_id=self.message_id)
         self._expect("viewBasket", moment, item=[self._item(person.bought)])
 
         moment, context = self._next("/checkout")
         value = PRODUCTS[person.bought]["price"] * person.quantity
         checkout = {"order_id": person.order_id, "value": value, "currency": "EUR", "products": self._cart()}
-        client.track(person.user_id, "Checkout Started", checkout, context, moment)
+        client.track(person.user_id, "Checkout Started", checkout, context, moment, message_id=self.message_id)
         self._expect("beginCheckout", moment, item=[self._item(person.bought)])
 
         moment, context = self._next("/checkout/complete")

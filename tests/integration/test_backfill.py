@@ -7,13 +7,17 @@ import gzip
 from pathlib import Path
 
 import orjson
+import pytest
 
 from segcrit.backfill import import_files, resync_audience
-from segcrit.clock import FakeClock
+from segcrit.clock import FakeClock, SystemClock
 from segcrit.criteo.emulator import EmulatorState
+from segcrit.delivery.worker import DeliveryWorker
 from segcrit.engine import Processor
+from segcrit.errors import CriteoError
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
+from segcrit.runtime import build_criteo_client
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import audience_event, make_config, put
 
@@ -57,5 +61,35 @@ def test_resync_empties_and_refills_the_contact_list(
         expected = {email_hashes(f"p{i}@shop.example")[0] for i in range(3)}
         assert emulator_state.members("vip", "email") == expected
         assert len(emulator_state.calls("contact-list-delete")) == 2
+    finally:
+        store.close()
+
+
+def test_a_resync_whose_wipe_answer_is_lost_leaves_every_member_to_send_again(
+    tmp_path: Path, emulator_url: str, emulator_state: EmulatorState
+) -> None:
+    config = make_config(str(tmp_path / "s.db"), api_url=emulator_url)
+    store = SqliteStore(str(tmp_path / "s.db"))
+    try:
+        put(store, *[audience_event(f"u{i}", "vip", True, T0, email=f"p{i}@shop.example") for i in range(3)])
+        Processor(store, config, FakeClock(T0), Metrics()).drain()
+        assert asyncio.run(resync_audience(config, store, "vip", progress=False)) == 3
+        emulator_state.set_faults("apply_then_500=1")
+        with pytest.raises(CriteoError):
+            asyncio.run(resync_audience(config, store, "vip", progress=False))
+        assert emulator_state.members("vip") == set()  # wiped, though Criteo answered 500
+
+        assert store.pending_count() == 3  # nothing counts as held any more: everyone goes again
+
+        async def deliver() -> None:
+            client, http = build_criteo_client(config, SystemClock(), Metrics())
+            try:
+                await DeliveryWorker(store, config, client, SystemClock(), Metrics()).drain_once(force=True)
+            finally:
+                await http.aclose()
+
+        asyncio.run(deliver())
+        assert emulator_state.members("vip", "email") == {email_hashes(f"p{i}@shop.example")[0] for i in range(3)}
+        assert store.pending_count() == 0
     finally:
         store.close()

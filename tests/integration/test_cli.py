@@ -33,6 +33,7 @@ RUN_TIMEOUT_SECS = 60
 JANE_SHA = email_hashes("jane.doe@example.com")[0]
 JANE_IDS = (("email", JANE_SHA), ("madid", "AD-1"))
 COMMANDS = {"serve", "check", "demo", "emulator", "status", "replay", "forget", "preview", "import", "resync", "init"}
+COMMANDS |= {"enrich"}
 
 
 def segcrit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -67,9 +68,15 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "segcrit.db"
 
 
-def write_config(tmp_path: Path, db: Path, api_url: str = UNREACHABLE, extra: str = "") -> Path:
+def write_config(tmp_path: Path, db: Path, api_url: str = UNREACHABLE, extra: str = "", *, quiet: bool = False) -> Path:
+    """The test config as a file; `quiet`: with what `check` would warn about put right (a bearer
+    token for the webhook source, audience_sync limited to it)."""
+    text = BASE_CONFIG.format(db=db, api_url=api_url, max_wait=2) + extra
+    if quiet:
+        text = text.replace("shared_secret: SECRET}", "shared_secret: SECRET, bearer_token: TOKEN}")
+        text = text.replace("  - type: audience_sync\n", "  - type: audience_sync\n    sources: [engage]\n")
     path = tmp_path / "segcrit.yaml"
-    path.write_text(BASE_CONFIG.format(db=db, api_url=api_url, max_wait=2) + extra)
+    path.write_text(text)
     return path
 
 
@@ -116,9 +123,34 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
 
 
 def test_check_accepts_a_good_config(tmp_path: Path, db: Path) -> None:
-    config = write_config(tmp_path, db)
+    config = write_config(tmp_path, db, quiet=True)
     result = segcrit("check", "--config", str(config), cwd=tmp_path)
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "config ok", "")
+
+
+def test_check_warns_without_refusing(tmp_path: Path, db: Path) -> None:
+    # A webhook source without a bearer token, audience_sync open to a public write key, and a
+    # suppression naming an audience nothing fills: each a warning line, and the config is fine.
+    config = write_config(tmp_path, db, extra="  - {type: suppression, remove_from: [cart_abandoners]}\n")
+    config.write_text(config.read_text().replace("  - type: audience_sync\n", ""))
+    result = segcrit("check", "--config", str(config), cwd=tmp_path)
+    assert (result.returncode, result.stdout.strip()) == (0, "config ok")
+    assert [line.split(": ", 2)[:2] for line in stderr_lines(result)] == [
+        ["warning", "sources[1].bearer_token"],
+        ["warning", "flows[0].remove_from"],
+    ]
+
+    with_sync = write_config(tmp_path, db)
+    result = segcrit("check", "--config", str(with_sync), cwd=tmp_path)
+    assert (result.returncode, result.stdout.strip()) == (0, "config ok")
+    assert stderr_lines(result) == [
+        "warning: sources[1].bearer_token: not set, so only what Segment's signature covers (a single message, "
+        "or element 0 of a batch) is authenticated, and a delete past element 0 is refused; set bearer_token "
+        "and send it from the Webhooks (Actions) destination as the header `Authorization: Bearer <token>`",
+        "warning: flows[0].sources: not set, so messages through the tracking_api source(s) 'web' can change "
+        "audiences, and a browser write key is public; list the sources Engage sends through (e.g. "
+        "`sources: [engage]`)",
+    ]
 
 
 def test_check_finds_the_config_through_segcrit_config(tmp_path: Path, db: Path) -> None:
@@ -194,7 +226,7 @@ def test_check_online_gets_a_token_and_resolves_audiences(
 
 
 def test_check_online_reports_a_listed_audience_missing_in_criteo(tmp_path: Path, db: Path, emulator_url: str) -> None:
-    config = write_config(tmp_path, db, emulator_url, extra="audiences: {ghosts: {auto_create: false}}\n")
+    config = write_config(tmp_path, db, emulator_url, extra="audiences: {ghosts: {auto_create: false}}\n", quiet=True)
     line = assert_one_line_error(segcrit("check", "--online", "--config", str(config), cwd=tmp_path))
     assert line == "config error: audiences.ghosts: no Criteo segment of that name and auto_create is false"
 
@@ -202,7 +234,7 @@ def test_check_online_reports_a_listed_audience_missing_in_criteo(tmp_path: Path
 def test_check_online_with_a_wrong_secret_is_one_line_without_the_secret(
     tmp_path: Path, db: Path, emulator_url: str
 ) -> None:
-    config = write_config(tmp_path, db, emulator_url)
+    config = write_config(tmp_path, db, emulator_url, quiet=True)
     config.write_text(config.read_text().replace("client_secret: demo-secret", "client_secret: s3cr3t-wrong-value"))
 
     result = segcrit("check", "--online", "--config", str(config), cwd=tmp_path)
@@ -214,7 +246,7 @@ def test_check_online_with_a_wrong_secret_is_one_line_without_the_secret(
 
 
 def test_check_online_with_criteo_unreachable_is_one_line(tmp_path: Path, db: Path) -> None:
-    config = write_config(tmp_path, db, UNREACHABLE)
+    config = write_config(tmp_path, db, UNREACHABLE, quiet=True)
     line = assert_one_line_error(segcrit("check", "--online", "--config", str(config), cwd=tmp_path))
     assert line.startswith("error: could not check against Criteo: ")
 
@@ -284,6 +316,42 @@ def test_replay_of_one_audience_leaves_the_others(tmp_path: Path, db: Path) -> N
     with open_store(db) as store:
         assert [c.key.audience for c in store.due_changes(LATER, 100)] == ["vip"]
         assert [letter.audience for letter in store.dead_letters()] == ["churn"]
+
+
+def test_replay_failed_puts_set_aside_events_back_and_status_counts_them(
+    tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_store(db) as store:
+        put(store, audience_event("u1", "vip", True, T0, email="jane.doe@example.com"))
+        processor = Processor(store, make_config(str(db)), FakeClock(T0), Metrics())
+
+        def buggy(tx: object, event: object, now: float) -> None:
+            raise RuntimeError("a bug in processing")
+
+        monkeypatch.setattr(processor, "process", buggy)
+        processor.drain()
+    config = write_config(tmp_path, db)
+
+    status = segcrit("status", "--config", str(config), cwd=tmp_path)
+    assert "set-aside events: 1 " in status.stdout
+    assert "from web: RuntimeError: a bug in processing" in status.stdout
+    result = segcrit("replay", "--failed", "--config", str(config), cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1 set-aside event(s) put back on the inbox"
+    with open_store(db) as store:
+        assert (store.backlog(), store.failed_event_count()) == (1, 0)
+        Processor(store, make_config(str(db)), FakeClock(T0), Metrics()).drain()  # the bug is fixed
+        assert {c.key for c in store.due_changes(LATER, 100)} == {TargetKey("vip", "email", JANE_SHA)}
+    assert "set-aside events: 0 " in segcrit("status", "--config", str(config), cwd=tmp_path).stdout
+
+
+def test_replay_failed_with_an_audience_is_one_line(tmp_path: Path, db: Path) -> None:
+    config = write_config(tmp_path, db)
+    line = assert_one_line_error(
+        segcrit("replay", "--failed", "--audience", "vip", "--config", str(config), cwd=tmp_path)
+    )
+    assert line.startswith("error: --failed puts back set-aside events")
 
 
 # ------------------------------------------------------------------------------------ forget

@@ -279,20 +279,33 @@ def test_a_persons_waiting_events_go_in_one_exact_document(start: Start, emulato
             "useragent": DESKTOP_UA,
             "full_url": SHOP + "/checkout",  # the latest event's page speaks for the document
             "version": "segcrit_1.0",
+            # Each event's id is its Segment messageId: the same at every send (SPEC §7).
             "events": [
-                {"event": "viewHome", "timestamp": stamp[0]},
+                {"event": "viewHome", "timestamp": stamp[0], "id": "u-ada-m1"},
                 {
                     "event": "viewList",
                     "timestamp": stamp[1],
+                    "id": "u-ada-m2",
                     "item": [{"id": "P0"}, {"id": "P1"}, {"id": "P2"}],
                     "keywords": "trail shoes",
                 },
-                {"event": "viewItem", "timestamp": stamp[2], "item": [{"id": "P1"}]},
-                {"event": "addToCart", "timestamp": stamp[3], "item": [{"id": "P1", "price": 41.0, "quantity": 2}]},
-                {"event": "viewBasket", "timestamp": stamp[4], "item": [{"id": "P1", "price": 41.0, "quantity": 2}]},
+                {"event": "viewItem", "timestamp": stamp[2], "id": "u-ada-m3", "item": [{"id": "P1"}]},
+                {
+                    "event": "addToCart",
+                    "timestamp": stamp[3],
+                    "id": "u-ada-m4",
+                    "item": [{"id": "P1", "price": 41.0, "quantity": 2}],
+                },
+                {
+                    "event": "viewBasket",
+                    "timestamp": stamp[4],
+                    "id": "u-ada-m5",
+                    "item": [{"id": "P1", "price": 41.0, "quantity": 2}],
+                },
                 {
                     "event": "beginCheckout",
                     "timestamp": stamp[5],
+                    "id": "u-ada-m6",
                     "item": [{"id": "P1", "price": 41.0, "quantity": 2}],
                 },
             ],

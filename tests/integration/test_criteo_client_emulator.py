@@ -17,7 +17,10 @@ import pytest
 
 from segcrit.clock import FakeClock
 from segcrit.config import CriteoConfig
+from segcrit.criteo import client as client_module
+from segcrit.criteo import models
 from segcrit.criteo.client import CriteoClient
+from segcrit.criteo.constants import API_VERSION_DEFAULT, CONTACT_LIST_PATH
 from segcrit.criteo.emulator.state import (
     DEMO_ADVERTISER_ID,
     DEMO_CLIENT_ID,
@@ -27,6 +30,7 @@ from segcrit.criteo.emulator.state import (
 from segcrit.criteo.errors import (
     AudienceInvalidError,
     CredentialsError,
+    PermanentError,
     RetryableError,
     SegmentNameTakenError,
 )
@@ -244,3 +248,74 @@ def test_429_from_a_budget_spent_elsewhere_carries_the_reset(emulator: Emulator)
     assert emulator.clock.now() >= start + 60
     assert statuses(emulator.state, "contact-list-patch") == [200, 429, 200]
     assert emulator.state.members(segment_id) == {SHA_A, SHA_B}
+
+
+# ------------------------------------------------------------------------------------ a wrong client model
+
+
+class MisspeltKey(models.ContactlistAmendmentRequest):
+    """The PATCH body as a client model with a wrong alias would write it (`identifierTypes`)."""
+
+    def to_json(self) -> dict[str, Any]:
+        body = super().to_json()
+        attributes = body["data"]["attributes"]
+        attributes["identifierTypes"] = attributes.pop("identifierType")
+        return body
+
+
+class SnakeCaseOnTheWire(models.ContactlistAmendmentRequest):
+    """The PATCH body as a client model that forgot its camelCase aliases would write it."""
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=False, exclude_none=True)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "unknown"),
+    [
+        (MisspeltKey, ["data.attributes.identifierTypes"]),
+        (SnakeCaseOnTheWire, ["data.attributes.identifier_type"]),
+    ],
+)
+def test_a_wrong_client_model_fails_against_the_emulator(
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    wrong: type[models.ContactlistAmendmentRequest],
+    unknown: list[str],
+) -> None:
+    # The client's own (lenient) models read such a body back without complaint: only the emulator's
+    # models, written apart from them, can see that Criteo would not take the identifier type.
+    sent = wrong.build("add", "madid", [MADID]).to_json()
+    assert models.ContactlistAmendmentRequest.model_validate(sent).data.attributes.operation == "add"
+    monkeypatch.setattr(client_module, "ContactlistAmendmentRequest", wrong)
+
+    async def body(client: CriteoClient) -> str:
+        segment_id = await client.find_or_create_segment("app_users", auto_create=True)
+        await client.patch_contact_list(segment_id, "add", "madid", [MADID])
+        return segment_id
+
+    segment_id = run(emulator, body)
+    # Criteo would have read the ids as emails (the default type) and matched none of them ...
+    assert emulator.state.members(segment_id) == set()
+    # ... and the emulator noted the key it did not know: tests/conftest.py fails every test that
+    # leaves one behind, so a tier-2 test through this model cannot pass.
+    path = CONTACT_LIST_PATH.format(version=API_VERSION_DEFAULT, segment_id=segment_id)
+    assert emulator.state.unknown_keys(clear=True) == [(path, key) for key in unknown]
+
+
+class SnakeCaseCreate(models.AudienceSegmentBulkCreateInputV1):
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=False, exclude_none=True)
+
+
+def test_a_wrong_client_model_of_a_required_key_is_refused(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `advertiser_id` is not `advertiserId`: Criteo misses a required property and refuses the create.
+    monkeypatch.setattr(client_module, "AudienceSegmentBulkCreateInputV1", SnakeCaseCreate)
+
+    async def body(client: CriteoClient) -> None:
+        with pytest.raises(PermanentError) as refused:
+            await client.find_or_create_segment("buyers", auto_create=True)
+        assert refused.value.status == 400 and "advertiserId" in str(refused.value.problem)
+
+    run(emulator, body)
+    assert emulator.state.segments() == []

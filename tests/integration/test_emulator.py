@@ -520,7 +520,11 @@ def test_malformed_amendment_is_400(
     assert {e["code"] for e in response.json()["errors"]} == {code}
 
 
-def test_unknown_attribute_keys_are_tolerated(http: httpx.Client, auth: dict[str, str]) -> None:
+def test_unknown_attribute_keys_are_tolerated_and_noted(
+    http: httpx.Client, auth: dict[str, str], emulator_state: EmulatorState
+) -> None:
+    # Criteo takes `internalIdentifiers` (RudderStack sends it); the emulator notes the key, so that
+    # a client model sending a key Criteo does not know fails its test (tests/conftest.py).
     segment_id = create_one(http, auth, "buyers")
     attributes = {
         "operation": "add",
@@ -530,6 +534,9 @@ def test_unknown_attribute_keys_are_tolerated(http: httpx.Client, auth: dict[str
     }
     body = {"data": {"type": "ContactlistAmendment", "attributes": attributes}}
     assert http.patch(contact_list(segment_id), headers=auth, json=body).status_code == 200
+    assert emulator_state.unknown_keys(clear=True) == [
+        (contact_list(segment_id), "data.attributes.internalIdentifiers")
+    ]
 
 
 def test_empty_amendment_is_fine(http: httpx.Client, auth: dict[str, str]) -> None:
@@ -695,6 +702,44 @@ def test_revoked_tokens_are_invalid_and_new_ones_work(
     assert emulator_state.faults.revoke_tokens is False  # one-shot
 
 
+def test_apply_then_500_carries_out_the_change_and_loses_the_answer(
+    http: httpx.Client, auth: dict[str, str], emulator_state: EmulatorState
+) -> None:
+    segment_id = create_one(http, auth, "buyers")
+    emulator_state.set_faults("apply_then_500=2")
+
+    assert search(http, auth, {}).status_code == 200  # a read changes nothing: it is not counted
+    refused = amend(http, auth, segment_id, "add", ["g1"], identifier_type="gum")  # no gumCallerId
+    assert refused.status_code == 400  # a refusal changed nothing either: its answer stays
+    lost = amend(http, auth, segment_id, "add", EMAILS[:2])
+    assert lost.status_code == 500
+    assert only_error(lost)["type"] == "availability"
+    assert lost.headers["x-ratelimit-limit"] == "250"
+    assert emulator_state.members(segment_id) == set(EMAILS[:2])  # applied all the same
+
+    made = create(http, auth, "lost buyers")
+    assert made.status_code == 500
+    assert [s.name for s in emulator_state.segments()] == ["buyers", "lost buyers"]
+    assert emulator_state.faults.lost_next == 0
+    assert amend(http, auth, segment_id, "remove", EMAILS[:1]).status_code == 200  # the faults are used up
+    assert [c.status for c in emulator_state.calls(Endpoint.CONTACT_LIST_PATCH)] == [400, 500, 200]
+
+
+def test_apply_then_500_at_a_rate_is_repeatable_with_a_seed(
+    http: httpx.Client, auth: dict[str, str], emulator_state: EmulatorState
+) -> None:
+    segment_id = create_one(http, auth, "buyers")
+
+    def run() -> list[int]:
+        emulator_state.set_faults("apply_then_500_rate=0.5,seed=3")
+        return [amend(http, auth, segment_id, "add", [f"{i}@example.com"]).status_code for i in range(12)]
+
+    first = run()
+    assert first == run()
+    assert set(first) == {200, 500}
+    assert emulator_state.members(segment_id) == {f"{i}@example.com" for i in range(12)}
+
+
 def test_faults_are_set_at_runtime_over_http(http: httpx.Client, auth: dict[str, str]) -> None:
     response = http.post("/_emulator/faults", json={"spec": "5xx_next=1,latency_ms=5"})
     assert response.status_code == 200
@@ -703,6 +748,8 @@ def test_faults_are_set_at_runtime_over_http(http: httpx.Client, auth: dict[str,
     assert http.post("/_emulator/faults", json={"429_burst": 1}).status_code == 200
     assert search(http, auth, {}).status_code == 429
     assert search(http, auth, {}).status_code == 200
+
+    assert http.post("/_emulator/faults", json={"apply_then_500": 1}).json()["faults"]["lost_next"] == 1
 
     bad = http.post("/_emulator/faults", json={"spec": "explode=1"})
     assert bad.status_code == 400
@@ -721,6 +768,7 @@ def test_faults_given_at_construction(emulator_clock: FakeClock) -> None:
         ("", {}),
         ("none", {}),
         ("5xx_next=4, 5xx_status=502", {"error_next": 4, "error_status": 502}),
+        ("apply_then_500=2,apply_then_500_rate=0.25", {"lost_next": 2, "lost_rate": 0.25}),
     ],
 )
 def test_fault_spec_parsing(spec: str, expected: dict[str, Any] | None) -> None:
@@ -732,7 +780,19 @@ def test_fault_spec_parsing(spec: str, expected: dict[str, Any] | None) -> None:
         assert {k: v for k, v in faults.to_json().items() if v != parse_faults(None).to_json()[k]} == expected
 
 
-@pytest.mark.parametrize("spec", ["5xx=2", "5xx", "bogus=1", "5xx_status=404", "latency_ms=-5", "seed=x"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "5xx=2",
+        "5xx",
+        "bogus=1",
+        "5xx_status=404",
+        "latency_ms=-5",
+        "seed=x",
+        "apply_then_500=-1",
+        "apply_then_500_rate=2",
+    ],
+)
 def test_bad_fault_specs_are_user_errors(spec: str) -> None:
     with pytest.raises(FaultSpecError):
         parse_faults(spec)

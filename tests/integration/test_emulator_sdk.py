@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from segcrit.criteo.emulator import DEMO_ADVERTISER_ID, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState
+from tests.required import import_or_skip
 
-sdk = pytest.importorskip(
+sdk = import_or_skip(
     "criteo_api_marketingsolutions_v2027_01",
-    reason="Criteo's SDK (criteo-api-marketingsolutions-sdk) missing",
+    "Criteo's SDK (criteo-api-marketingsolutions-sdk, a dev extra of pyproject.toml) is not installed",
 )
 from criteo_api_marketingsolutions_v2027_01.api.audience_api import AudienceApi  # noqa: E402
 from criteo_api_marketingsolutions_v2027_01.exceptions import ApiException  # noqa: E402

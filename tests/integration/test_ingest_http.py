@@ -36,12 +36,14 @@ from segcrit.store.base import AcceptResult
 WEB_KEY = "WK_web_0123"
 IOS_KEY = "WK_ios_4567"
 SECRET = "whsec-engage"
+TOKEN = "bearer-token-of-engage2"
 MAX_BACKLOG = 1_000
 CONFIG = f"""
 sources:
   - {{name: web, type: tracking_api, write_key: {WEB_KEY}}}
   - {{name: ios, type: tracking_api, write_key: {IOS_KEY}}}
   - {{name: engage, type: webhook, shared_secret: {SECRET}}}
+  - {{name: engage2, type: webhook, shared_secret: {SECRET}, bearer_token: {TOKEN}}}
 criteo: {{client_id: c, client_secret: s, advertiser_id: "1"}}
 ingest: {{max_backlog: {MAX_BACKLOG}}}
 """
@@ -642,6 +644,85 @@ def test_webhook_backlog_is_429(ingest: Ingest) -> None:
 
 def test_webhook_get_is_405(ingest: Ingest) -> None:
     assert_error(ingest.http.get("/webhooks/engage"), 405, "method_not_allowed")
+
+
+# ---------------------------------------------------------------------- webhook bearer_token
+
+
+def test_a_source_with_a_bearer_token_takes_a_signed_request_with_that_token(ingest: Ingest) -> None:
+    body = orjson.dumps(audience_event(1))
+    headers = {"X-Signature": sign(body), "Authorization": f"Bearer {TOKEN}"}
+    response = ingest.http.post("/webhooks/engage2", content=body, headers=headers)
+    assert response.status_code == 200 and response.json() == {"success": True}
+    assert [(source, len(batch)) for source, batch, _ in ingest.sink.calls] == [("engage2", 1)]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", f"bearer {TOKEN[:-1]}", "Bearer wrong-token", f"Basic {TOKEN}", f"Bearer {TOKEN}x", TOKEN],
+)
+def test_a_missing_or_wrong_bearer_token_is_the_401_of_a_bad_signature(
+    ingest: Ingest, authorization: str | None
+) -> None:
+    body = orjson.dumps(audience_event(1))
+    bad_signature = ingest.http.post("/webhooks/engage2", content=body, headers={"X-Signature": "0" * 40})
+    headers = {"X-Signature": sign(body)} | ({} if authorization is None else {"Authorization": authorization})
+    before = ingest.rejected("engage2", "bearer_token")
+
+    response = ingest.http.post("/webhooks/engage2", content=body, headers=headers)
+
+    assert (response.status_code, response.json()) == (401, bad_signature.json())
+    assert ingest.sink.calls == []
+    assert ingest.rejected("engage2", "bearer_token") == before + 1
+
+
+def test_the_bearer_token_does_not_replace_the_signature(ingest: Ingest) -> None:
+    body = orjson.dumps(audience_event(1))
+    headers = {"X-Signature": sign(body, "not-the-secret"), "Authorization": f"Bearer {TOKEN}"}
+    assert_error(ingest.http.post("/webhooks/engage2", content=body, headers=headers), 401, "unauthorized")
+    assert ingest.sink.calls == []
+
+
+def delete(n: int) -> dict[str, Any]:
+    return {"type": "delete", "userId": f"u{n}", "messageId": f"del-{n}"}
+
+
+def test_without_a_bearer_token_a_delete_past_element_zero_is_rejected_with_its_index(ingest: Ingest) -> None:
+    # Only element 0 is signed: an element after it could have been added by anyone.
+    invalid = {"type": "track", "userId": "u"}
+    body = orjson.dumps([audience_event(1), delete(2), invalid, audience_event(3), delete(4)])
+    response = ingest.http.post(
+        "/webhooks/engage", content=body, headers={"X-Signature": sign(orjson.dumps(audience_event(1)))}
+    )
+    assert response.status_code == 200
+    rejected = response.json()["rejected"]
+    assert [(item["index"], item["reason"].split(":")[0]) for item in rejected] == [
+        (1, "unsigned delete"),
+        (2, "track needs event"),
+        (4, "unsigned delete"),
+    ]
+    assert [m["messageId"] for m in ingest.sink.messages] == ["personas_1", "personas_3"]
+    assert ingest.rejected("engage", "unsigned_delete") >= 2
+
+
+def test_without_a_bearer_token_a_signed_delete_is_honoured(ingest: Ingest) -> None:
+    first = orjson.dumps(delete(1))
+    single = ingest.http.post("/webhooks/engage", content=first, headers={"X-Signature": sign(first)})
+    batch = ingest.http.post(
+        "/webhooks/engage",
+        content=b"[" + first + b"," + orjson.dumps(audience_event(2)) + b"]",
+        headers={"X-Signature": sign(first)},
+    )
+    assert (single.json(), batch.json()) == ({"success": True}, {"success": True})
+    assert [m["type"] for m in ingest.sink.messages] == ["delete", "delete", "track"]
+
+
+def test_with_a_bearer_token_a_delete_anywhere_in_the_batch_is_honoured(ingest: Ingest) -> None:
+    body = orjson.dumps([audience_event(1), delete(2)])
+    headers = {"X-Signature": sign(orjson.dumps(audience_event(1))), "Authorization": f"Bearer {TOKEN}"}
+    response = ingest.http.post("/webhooks/engage2", content=body, headers=headers)
+    assert response.json() == {"success": True}
+    assert [m["type"] for m in ingest.sink.messages] == ["track", "delete"]
 
 
 # ---------------------------------------------------------------------- Segment's Python library

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from segcrit.clock import FakeClock
-from segcrit.config import Config, parse_config
+from segcrit.config import AudienceSyncFlow, Config, parse_config
 from segcrit.config_templates import TEMPLATES, template_env, template_text
 from segcrit.criteo.emulator import DEMO_ADVERTISER_ID, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState
 from tests.flow_harness import Process, Processes, Start, identify, order, track
@@ -26,11 +26,12 @@ DAY = 86_400.0
 ENV = {
     "SEGMENT_WRITE_KEY": "template-write-key",
     "SEGMENT_WEBHOOK_SECRET": "template-webhook-secret",
+    "SEGMENT_WEBHOOK_TOKEN": "template-webhook-token",
     "CRITEO_CLIENT_ID": DEMO_CLIENT_ID,
     "CRITEO_CLIENT_SECRET": DEMO_CLIENT_SECRET,
     "SEGCRIT_ADMIN_TOKEN": "template-admin-token",
 }
-SECRET_KEYS = {"client_secret", "write_key", "shared_secret", "admin_token", "client_id"}
+SECRET_KEYS = {"client_secret", "write_key", "shared_secret", "bearer_token", "admin_token", "client_id"}
 
 
 @pytest.fixture
@@ -54,7 +55,9 @@ def template_config(name: str, tmp_path: Path, emulator_url: str) -> Config:
 
 
 def engage(p: Process, user: str, audience: str, member: bool = True) -> None:
-    p.send(audience_event(user, audience, member, p.now(), email=email_of(user), madid=madid_of(user)))
+    """An Engage audience message through the templates' webhook source (the one audience_sync takes)."""
+    message = audience_event(user, audience, member, p.now(), email=email_of(user), madid=madid_of(user))
+    p.send(message, source="engage")
 
 
 def product(product_id: str) -> dict[str, Any]:
@@ -110,6 +113,17 @@ def test_a_template_keeps_every_secret_in_an_environment_variable(name: str) -> 
     assert found and all(re.fullmatch(r"\$\{[A-Z_]+\}", str(value)) for _, value in found), found
     assert set(template_env(text)) <= set(ENV)  # and the header tells which ones to set
     assert all(variable in text.split("\nstore:")[0] for variable in template_env(text))
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_a_template_lets_only_its_webhook_source_change_audiences(name: str) -> None:
+    # A browser write key is public: the templates give audience_sync to Engage's webhook, and
+    # authenticate that webhook's whole body with a bearer token (SPEC §3.2, §4.1).
+    config = parse_config(template_text(name), env=ENV)
+    webhooks = [source.name for source in config.sources if source.type == "webhook"]
+    assert all(source.bearer_token is not None for source in config.sources if source.type == "webhook")
+    for flow in config.flows_of(AudienceSyncFlow):
+        assert webhooks and flow.sources == webhooks
 
 
 def test_init_never_replaces_an_existing_file_unless_forced(tmp_path: Path) -> None:

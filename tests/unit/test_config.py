@@ -14,6 +14,7 @@ from segcrit.config import (
     LifecycleFlow,
     LookalikeSeedFlow,
     SuppressionFlow,
+    config_warnings,
     load_config,
     parse_config,
 )
@@ -443,7 +444,82 @@ def test_defaults_match_the_spec() -> None:
     assert (config.consent.category, config.consent.when_missing) == ("Advertising", "allow")
     assert (config.ingest.dedupe_hours, config.delivery.retry_window_hours) == (24, 24)
     assert config.flows == []
-    assert AudienceSyncFlow(type="audience_sync").auto_create is True
+    sync = AudienceSyncFlow(type="audience_sync")
+    assert (sync.auto_create, sync.sources, sync.max_new_audiences_per_day) == (True, None, 50)
+    assert config.server.metrics_token is None and config.sources[0].bearer_token is None
+
+
+# ----------------------------------------------------------------------------------- abuse limits and tokens
+
+WEBHOOK = '  - {name: engage, type: webhook, shared_secret: S, bearer_token: "${TOKEN}"}\n'
+
+
+def with_source(text: str, source: str = WEBHOOK) -> str:
+    """MINIMAL-based text with one more item under `sources:`."""
+    web = "  - {name: web, type: tracking_api, write_key: WK}\n"
+    return text.replace(web, web + source)
+
+
+def test_the_abuse_limits_and_tokens_of_spec_4_1_parse() -> None:
+    text = (
+        with_source(MINIMAL)
+        + 'server: {metrics_token: "${METRICS}"}\n'
+        + "flows:\n  - {type: audience_sync, sources: [engage], max_new_audiences_per_day: 5}\n"
+    )
+    config = parse_config(text, env={"TOKEN": "bearer-value", "METRICS": "metrics-value"})
+    engage = config.source("engage")
+    assert engage is not None and engage.bearer_token is not None
+    assert engage.bearer_token.get_secret_value() == "bearer-value"
+    assert config.server.metrics_token is not None and config.server.metrics_token.get_secret_value() == "metrics-value"
+    [sync] = config.flows_of(AudienceSyncFlow)
+    assert (sync.sources, sync.max_new_audiences_per_day) == (["engage"], 5)
+    shown = repr(config) + config.model_dump_json()
+    assert "bearer-value" not in shown and "metrics-value" not in shown
+    assert config_warnings(config) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            MINIMAL.replace("write_key: WK}", "write_key: WK, bearer_token: T}"),
+            "sources[0].bearer_token: only a webhook source takes one (a tracking_api source has its write_key)",
+        ),
+        (
+            with_source(MINIMAL, WEBHOOK.replace('"${TOKEN}"', '""')),
+            "sources[1].bearer_token: must not be empty (leave the key out to go without one)",
+        ),
+        (
+            MINIMAL + 'server: {metrics_token: ""}\n',
+            "server.metrics_token: must not be empty (leave the key out to serve /metrics without a token)",
+        ),
+        (
+            MINIMAL + "flows:\n  - {type: audience_sync, sources: [web, engage]}\n",
+            "flows[0].sources: unknown source 'engage'; the sources are: web",
+        ),
+        (
+            MINIMAL + "flows:\n  - {type: audience_sync, sources: []}\n",
+            "flows[0].sources: an empty list lets no message change audiences; name a source, or leave the key out",
+        ),
+        (
+            MINIMAL + "flows:\n  - {type: audience_sync, max_new_audiences_per_day: -1}\n",
+            "flows[0].max_new_audiences_per_day: should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_a_wrong_abuse_limit_or_token_is_named_at_its_key_path(text: str, problem: str) -> None:
+    assert problems_of(text) == [problem]
+
+
+def test_check_warns_about_a_webhook_without_bearer_token_and_public_sources_driving_audiences() -> None:
+    text = with_source(MINIMAL, "  - {name: engage, type: webhook, shared_secret: S}\n")
+    text += "flows:\n  - {type: audience_sync}\n"
+    warnings = config_warnings(parse_config(text, env={}))
+    assert [w.split(":", 1)[0] for w in warnings] == ["sources[1].bearer_token", "flows[0].sources"]
+    assert "'web'" in warnings[1] and "`sources: [engage]`" in warnings[1]
+    # Listing sources (even a tracking_api one, deliberately) settles the second.
+    chosen = parse_config(text.replace("{type: audience_sync}", "{type: audience_sync, sources: [web]}"), env={})
+    assert [w.split(":", 1)[0] for w in config_warnings(chosen)] == ["sources[1].bearer_token"]
 
 
 # ----------------------------------------------------------------------------------- flows that cannot work
@@ -469,12 +545,17 @@ def test_an_invalid_when_expression_is_named_at_its_key_path(when: str, problem:
     assert found.startswith(problem), found
 
 
-def test_an_unknown_audience_in_remove_from_is_named_with_how_to_fix_it() -> None:
+def test_an_audience_a_flow_names_without_audiences_listing_it_is_found_or_created_never_refused() -> None:
+    # SPEC §4: `check` may warn about such a name, never refuse it.
     text = MINIMAL + "audiences: {cart: {}}\nflows:\n  - {type: suppression, remove_from: [cart, crat]}\n"
-    assert problems_of(text) == [
-        "flows[0].remove_from: unknown audience 'crat'; list it under `audiences:` (`crat: {}` for an Engage "
-        "audience that audience_sync fills) or name an audience that a flow fills"
+    config = parse_config(text, env={})
+    assert config_warnings(config) == [
+        "flows[0].remove_from: no flow fills 'crat' and `audiences:` does not list it; it is found in Criteo by "
+        "that name (or created empty)"
     ]
+    # With audience_sync, any name may be an Engage audience key, known only at run time.
+    synced = parse_config(text + "  - {type: audience_sync, sources: [web]}\n", env={})
+    assert config_warnings(synced) == []
 
 
 def test_remove_from_may_name_any_audience_a_flow_fills_or_all() -> None:
@@ -577,13 +658,13 @@ def test_flow_problems_are_listed_together_with_problems_elsewhere() -> None:
     text = MINIMAL + (
         "server: {port: 99999}\n"
         "flows:\n"
-        "  - {type: suppression, remove_from: [nowhere]}\n"
+        "  - {type: audience_sync, sources: [wbe]}\n"
         "  - {type: lookalike_seed, audience: hv, when: 'order_count >'}\n"
         "  - {type: lifecycle, stages: {A: x, B: x}}\n"
     )
     assert [p.split(":", 1)[0] for p in problems_of(text)] == [
         "server.port",
-        "flows[0].remove_from",
+        "flows[0].sources",
         "flows[1].when",
         "flows[2].stages",
     ]
@@ -593,3 +674,18 @@ def test_a_catalog_merchant_id_beyond_32_bits_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(MINIMAL + 'flows:\n  - {type: catalog, merchant_id: "99999999999"}\n', env={})
     assert any(p.startswith("flows[0].merchant_id:") and "32-bit" in p for p in caught.value.problems)
+
+
+def test_retention_has_the_documented_defaults_and_checks_its_keys() -> None:
+    retention = parse_config(MINIMAL, env={}).retention
+    assert (retention.failed_events_days, retention.dead_letters_days, retention.anonymous_profiles_days) == (
+        30,
+        90,
+        395,
+    )
+    kept = parse_config(MINIMAL + "retention: {failed_events_days: 7, anonymous_profiles_days: 30}\n", env={})
+    assert (kept.retention.failed_events_days, kept.retention.anonymous_profiles_days) == (7, 30)
+    assert [p.split(":")[0] for p in problems_of(MINIMAL + "retention: {dead_letters_days: 0, forever: 1}\n")] == [
+        "retention.dead_letters_days",
+        "retention.forever",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from segcrit.criteo.errors import (
@@ -17,6 +18,8 @@ from segcrit.criteo.errors import (
     classify,
     error_codes,
     error_for,
+    may_have_applied,
+    no_answer,
 )
 from segcrit.errors import CriteoError
 
@@ -140,3 +143,54 @@ def test_every_branch_is_a_criteo_error_with_its_decision() -> None:
 def test_credentials_error_names_criteo_code_only() -> None:
     error = CredentialsError(401, "invalid_client")
     assert str(error) == "Criteo refused the client credentials (401 invalid_client)"
+
+
+# --- lost answers (SPEC §1, Uncertain calls): may the failed call have changed Criteo? -----------
+
+
+@pytest.mark.parametrize(
+    ("status", "maybe"),
+    [
+        (500, True),  # Criteo may have applied the change before failing
+        (502, True),
+        (503, True),
+        (504, True),  # a gateway timeout: the backend may have finished
+        (200, True),  # a 2xx whose body we could not read
+        (NO_RESPONSE, True),
+        (429, False),  # refused before it ran
+        (408, False),
+        (401, False),
+    ],
+)
+def test_a_retryable_answer_says_whether_the_call_may_have_been_applied(status: int, maybe: bool) -> None:
+    error = error_for(Decision.RETRY, status=status, body=None, endpoint="contact_list_patch")
+    assert may_have_applied(error) is maybe
+
+
+@pytest.mark.parametrize(
+    ("exc", "maybe"),
+    [
+        (httpx.ReadTimeout("read"), True),  # sent, no answer in time
+        (httpx.RemoteProtocolError("reset"), True),  # the connection dropped after sending
+        (httpx.ReadError("reset"), True),
+        (httpx.WriteTimeout("write"), True),  # part of it may have left
+        (httpx.ConnectError("refused"), False),  # nothing left
+        (httpx.ConnectTimeout("connect"), False),
+        (httpx.PoolTimeout("pool"), False),
+    ],
+)
+def test_a_call_without_an_answer_may_have_been_applied_unless_it_never_left(
+    exc: httpx.TransportError, maybe: bool
+) -> None:
+    error = no_answer("Criteo contact_list_patch", exc)
+    assert error.decision is Decision.RETRY and error.status == NO_RESPONSE
+    assert may_have_applied(error) is maybe
+    assert str(error) == f"Criteo contact_list_patch failed: {type(exc).__name__}"
+
+
+def test_refusals_were_not_applied_and_unknown_errors_count_as_possibly_applied() -> None:
+    assert not may_have_applied(PermanentError("bad request", status=400))
+    assert not may_have_applied(AudienceInvalidError("1", 404))
+    assert not may_have_applied(CredentialsError(401, "invalid_client"))
+    assert not may_have_applied(TokenRejectedError("still 401", status=401))
+    assert may_have_applied(CriteoError("something else"))

@@ -130,9 +130,5 @@ def test_what_is_queued_for_the_events_api_never_holds_a_raw_email_or_phone() ->
     assert header["full_url"] == "https://s.example/search?q=x&email=[redacted]&utm=1"
     assert header["useragent"] == "ShopApp/2.1 (account [redacted])"
     assert header["ip"] == "[redacted]"
-    assert searched.body == {
-        "event": "viewList",
-        "timestamp": "2026-01-01T00:00:00Z",
-        "item": [],
-        "keywords": "order for [redacted] [redacted]",
-    }
+    assert searched.body["timestamp"] == "2026-01-01T00:00:00Z"
+    assert searched.body["keywords"] == "order for [redacted] [redacted]"

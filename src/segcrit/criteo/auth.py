@@ -101,7 +101,8 @@ class TokenProvider:
             # `exc` names the URL only; the form (with the secret) is not in its message.
             self._count(NO_RESPONSE)
             log.warning("criteo token call failed", extra={"error": type(exc).__name__})
-            raise RetryableError(f"Criteo token call failed: {type(exc).__name__}") from None
+            # A token call changes nothing that matters: whatever its fate, no call it stood for was sent.
+            raise RetryableError(f"Criteo token call failed: {type(exc).__name__}", maybe_applied=False) from None
         now = self._clock.now()
         await self._limiter.observe(response.status_code, response.headers, now)
         self._count(response.status_code)
@@ -115,6 +116,7 @@ class TokenProvider:
                 f"Criteo token call answered {response.status_code}",
                 retry_at=retry_at,
                 status=response.status_code,
+                maybe_applied=False,
             )
         oauth_error = body.get("error") if isinstance(body, dict) else None
         log.error(
@@ -128,7 +130,7 @@ class TokenProvider:
             parsed = TokenResponse.model_validate(body)
         except ValidationError:
             # A 200 we cannot read is Criteo's fault, not ours: retry later.
-            raise RetryableError("Criteo token response is not a token", status=200) from None
+            raise RetryableError("Criteo token response is not a token", status=200, maybe_applied=False) from None
         lifetime = float(parsed.expires_in)
         # A short-lived token (an emulator setting) must not be refreshed on every call.
         margin = min(self._margin, lifetime / 2)

@@ -177,7 +177,9 @@ class CriteoClient:
             found = await self.find_segment(name)
             if found is None:
                 # Taken, yet not visible to search (yet): Criteo will agree with itself later.
-                raise RetryableError(f"Criteo says {name!r} exists but search does not find it") from None
+                raise RetryableError(
+                    f"Criteo says {name!r} exists but search does not find it", maybe_applied=False
+                ) from None
             return found
         log.info("criteo segment created", extra={"segment_name": name, "segment_id": created})
         return created

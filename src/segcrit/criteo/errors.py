@@ -1,7 +1,8 @@
 """What a Criteo response means: one table (`classify`) and the exceptions it leads to.
 
     CriteoError  (segcrit.errors)
-    +-- RetryableError          RETRY: 408, 429, 5xx, timeouts, network errors; `retry_at` when known
+    +-- RetryableError          RETRY: 408, 429, 5xx, timeouts, network errors; `retry_at` when known,
+    |                           `maybe_applied` when Criteo may have carried the call out (lost answer)
     |   +-- TokenRejectedError  REFRESH_TOKEN: still 401 after one fresh token; back off, then retry
     +-- AudienceInvalidError    RE_RESOLVE: the contact-list segment is gone (`audience-invalid`)
     +-- PermanentError          DEAD_LETTER: any other 4xx; carries the status and Criteo's problem
@@ -10,7 +11,10 @@
     +-- CredentialsError        the token endpoint refused client_id/client_secret: a config problem
 
 Every exception has a `decision`, so a worker can `match error.decision` instead of testing types.
-The backoff schedule is not here: see segcrit.delivery.backoff.
+`may_have_applied(error)` says whether a failed call may still have changed Criteo (SPEC §1,
+Uncertain calls): a 5xx or a request that got no answer may have; a refusal (4xx, 429, a
+rejected token) or a request that never left has not. The backoff schedule is not here: see
+segcrit.delivery.backoff.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import enum
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
+import httpx
+
 from segcrit.criteo.constants import CODE_AUDIENCE_INVALID, CODE_TOKEN_EXPIRED, CODE_TOKEN_INVALID
 from segcrit.errors import CriteoError
 
@@ -26,6 +32,15 @@ from segcrit.errors import CriteoError
 NO_RESPONSE = 0
 
 TOKEN_CODES = frozenset({CODE_TOKEN_EXPIRED, CODE_TOKEN_INVALID})
+
+# Transport errors raised before any byte of the request left: Criteo cannot have seen the call.
+_NOT_SENT: tuple[type[httpx.TransportError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
 
 
 class Decision(enum.Enum):
@@ -73,7 +88,12 @@ def classify(status: int, error_codes: Iterable[str]) -> Decision:
 
 
 class RetryableError(CriteoError):
-    """Try again later: not before `retry_at` (unix seconds) when Criteo said when."""
+    """Try again later: not before `retry_at` (unix seconds) when Criteo said when.
+
+    `maybe_applied`: Criteo may have carried the call out although it did not say so (its answer
+    was lost). By default it follows from `status`: true for no response, a 5xx, or a 2xx we could
+    not read; false for 408, 429 and 401, which refuse the call before it runs.
+    """
 
     decision: ClassVar[Decision] = Decision.RETRY
 
@@ -84,11 +104,13 @@ class RetryableError(CriteoError):
         retry_at: float | None = None,
         status: int = NO_RESPONSE,
         problem: Mapping[str, Any] | None = None,
+        maybe_applied: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_at = retry_at
         self.status = status
         self.problem = dict(problem) if problem else None
+        self.maybe_applied = _status_may_have_applied(status) if maybe_applied is None else maybe_applied
 
 
 class TokenRejectedError(RetryableError):
@@ -159,6 +181,26 @@ class CredentialsError(CriteoError):
 
 
 # ------------------------------------------------------------------------------------- helpers
+
+
+def may_have_applied(error: BaseException) -> bool:
+    """Whether Criteo may have carried out a call that ended in `error` (SPEC §1, Uncertain calls).
+
+    An error we cannot place counts as "may have": assuming a change that did not happen costs one
+    corrective call, assuming none when one happened leaves Criteo wrong for good.
+    """
+    if isinstance(error, RetryableError):
+        return error.maybe_applied
+    return not isinstance(error, PermanentError | AudienceInvalidError | CredentialsError)
+
+
+def no_answer(what: str, exc: httpx.TransportError) -> RetryableError:
+    """The error for a call that got no answer (`what` failed): a timeout, a reset, no connection."""
+    return RetryableError(f"{what} failed: {type(exc).__name__}", maybe_applied=not isinstance(exc, _NOT_SENT))
+
+
+def _status_may_have_applied(status: int) -> bool:
+    return status == NO_RESPONSE or status >= 500 or 200 <= status < 300
 
 
 def problems(body: Any, key: str = "errors") -> list[dict[str, Any]]:

@@ -40,6 +40,7 @@ from segcrit.criteo.errors import (
     RetryableError,
     classify,
     error_codes,
+    no_answer,
     problems,
 )
 from segcrit.criteo.event_models import EventsDocument
@@ -105,7 +106,7 @@ class EventsClient:
         except httpx.TransportError as exc:
             self._count(NO_RESPONSE)
             log.warning("criteo events call failed", extra={"endpoint": EP_EVENTS, "error": type(exc).__name__})
-            raise RetryableError(f"Criteo {EP_EVENTS} failed: {type(exc).__name__}") from None
+            raise no_answer(f"Criteo {EP_EVENTS}", exc) from None
         await self._limiter.observe(response.status_code, response.headers, self._clock.now())
         self._count(response.status_code)
         return response

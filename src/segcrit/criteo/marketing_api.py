@@ -21,7 +21,15 @@ from pydantic import BaseModel, ValidationError
 from segcrit.clock import Clock
 from segcrit.config import CriteoConfig
 from segcrit.criteo.auth import TokenProvider
-from segcrit.criteo.errors import NO_RESPONSE, Decision, RetryableError, classify, error_codes, error_for
+from segcrit.criteo.errors import (
+    NO_RESPONSE,
+    Decision,
+    RetryableError,
+    classify,
+    error_codes,
+    error_for,
+    no_answer,
+)
 from segcrit.delivery.ratelimit import RateLimiter, reset_at
 from segcrit.errors import CriteoError
 from segcrit.metrics import Metrics
@@ -96,7 +104,7 @@ class MarketingApi:
                 # Timeouts included. The exception is dropped (`from None`): its request holds the token.
                 self.count(endpoint, NO_RESPONSE)
                 log.warning("criteo call failed", extra={"endpoint": endpoint, "error": type(exc).__name__})
-                raise RetryableError(f"Criteo {endpoint} failed: {type(exc).__name__}") from None
+                raise no_answer(f"Criteo {endpoint}", exc) from None
             now = self.clock.now()
             status = response.status_code
             await self._limiter.observe(status, response.headers, now)

@@ -4,8 +4,19 @@ One `drain_once()` reads the due changes (desired != acknowledged), groups them 
 (audience, operation, identifier type), and sends each group whose oldest change has waited
 `delivery.max_wait_secs` (or that is full) in calls of at most 50,000 identifiers. What Criteo
 acknowledges is committed; what fails is retried with backoff, re-resolved, or dead-lettered as
-`segcrit.criteo.errors` decides. A crash between a call and its commit only resends the same
-identifiers, which Criteo treats as a no-op (add is a set union, remove a set difference).
+`segcrit.criteo.errors` decides.
+
+Lost answers (SPEC §1, Uncertain calls): before each call its changes are claimed in the store
+(committed), which makes what Criteo holds of them unknown until Criteo answers. An answer settles
+them (acknowledged, or back to what they were when Criteo refused the call); a lost one (a timeout,
+a reset, a 5xx) or a crash leaves them unknown, and an unknown change stays pending whatever it
+desires: its next call sends the operation the desired state asks for *then*. So a person who left
+while their add went unanswered gets a remove, and resending is harmless (add is a set union,
+remove a set difference).
+
+Held audiences (over audience_sync's max_new_audiences_per_day, SPEC §4.1) get no segment and none
+of their changes is read; each round first admits those the config names and, on a new UTC day,
+as many of the longest held as that day's allowance leaves room for.
 """
 
 from __future__ import annotations
@@ -15,17 +26,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from segcrit.config import AudienceSyncFlow, audience_names
 from segcrit.criteo.client import CriteoClient
-from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL
+from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL, RATE_LIMIT_WINDOW_SECS
 from segcrit.criteo.errors import (
     AudienceInvalidError,
-    CredentialsError,
     PermanentError,
-    RetryableError,
     SegmentNameTakenError,
+    may_have_applied,
 )
 from segcrit.delivery.base import Worker, describe
-from segcrit.errors import CriteoError
+from segcrit.errors import CriteoError, UserError
+from segcrit.flows.audience_sync import new_audience_allowance, utc_day
 from segcrit.store.base import AudienceRecord, PendingChange, TargetKey
 
 log = logging.getLogger("segcrit.delivery")
@@ -34,6 +46,8 @@ log = logging.getLogger("segcrit.delivery")
 # the backlog; a group cut off by the scan is then read and sent a call's worth at a time.
 SCAN_LIMIT = MAX_IDENTIFIERS_PER_CALL
 MAX_CALLS_PER_GROUP_ROUND = 20
+# Tries of one call (a 401 is retried at once with a new token) and the token call before them.
+_REQUESTS_PER_CALL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +63,20 @@ class GroupKey:
 
 class DeliveryWorker(Worker[CriteoClient]):
     _re_resolved: set[str]  # audiences whose segment vanished during this round (set by drain_once)
+    _admitted_on: int | None = None  # the UTC day held audiences were last admitted for
+
+    @property
+    def claim_secs(self) -> float:
+        """How long a call's claim on its changes lasts: longer than the call can take (a wait of
+        up to a rate-limit window, then the token call and two tries within criteo.timeout_secs
+        each), so that only the claim of a process that died expires."""
+        return RATE_LIMIT_WINDOW_SECS + _REQUESTS_PER_CALL * self.config.criteo.timeout_secs
 
     async def drain_once(self, *, force: bool = False, audience: str | None = None) -> int:
         """Send every group that is due (all of them with `force`), of one `audience` if given;
         returns the calls made."""
         now = self.clock.now()
+        self._admit_held_audiences(now)
         groups: dict[GroupKey, list[PendingChange]] = defaultdict(list)
         scanned = self.store.due_changes(now, SCAN_LIMIT)
         for change in scanned:
@@ -91,14 +114,7 @@ class DeliveryWorker(Worker[CriteoClient]):
         for record in self.store.lookalikes_to_create():
             try:
                 seed_id = await self.segment_for(record.seed_audience)
-                try:
-                    segment_id = await self.client.create_lookalike(record.name, seed_id, record.target_size)
-                except SegmentNameTakenError:
-                    # Created before (a lost answer, another process): use it, never make a second.
-                    found = await self.client.find_segment(record.name, "Lookalike")
-                    if found is None:
-                        raise
-                    segment_id = found
+                segment_id = await self._find_or_create_lookalike(record.name, seed_id, record.target_size)
             except CriteoError as error:
                 log.warning("lookalike not created yet", extra={"lookalike": record.name, "error": str(error)[:200]})
                 continue
@@ -106,6 +122,21 @@ class DeliveryWorker(Worker[CriteoClient]):
             log.info("lookalike created", extra={"lookalike": record.name, "segment_id": segment_id})
             created += 1
         return created
+
+    async def _find_or_create_lookalike(self, name: str, seed_id: str, target_size: int | None) -> str:
+        # Searched first: an earlier create may have worked though its answer was lost (or another
+        # process made it), and Criteo need not refuse a second segment of the same name.
+        found = await self.client.find_segment(name, "Lookalike")
+        if found is not None:
+            return found
+        try:
+            return await self.client.create_lookalike(name, seed_id, target_size)
+        except SegmentNameTakenError:
+            # Made between our search and our create: use it, never make a second.
+            found = await self.client.find_segment(name, "Lookalike")
+            if found is None:
+                raise
+            return found
 
     def _due(self, changes: Sequence[PendingChange], now: float) -> bool:
         if len(changes) >= MAX_IDENTIFIERS_PER_CALL:
@@ -120,12 +151,11 @@ class DeliveryWorker(Worker[CriteoClient]):
         keys = [c.key for c in changes]
         try:
             segment_id = await self.segment_for(key.audience)
+            self.store.claim_changes(keys, self.clock.now() + self.claim_secs)
             await self.client.patch_contact_list(segment_id, key.operation, key.id_type, [k.id_value for k in keys])
         except AudienceInvalidError as error:
-            await self._re_resolve(key.audience, error)
-            return False
-        except (RetryableError, CredentialsError) as error:
-            self._retry(key, changes, error)
+            # Answered: there is no such segment, so the call changed nothing (re-resolving ends its claim).
+            await self._re_resolve(key, keys, error)
             return False
         except PermanentError as error:
             self._dead_letter(key, keys, error.status, describe(error), "criteo_rejected")
@@ -133,14 +163,40 @@ class DeliveryWorker(Worker[CriteoClient]):
         except CriteoError as error:
             self._retry(key, changes, error)
             return False
+        except ValueError as error:
+            # Refused before sending (a gum identifier without criteo.gum_caller_id): raising would fail
+            # every round on the same changes, so they wait in a dead letter for the fix.
+            self._dead_letter(key, keys, None, f"not sent: {error}", "criteo_invalid")
+            return True
         now = self.clock.now()
         self.store.ack_changes(keys, key.add, now)
         for change in changes:
             self.metrics.delivery_latency.observe(max(0.0, now - change.since))
         return True
 
+    def _admit_held_audiences(self, now: float) -> None:
+        """Once per UTC day (and at the first round): deliver held audiences the config names, and
+        as many of the others, longest held first, as the day's new-audience allowance admits."""
+        day = utc_day(now)
+        if self._admitted_on == day:
+            return
+        if self._admitted_on is None:
+            for name in self.store.release_audiences(audience_names(self.config)):
+                log.info("held audience admitted: the config names it", extra={"audience": name})
+        if self.store.held_audience_count():
+            allowance = new_audience_allowance(self.config.flows_of(AudienceSyncFlow))
+            for name in self.store.admit_held_audiences(day, allowance):
+                log.info("held audience admitted by the day's allowance", extra={"audience": name})
+        self._admitted_on = day
+
     async def segment_for(self, audience: str) -> str:
         record = self.store.audience(audience)
+        if record is not None and record.held_since is not None and audience not in audience_names(self.config):
+            # Never reached by delivery, which reads no change of a held audience; resync would be.
+            raise UserError(
+                f"audience {audience!r} is held: it came over max_new_audiences_per_day; list it under "
+                "`audiences:` to deliver it, or wait for a later day's allowance"
+            )
         configured = self.config.audiences.get(audience)
         if configured is not None and configured.segment_id:
             if record is None or record.segment_id != configured.segment_id:
@@ -158,8 +214,11 @@ class DeliveryWorker(Worker[CriteoClient]):
         log.info("audience resolved", extra={"audience": audience, "segment_id": segment_id})
         return segment_id
 
-    async def _re_resolve(self, audience: str, error: AudienceInvalidError) -> None:
-        """The segment is gone: find or recreate it, then resend the whole membership."""
+    async def _re_resolve(self, key: GroupKey, sent: Sequence[TargetKey], error: AudienceInvalidError) -> None:
+        """The segment is gone: find or recreate it, then resend the whole membership.
+
+        `sent`: the changes of the call Criteo answered with the 404 (still claimed)."""
+        audience = key.audience
         configured = self.config.audiences.get(audience)
         now = self.clock.now()
         self._re_resolved.add(audience)
@@ -167,6 +226,7 @@ class DeliveryWorker(Worker[CriteoClient]):
             # A segment the user named by id cannot be recreated under that id: that is theirs to fix.
             # One dead letter per (operation, identifier type), as a dead letter records one of each.
             pending: dict[tuple[bool, str], list[TargetKey]] = defaultdict(list)
+            pending[(key.add, key.id_type)].extend(sent)
             for change in self.store.due_changes(now, SCAN_LIMIT):
                 if change.key.audience == audience:
                     pending[(change.add, change.key.id_type)].append(change.key)
@@ -190,21 +250,31 @@ class DeliveryWorker(Worker[CriteoClient]):
                 expired.append(change.key)
             else:
                 retried.append(change)
+        applied = may_have_applied(error)
         if expired:
             status = getattr(error, "status", None)
-            self._dead_letter(key, expired, status, f"retry window exhausted: {error}", "retry_window")
+            self._dead_letter(key, expired, status, f"retry window exhausted: {error}", "retry_window", applied)
         if not retried:
             return
         changes = retried
         attempts = max(c.attempts for c in changes)
         keys = [c.key for c in changes]
         delay = self.backoff.delay(error, attempts, now)
-        self.store.defer_changes(keys, now + delay, now)
-        log.info("delivery deferred", extra={"audience": key.audience, "delay_secs": round(delay, 2)})
+        self.store.defer_changes(keys, now + delay, now, maybe_applied=applied)
+        log.info(
+            "delivery deferred",
+            extra={"audience": key.audience, "delay_secs": round(delay, 2), "maybe_applied": applied},
+        )
 
     def _dead_letter(
-        self, key: GroupKey, keys: Sequence[TargetKey], status: int | None, error: str, reason: str
+        self,
+        key: GroupKey,
+        keys: Sequence[TargetKey],
+        status: int | None,
+        error: str,
+        reason: str,
+        maybe_applied: bool = False,
     ) -> None:
-        self.store.dead_letter(keys, key.add, status, error, self.clock.now())
+        self.store.dead_letter(keys, key.add, status, error, self.clock.now(), maybe_applied=maybe_applied)
         self.metrics.dead_lettered.labels(reason).inc()
         log.warning("delivery dead-lettered", extra={"audience": key.audience, "status": status})

@@ -5,6 +5,10 @@
 `viewItem`, `viewList`, `addToCart`, `viewBasket`, `beginCheckout`; `document_header` builds the
 per-person part of the Events API document from the message and the person's identifiers.
 
+Every event carries an `id` that stays the same whenever it is sent (SPEC §7: a document whose answer
+was lost is sent again with the same event ids): the order id of a `trackTransaction`, the Segment
+messageId of a signal (`event_id`).
+
 Bad input never raises: a malformed product is left out, a price sent as a string is read as a
 number, a missing currency is omitted, and each such case is reported in `notes` so it is counted.
 Text copied from the message into a document (`full_url`, `useragent`, `ip`, search `keywords`)
@@ -14,12 +18,15 @@ keeps a message stored by any other path from sending one to Criteo.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from segcrit.config import CommerceMapping, ProductSignalsFlow
 from segcrit.identity.normalize import redact_text
@@ -89,6 +96,16 @@ def text_id(value: Any) -> str | None:
     return None
 
 
+def event_id(message: Mapping[str, Any]) -> str:
+    """The id of the Criteo event made from `message`, the same at every send and every replay:
+    its messageId (ingest gives every message one and dedupes by it)."""
+    message_id = text_id(message.get("messageId"))
+    if message_id is not None:
+        return message_id
+    # A message that did not come through ingest (a test, old data): a digest of it stands in.
+    return hashlib.sha256(orjson.dumps(message, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
 def _quantity(value: Any) -> int | None:
     parsed = number(value)
     if parsed is None:
@@ -144,7 +161,7 @@ def conversion_event(message: Mapping[str, Any], mapping: CommerceMapping) -> Cr
     notes: list[str] = []
     order_id = text_id(lookup(message, mapping.order_id))
     if order_id is None:
-        order_id = text_id(message.get("messageId")) or "unknown"
+        order_id = event_id(message)
         notes.append("order_id_from_message_id")
     items = items_of(message, mapping, notes, with_price=True)
     if not items:
@@ -191,7 +208,7 @@ def signal_event(message: Mapping[str, Any], flow: ProductSignalsFlow) -> Criteo
     if name is None:
         return None
     notes: list[str] = []
-    body: dict[str, Any] = {"event": name, "timestamp": event_timestamp(message)}
+    body: dict[str, Any] = {"event": name, "timestamp": event_timestamp(message), "id": event_id(message)}
     if name == "viewItem":
         items = items_of(message, flow.mapping, notes, with_price=False)[:1]
         if not items:

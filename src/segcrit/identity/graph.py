@@ -33,6 +33,9 @@ KIND_OF_CRITEO_TYPE = {v: k for k, v in CRITEO_TYPE.items()}
 # Identifiers whose deletion must stop older replays from resurrecting the person.
 TOMBSTONE_KINDS = frozenset({"user_id", "anonymous_id", "email", "phone"})
 
+# Kinds a lookup answer may carry under `_segcrit.ids` (emails and phones come hashed, as always).
+ANSWER_KINDS = frozenset({"user_id", "anonymous_id", "madid", "gum", "identity_link"})
+
 MAX_ID_LENGTH = 512  # longer values are not identifiers anyone can match; skip them
 
 
@@ -81,6 +84,11 @@ def extract_identifiers(message: Mapping[str, Any]) -> EventIdentifiers:
     for phone in hashed.get("phones") or []:
         if isinstance(phone, dict):
             add("phone", _text(phone.get("sha256")), _text(phone.get("md5")))
+    # Identifiers a lookup answered (segcrit.enrichment), as [kind, value] pairs. `_segcrit` is
+    # segcrit's own (ingest discards one a client sends), so they count like the hashes above.
+    for pair in hashed.get("ids") or []:
+        if isinstance(pair, list) and len(pair) == 2 and pair[0] in ANSWER_KINDS:
+            add(pair[0], _text(pair[1]))
     traits = _dict(message.get("traits"))
     context = _dict(message.get("context"))
     context_traits = _dict(context.get("traits"))

@@ -37,6 +37,7 @@ import functools
 import hashlib
 import itertools
 import re
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -191,21 +192,30 @@ def pseudonymous_id(email: str) -> str:
     return EMAIL_ID_PREFIX + email_hashes(email)[0]
 
 
+# Told of every valid email a message carries, as (normalised email, its sha256), in memory only.
+EmailListener = Callable[[str, str], None]
+
+
 def sanitize_message(
-    message: dict[str, Any], *, phone_region: str | None = None, serialised: bytes | None = None
+    message: dict[str, Any],
+    *,
+    phone_region: str | None = None,
+    serialised: bytes | None = None,
+    on_email: EmailListener | None = None,
 ) -> dict[str, Any]:
     """A copy of `message` without raw emails and phones (module docstring).
 
     `serialised` is the message's orjson serialisation when the caller has it (ingest measures
     it): its bytes tell which searches cannot find anything, and those are skipped. The input is
     never modified; parts that hold nothing to remove are shared, not copied. A client-sent
-    `_segcrit` is discarded.
+    `_segcrit` is discarded. `on_email` hears of each email found (enrichment lookups keyed by
+    email keep them in memory).
     """
     out = dict(message)
     out.pop(RESERVED_KEY, None)
     hints = _hints_of(serialised)
     searching = hints is not _NO_SEARCH
-    found = _Identifiers(phone_region)
+    found = _Identifiers(phone_region, on_email=on_email)
     if hints.emails or hints.phones_in_text:
         for key in _ID_FIELDS:
             value = out.get(key)
@@ -326,10 +336,11 @@ class _PhoneFinder:
 class _Identifiers:
     """Collects the hashed emails and phones of one message, each once, in the order found."""
 
-    __slots__ = ("_phone_region", "_seen", "at_signs_removed", "emails", "phones")
+    __slots__ = ("_on_email", "_phone_region", "_seen", "at_signs_removed", "emails", "phones")
 
-    def __init__(self, phone_region: str | None) -> None:
+    def __init__(self, phone_region: str | None, *, on_email: EmailListener | None = None) -> None:
         self._phone_region = phone_region
+        self._on_email = on_email
         self._seen: set[str] = set()
         self.emails: list[dict[str, str]] = []
         self.phones: list[dict[str, str]] = []
@@ -372,6 +383,8 @@ class _Identifiers:
             self._seen.add(email)
             sha256, md5 = email_hashes(email)
             self.emails.append({"sha256": sha256, "md5": md5})
+            if self._on_email is not None:
+                self._on_email(email, sha256)
 
     def _add_phone(self, phone: str | None) -> None:
         # E.164 numbers start with "+" and emails hold an "@": one set serves both without clashes.

@@ -9,14 +9,17 @@ in `limit`. No answer ever echoes a write key, a signature or message content.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
 from segcrit.clock import Clock
+from segcrit.errors import StoreError
 from segcrit.metrics import Metrics
 from segcrit.sources.limits import RequestError
 from segcrit.sources.validate import MessageRules, Prepared
@@ -50,6 +53,15 @@ def error_response(
     if limit is not None:
         body["limit"] = limit
     return json_response(status, body, headers)
+
+
+def bearer_ok(request: Request, token: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <token>`, compared in constant time."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Header values arrive latin-1 decoded: encoding them back gives the bytes that were sent.
+    return hmac.compare_digest(given.strip().encode("latin-1"), token.encode("utf-8"))
 
 
 def request_error_response(error: RequestError) -> Response:
@@ -99,12 +111,13 @@ async def commit(
     if prepared.messages:
         try:
             result = await sink.accept(source, prepared.messages, received_at)
+        except StoreError:
+            # Nothing of the request was stored; the store logged the real error. The client
+            # retries a 5xx with the same messageIds; dedupe makes that harmless.
+            return _store_unavailable(metrics, source)
         except Exception:
-            # The client retries a 5xx with the same messageIds; dedupe makes that harmless.
             log.exception("ingest commit failed", extra={"source": source})
-            return error_response(
-                503, "store_unavailable", "store unavailable, retry later", headers={"Retry-After": "1"}
-            )
+            return _store_unavailable(metrics, source)
         metrics.events_received.labels(source=source).inc(len(prepared.messages))
         if result.duplicates:
             metrics.events_duplicate.labels(source=source).inc(result.duplicates)
@@ -113,8 +126,16 @@ async def commit(
     return json_response(200, {"success": True, "rejected": prepared.rejected})
 
 
+def _store_unavailable(metrics: Metrics, source: str) -> Response:
+    retry = {"Retry-After": str(RETRY_AFTER_SECS)}
+    response = error_response(503, "store_unavailable", "store unavailable, retry later", headers=retry)
+    return reject(metrics, source, "store_unavailable", response)
+
+
 def _reason_label(reason: str) -> str:
-    # Per-message reasons are readable sentences; the metric gets two bounded codes.
+    # Per-message reasons are readable sentences; the metric gets a few bounded codes.
+    if reason.startswith("unsigned delete"):
+        return "unsigned_delete"
     return "message_too_large" if reason.startswith("message exceeds") else "invalid_message"
 
 

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from segcrit.clock import Clock
 from segcrit.config import Config
+from segcrit.enrichment.memory import email_listener
 from segcrit.metrics import Metrics
 from segcrit.sources.accept import (
     EVERY_METHOD,
@@ -68,6 +69,7 @@ class TrackingApi(Receiver):
             types=TRACKING_TYPES,
             max_message_bytes=config.server.max_message_bytes,
             phone_region=config.identity.phone_region,
+            on_email=email_listener(config),
         )
         super().__init__(
             sink,

@@ -42,7 +42,7 @@ from typing import Any, Final, Literal, TypeGuard
 
 import orjson
 
-from segcrit.identity.normalize import RESERVED_KEY, sanitize_message
+from segcrit.identity.normalize import RESERVED_KEY, EmailListener, sanitize_message
 
 TRACKING_TYPES: Final = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 # Segment's classic Webhooks destination also forwards user-deletion requests.
@@ -71,6 +71,8 @@ class MessageRules:
     # `timestamp` is already corrected with `sentAt`.
     keep_received_at: bool = False
     phone_region: str | None = None
+    # Hears of every email accepted (kept in memory for enrichment lookups keyed by email).
+    on_email: EmailListener | None = None
 
 
 @dataclass(slots=True)
@@ -119,7 +121,9 @@ def prepare_messages(
             continue
         # The serialisation tells the sanitiser which searches it can skip (most messages hold no
         # email and no phone at all).
-        clean = sanitize_message(message, phone_region=rules.phone_region, serialised=serialised)
+        clean = sanitize_message(
+            message, phone_region=rules.phone_region, serialised=serialised, on_email=rules.on_email
+        )
         reason = validate_message(
             clean, rules, received_at=received_at, received_iso=received_iso, sent_at=sent_at, new_id=new_id
         )

@@ -6,9 +6,17 @@ For an array Segment signs only `JSON.stringify(payload[0])`, so we hash the raw
 0 as sent (re-serialising parsed JSON does not reproduce JavaScript's number and string forms).
 The other elements of an array are therefore *not* authenticated: that is Segment's design.
 
-A missing or wrong signature, or a source name that is not a configured webhook source, is the
-same `401` (so the answer does not reveal which sources exist), stores nothing and counts as
-reason `signature`. Limits, dedupe and backpressure are those of the Tracking API.
+A source may also set `bearer_token` (SPEC §3.2): then `Authorization: Bearer <token>` (a custom
+header of the Webhooks (Actions) destination) is required as well, and it authenticates the whole
+body. Without one, a `delete` is honoured only where the signature covers it (a single message, or
+element 0): a delete at a later position is rejected with its index and reason `unsigned delete`
+(counted as `unsigned_delete`), the rest of the batch kept, since an unauthenticated element could
+otherwise erase anyone.
+
+A missing or wrong signature or bearer token, or a source name that is not a configured webhook
+source, is the same `401` (so the answer does not reveal which sources exist or which check
+failed), stores nothing and is counted with reason `signature` or `bearer_token`. Limits, dedupe
+and backpressure are those of the Tracking API.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Final
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,25 +32,31 @@ from starlette.routing import Route
 
 from segcrit.clock import Clock
 from segcrit.config import Config
+from segcrit.enrichment.memory import email_listener
 from segcrit.metrics import Metrics
 from segcrit.sources.accept import (
     EVERY_METHOD,
     UNKNOWN_SOURCE,
     Receiver,
     backlog_response,
+    bearer_ok,
     error_response,
     method_not_allowed,
     reject,
     request_error_response,
 )
 from segcrit.sources.limits import Disconnected, RequestError, parse_json, read_body
-from segcrit.sources.validate import WEBHOOK_TYPES, MessageRules, prepare_messages
+from segcrit.sources.validate import WEBHOOK_TYPES, MessageRules, Prepared, prepare_messages
 from segcrit.store.base import IngestSink
 
 METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _JSON_WHITESPACE: Final = " \t\r\n"
 _JSON_WHITESPACE_BYTES: Final = _JSON_WHITESPACE.encode("ascii")
 _DECODER: Final = json.JSONDecoder()
+UNSIGNED_DELETE: Final = (
+    "unsigned delete: only element 0 of a batch is covered by the signature; "
+    "set the source's bearer_token to accept deletes at any position"
+)
 
 
 def signed_part(body: bytes) -> bytes | None:
@@ -82,6 +96,7 @@ class WebhookReceiver(Receiver):
             max_message_bytes=config.server.max_message_bytes,
             keep_received_at=True,
             phone_region=config.identity.phone_region,
+            on_email=email_listener(config),
         )
         super().__init__(
             sink,
@@ -97,6 +112,11 @@ class WebhookReceiver(Receiver):
             for source in config.sources
             if source.type == "webhook" and source.shared_secret is not None
         }
+        self._tokens = {
+            source.name: source.bearer_token.get_secret_value()
+            for source in config.sources
+            if source.type == "webhook" and source.bearer_token is not None
+        }
 
     def routes(self) -> list[Route]:
         return [Route("/webhooks/{source_name}", self.receive, methods=EVERY_METHOD, name="webhook")]
@@ -110,6 +130,9 @@ class WebhookReceiver(Receiver):
         signature = request.headers.get("x-signature")
         if secret is None or not signature:
             return self._unauthorized(name if secret is not None else UNKNOWN_SOURCE)
+        token = self._tokens.get(name)
+        if token is not None and not bearer_ok(request, token):
+            return self._unauthorized(name, "bearer_token")
 
         busy = backlog_response(self._sink, self._max_backlog, self._metrics, name)
         if busy is not None:
@@ -132,16 +155,33 @@ class WebhookReceiver(Receiver):
             return self._bad_body(name, "body must be a JSON object or array")
         if len(body) > self._max_batch:
             return self._too_many(name)
-        prepared = prepare_messages(body, self._rules, received_at=received_at)
+        if token is None:
+            prepared = self._prepare_signed_deletes_only(body, received_at)
+        else:
+            prepared = prepare_messages(body, self._rules, received_at=received_at)
         return await self._commit(name, prepared, received_at, single=False)
 
-    def _unauthorized(self, source: str) -> Response:
+    def _prepare_signed_deletes_only(self, items: list[Any], received_at: float) -> Prepared:
+        """prepare_messages, with every `delete` past element 0 rejected instead (SPEC §3.2)."""
+        kept = [i for i, item in enumerate(items) if i == 0 or not _is_delete(item)]
+        prepared = prepare_messages([items[i] for i in kept], self._rules, received_at=received_at)
+        # Rejections name positions in the list prepared: give them back their place in the batch.
+        rejected = [{**item, "index": kept[item["index"]]} for item in prepared.rejected]
+        rejected += [{"index": i, "reason": UNSIGNED_DELETE} for i in sorted(set(range(len(items))) - set(kept))]
+        prepared.rejected = sorted(rejected, key=lambda item: int(item["index"]))
+        return prepared
+
+    def _unauthorized(self, source: str, reason: str = "signature") -> Response:
         return reject(
             self._metrics,
             source,
-            "signature",
+            reason,
             error_response(401, "unauthorized", "missing or invalid signature"),
         )
+
+
+def _is_delete(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") == "delete"
 
 
 def webhook_routes(config: Config, sink: IngestSink, metrics: Metrics, clock: Clock) -> list[Route]:

@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS tombstones (
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
 
+-- Deletions whose events still waiting (inbox, set aside) are to be erased: written with the
+-- tombstone, drained by housekeeping or at once by `segcrit forget`.
+CREATE TABLE IF NOT EXISTS erasures (
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    deleted_at REAL NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+
 -- Desired membership of one profile in one audience, as the flows decided; latest ts wins.
 CREATE TABLE IF NOT EXISTS memberships (
     profile_id INTEGER NOT NULL,
@@ -93,8 +102,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     next_run_at REAL NOT NULL
 ) WITHOUT ROWID;
 
--- One identifier as Criteo should hold it in one audience (desired) and as Criteo acknowledged
--- it (acked). A row with desired != acked is a pending change; dead_letter_id parks it.
+-- One identifier as Criteo should hold it in one audience (desired: 0/1) and as Criteo holds it
+-- as far as we know (acked): 0 not held, 1 held, 2 unknown (a call that may have changed it is in
+-- flight or went unanswered). A row with desired != acked is a pending change (an unknown one
+-- always is); dead_letter_id parks it. claim_until: a call carrying the row is in flight until
+-- then (an expired claim counts as a lost answer); acked_before: acked when the call was claimed,
+-- restored when Criteo refuses the call.
 CREATE TABLE IF NOT EXISTS targets (
     audience       TEXT NOT NULL,
     id_type        TEXT NOT NULL,
@@ -107,19 +120,32 @@ CREATE TABLE IF NOT EXISTS targets (
     next_at        REAL NOT NULL DEFAULT 0,
     first_failure  REAL,
     dead_letter_id INTEGER,
+    claim_until    REAL,
+    acked_before   INTEGER,
     PRIMARY KEY (audience, id_type, id_value)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS targets_by_profile ON targets (profile_id);
+-- A pending change is a row WHERE desired != acked AND dead_letter_id IS NULL: this index and the
+-- targets_pending_* triggers (the `changes_pending` counter) say so; change them together.
 CREATE INDEX IF NOT EXISTS targets_pending ON targets (since)
     WHERE desired != acked AND dead_letter_id IS NULL;
 CREATE INDEX IF NOT EXISTS targets_dead ON targets (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
 
+-- held_since: set while the audience is over audience_sync's max_new_audiences_per_day (SPEC 4.1):
+-- its memberships and targets are kept, but it gets no Criteo segment and nothing is delivered.
+-- admitted_day: the UTC day (days since 1970-01-01) whose allowance admitting it used; NULL when
+-- it used none (an audience the config names never counts).
 CREATE TABLE IF NOT EXISTS audiences (
     name          TEXT PRIMARY KEY,
     segment_id    TEXT,
     auto_create   INTEGER NOT NULL DEFAULT 1,
-    created_by_us INTEGER NOT NULL DEFAULT 0
+    created_by_us INTEGER NOT NULL DEFAULT 0,
+    first_seen_at REAL,
+    admitted_day  INTEGER,
+    held_since    REAL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS audiences_by_admitted_day ON audiences (admitted_day) WHERE admitted_day IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audiences_held ON audiences (held_since) WHERE held_since IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          INTEGER PRIMARY KEY,
@@ -162,6 +188,7 @@ CREATE TABLE IF NOT EXISTS criteo_events (
 );
 CREATE INDEX IF NOT EXISTS criteo_events_pending ON criteo_events (created_at) WHERE dead_letter_id IS NULL;
 CREATE INDEX IF NOT EXISTS criteo_events_by_profile ON criteo_events (profile_id);
+CREATE INDEX IF NOT EXISTS criteo_events_dead ON criteo_events (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
 
 -- Catalog products as last seen, and what Criteo was last sent (sent_fingerprint).
 CREATE TABLE IF NOT EXISTS products (
@@ -184,6 +211,7 @@ CREATE TABLE IF NOT EXISTS products (
 CREATE INDEX IF NOT EXISTS products_pending ON products (updated_at)
     WHERE missing IS NULL AND batch_token IS NULL AND dead_letter_id IS NULL
     AND (sent_fingerprint IS NULL OR sent_fingerprint != fingerprint);
+CREATE INDEX IF NOT EXISTS products_dead ON products (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS catalog_batches (
     token       TEXT PRIMARY KEY,
@@ -194,7 +222,8 @@ CREATE TABLE IF NOT EXISTS catalog_batches (
     polls       INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
--- Events whose processing raised: kept (sanitised, as stored) for inspection, out of the queue.
+-- Events set aside because processing them raised: kept (sanitised, as stored) for inspection
+-- and `segcrit replay --failed`, out of the queue, for retention.failed_events_days.
 CREATE TABLE IF NOT EXISTS failed_events (
     seq         INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -203,10 +232,111 @@ CREATE TABLE IF NOT EXISTS failed_events (
     error       TEXT NOT NULL,
     failed_at   REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS failed_events_by_time ON failed_events (failed_at);
 
 -- Named leases: which process runs a job (scheduler leader) until when.
 CREATE TABLE IF NOT EXISTS leases (
     name       TEXT PRIMARY KEY,
     holder     TEXT NOT NULL,
     expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- Running totals, so that /metrics reads a few rows instead of counting tables on every scrape.
+-- `changes_pending`, `dead_letters` (not replayed) and `audiences_held` are kept by the triggers
+-- below, in the transaction of the write they count, whichever code path writes; they are
+-- counted once when the table is new. `audience_messages_ignored:SOURCE` is added to by
+-- processing (messages from a source audience_sync does not accept).
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO counters (name, value)
+    SELECT 'changes_pending', (SELECT count(*) FROM targets WHERE desired != acked AND dead_letter_id IS NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM counters WHERE name = 'changes_pending');
+INSERT INTO counters (name, value)
+    SELECT 'dead_letters', (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM counters WHERE name = 'dead_letters');
+INSERT INTO counters (name, value)
+    SELECT 'audiences_held', (SELECT count(*) FROM audiences WHERE held_since IS NOT NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM counters WHERE name = 'audiences_held');
+
+CREATE TRIGGER IF NOT EXISTS targets_pending_insert AFTER INSERT ON targets
+    WHEN NEW.desired != NEW.acked AND NEW.dead_letter_id IS NULL
+BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'changes_pending';
+END;
+CREATE TRIGGER IF NOT EXISTS targets_pending_delete AFTER DELETE ON targets
+    WHEN OLD.desired != OLD.acked AND OLD.dead_letter_id IS NULL
+BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'changes_pending';
+END;
+CREATE TRIGGER IF NOT EXISTS targets_pending_update AFTER UPDATE OF desired, acked, dead_letter_id ON targets
+    WHEN (OLD.desired != OLD.acked AND OLD.dead_letter_id IS NULL)
+        != (NEW.desired != NEW.acked AND NEW.dead_letter_id IS NULL)
+BEGIN
+    UPDATE counters SET value = value + (CASE WHEN NEW.dead_letter_id IS NULL AND NEW.desired != NEW.acked
+        THEN 1 ELSE -1 END) WHERE name = 'changes_pending';
+END;
+
+CREATE TRIGGER IF NOT EXISTS dead_letters_open_insert AFTER INSERT ON dead_letters
+    WHEN NEW.replayed_at IS NULL
+BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'dead_letters';
+END;
+CREATE TRIGGER IF NOT EXISTS dead_letters_open_delete AFTER DELETE ON dead_letters
+    WHEN OLD.replayed_at IS NULL
+BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'dead_letters';
+END;
+CREATE TRIGGER IF NOT EXISTS dead_letters_open_update AFTER UPDATE OF replayed_at ON dead_letters
+    WHEN (OLD.replayed_at IS NULL) != (NEW.replayed_at IS NULL)
+BEGIN
+    UPDATE counters SET value = value + (CASE WHEN NEW.replayed_at IS NULL THEN 1 ELSE -1 END)
+        WHERE name = 'dead_letters';
+END;
+
+CREATE TRIGGER IF NOT EXISTS audiences_held_insert AFTER INSERT ON audiences
+    WHEN NEW.held_since IS NOT NULL
+BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'audiences_held';
+END;
+CREATE TRIGGER IF NOT EXISTS audiences_held_delete AFTER DELETE ON audiences
+    WHEN OLD.held_since IS NOT NULL
+BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'audiences_held';
+END;
+CREATE TRIGGER IF NOT EXISTS audiences_held_update AFTER UPDATE OF held_since ON audiences
+    WHEN (OLD.held_since IS NULL) != (NEW.held_since IS NULL)
+BEGIN
+    UPDATE counters SET value = value + (CASE WHEN NEW.held_since IS NULL THEN -1 ELSE 1 END)
+        WHERE name = 'audiences_held';
+END;
+
+-- Enrichment (segcrit.enrichment): one row per (lookup, profile holding the lookup's key). due_at:
+-- when it is looked up next; version: bumped whenever processing asks for a lookup (a new
+-- profile, a new key), so that an answer already in flight does not postpone that request.
+-- Rows go with their profile (merge, erasure).
+CREATE TABLE IF NOT EXISTS lookups (
+    lookup       TEXT NOT NULL,
+    profile_id   INTEGER NOT NULL,
+    due_at       REAL NOT NULL,
+    version      INTEGER NOT NULL DEFAULT 0,
+    looked_up_at REAL,
+    outcome      TEXT,             -- found | unknown | no_key
+    answer       TEXT,             -- fingerprint of the last answer applied: the same is not applied twice
+    PRIMARY KEY (lookup, profile_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lookups_due ON lookups (lookup, due_at);
+CREATE INDEX IF NOT EXISTS lookups_by_profile ON lookups (profile_id);
+
+-- One row per configured lookup: whether its source answers (segcrit status, /metrics).
+CREATE TABLE IF NOT EXISTS lookup_sources (
+    lookup          TEXT PRIMARY KEY,
+    failing_since   REAL,            -- NULL while it answers
+    last_error      TEXT,            -- without the keys looked up, emails redacted
+    next_try_at     REAL,
+    last_success_at REAL,
+    lookups         INTEGER NOT NULL DEFAULT 0,   -- people looked up, in all
+    requests        INTEGER NOT NULL DEFAULT 0,   -- queries or HTTP requests made, in all
+    seeded_key      TEXT             -- the key the profiles known before were queued by
 ) WITHOUT ROWID;

@@ -4,26 +4,37 @@ Threads: ingest hands messages to one writer thread that commits many requests i
 transaction (group commit) and wakes each request after the fsync; the processor and the delivery
 worker each use their own connection. Every write transaction starts with BEGIN IMMEDIATE so two
 writers queue on the lock instead of failing on an upgrade.
+
+A write that fails because of the store itself (disk full, database locked, I/O error) raises
+`StoreUnavailable`: the store logs the real SQLite error once per episode and reports it through
+`write_failure()` (for /readyz) until a write that adds data succeeds again (`proves_space`).
+Any other error is the caller's.
+
+The database file and its -wal and -shm files are readable by their owner only, and one process
+at a time may run workers on the file (`owner=True`, see `_claim_ownership`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
+import logging
+import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 
-from segcrit.errors import StoreError
+from segcrit.errors import StoreError, StoreUnavailable
 from segcrit.store.base import (
     AcceptResult,
     AudienceRecord,
@@ -37,24 +48,83 @@ from segcrit.store.base import (
 )
 from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
 from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin
+from segcrit.store.sqlite_enrichment import EnrichmentStoreMixin, EnrichmentTxMixin
+from segcrit.store.sqlite_retention import RetentionStoreMixin
+
+log = logging.getLogger("segcrit.store")
 
 BUSY_TIMEOUT_MS = 30_000
 PROCESSOR_CACHE_KIB = 64 * 1024
 GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
 # The longest the processor waits for ingest to have nothing to commit before it writes anyway.
 INGEST_FIRST_MAX_WAIT_SECS = 0.05
+# targets.acked: what Criteo holds of an identifier as far as we know. UNKNOWN while a call that
+# may change it is in flight or after its answer was lost (SPEC §1, Uncertain calls): such a row is
+# pending whatever it desires, and neither wanted nor held only once an answered call settles it.
+NOT_HELD, HELD, UNKNOWN = 0, 1, 2
+
+# A write that needs free pages, to learn whether a store that failed writes again.
+PROBE_BYTES = 3 * 4096
+# SQLite's primary result codes that say the store, not the data, is at fault: the same write
+# succeeds later (lock released, space freed, disk back). Any other error is the statement's own.
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_INTERRUPT,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+_PRIVATE_MODE: Final = 0o600
 
 _T = TypeVar("_T")
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+def _connect(path: str, busy_timeout_ms: int, pragmas: Mapping[str, int | str]) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: the WAL is fsynced at every commit, so an acknowledged event survives power loss.
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys=OFF")
+    for name, value in pragmas.items():
+        conn.execute(f"PRAGMA {name}={value}")
     return conn
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    """True when `error` says the store cannot write now rather than that the statement is wrong."""
+    code = getattr(error, "sqlite_errorcode", None) if isinstance(error, sqlite3.Error) else None
+    # None: not from SQLite, or raised by the sqlite3 module itself (a value it cannot bind...).
+    return code is not None and code & 0xFF in _UNAVAILABLE_CODES
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is open, never hiding the error that led here: after SQLITE_FULL, IOERR or
+    BUSY, SQLite may have rolled the transaction back already ("no transaction is active")."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as error:
+        log.warning("rollback failed", extra={"error": str(error)})
+
+
+def _make_private(path: str) -> None:
+    """Create the database file readable by its owner only before SQLite opens it. SQLite gives
+    the -wal and -shm files it creates the database file's mode, so all three stay private
+    (SPEC §8); files an older version created are narrowed too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, _PRIVATE_MODE))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError, PermissionError):  # not ours to change: leave it
+            os.chmod(path + suffix, _PRIVATE_MODE)
 
 
 @dataclass(slots=True)
@@ -66,13 +136,49 @@ class _AcceptRequest:
     future: asyncio.Future[AcceptResult]
 
 
-class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
-    """The store on one SQLite file (see the module docstring for threads and transactions)."""
+def _claim_ownership(path: str) -> int:
+    """Lock `<path>.lock` for the life of this process (the kernel releases it when the process
+    ends, even by kill -9) and write our pid in it; StoreError when another process holds it.
 
-    def __init__(self, path: str) -> None:
+    One owner per file (SPEC §7): two processes running workers on one SQLite file would both
+    send its Events API documents and each spend a whole Criteo rate budget. A file lock beside
+    the database rather than on it: SQLite's own locks on the database file must stay its own.
+    """
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, _PRIVATE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise StoreError(f"another segcrit process owns {os.path.abspath(path)}{pid}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+    return fd
+
+
+class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, EnrichmentStoreMixin):
+    """The store on one SQLite file (see the module docstring for threads and transactions).
+
+    `owner`: this process runs workers on the file; a second owner is refused (StoreError).
+    `pragmas`: set on every connection after segcrit's own (tests use `max_page_count` to fill
+    the "disk"); `busy_timeout_ms`: how long a write waits for another process's lock.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        owner: bool = False,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        pragmas: Mapping[str, int | str] | None = None,
+    ) -> None:
         self.path = path
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._pragmas = dict(pragmas or {})
+        # The SQLite error of the last write, while no write has succeeded since (see `_write`).
+        self._write_failure: str | None = None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -81,11 +187,22 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         # commits what it has done and waits (`ingest_waiting`, `give_way_to_ingest`).
         self._ingest_busy = False  # the writer holds a group it has not committed yet
         self._ingest_idle = threading.Condition()
-        schema = resources.files("segcrit.store").joinpath("schema_sqlite.sql").read_text()
-        self._conn().executescript(schema)
         self._writer_queue: queue.SimpleQueue[_AcceptRequest | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._closed = False
+        self._owner_fd: int | None = None
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if owner:
+                self._owner_fd = _claim_ownership(path)
+        try:
+            if path != ":memory:":
+                _make_private(path)
+            schema = resources.files("segcrit.store").joinpath("schema_sqlite.sql").read_text()
+            self._conn().executescript(schema)
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ connections
 
@@ -100,27 +217,70 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.path)
+            conn = _connect(self.path, self._busy_timeout_ms, self._pragmas)
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = True, proves_space: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction. A failure of the store itself raises StoreUnavailable (the
+        SQLite error chained); any other error propagates as it is, after the rollback.
+
+        `durable=False` skips the fsync at commit (housekeeping: a prune lost to a power cut is
+        simply done again); the next durable commit on the WAL makes it durable anyway.
+        `proves_space`: the transaction adds data the way ingest does (ingest, processing, the
+        probe), so its success ends a failure episode. A delete or an in-place update (a lease,
+        a prune) may succeed on a full disk: it would turn /readyz ready while ingest still fails.
+        """
         conn = self._conn()
         # Threads of this process queue here rather than on SQLite's lock: a writer that finds the
         # database locked sleeps in SQLite's busy handler (1, 2, 5, 10, 15... ms) however soon the
         # lock is free, which costs an ingest ack tens of milliseconds behind a processor chunk. The
         # busy timeout still covers other processes (the CLI).
         with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as error:
+                    raise self._unavailable(error) from error
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException as error:
+                    _rollback(conn)
+                    if isinstance(error, sqlite3.Error) and _is_unavailable(error):
+                        raise self._unavailable(error) from error
+                    raise
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
+        if proves_space and self._write_failure is not None:
+            self._write_failure = None
+            log.warning("store writes again")
+
+    def _unavailable(self, error: sqlite3.Error) -> StoreUnavailable:
+        """Note that the store cannot write; the real SQLite error is logged once per episode."""
+        text = str(error)
+        if self._write_failure is None:
+            name = getattr(error, "sqlite_errorname", error.__class__.__name__)
+            log.error("store cannot write", extra={"error": text, "code": name, "path": self.path})
+        self._write_failure = text
+        return StoreUnavailable(f"store cannot write: {text}")
+
+    def write_failure(self) -> str | None:
+        """The SQLite error that made the last write fail, while none has succeeded since."""
+        return self._write_failure
+
+    def probe_write(self) -> None:
+        """A write that needs free pages, as an ingest commit does: raises StoreUnavailable while
+        the store still cannot write, clears `write_failure` once it can."""
+        with self._write(proves_space=True) as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('write_probe', ?)", ("0" * PROBE_BYTES,))
+            conn.execute("DELETE FROM meta WHERE key = 'write_probe'")
 
     def close(self) -> None:
         if self._closed:
@@ -134,6 +294,9 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
                 with contextlib.suppress(sqlite3.ProgrammingError):  # closed from another thread already
                     conn.close()
             self._conns.clear()
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)  # the lock goes with it
+            self._owner_fd = None
 
     def ping(self) -> bool:
         try:
@@ -158,7 +321,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
     def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
         """The same as `accept` for callers without an event loop (import, tests)."""
         rows = _inbox_rows(messages)
-        with self._write() as conn:
+        with self._write(proves_space=True) as conn:
             return self._insert_messages(conn, source, rows, received_at)
 
     def _start_writer(self) -> None:
@@ -197,11 +360,13 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
     def _commit_group(self, batch: list[_AcceptRequest]) -> None:
         results: list[AcceptResult] = []
         try:
-            with self._write() as conn:
+            with self._write(proves_space=True) as conn:
                 for request in batch:
                     results.append(self._insert_messages(conn, request.source, request.rows, request.received_at))
         except Exception as exc:  # the whole group failed: every request gets the error, none is acked
-            error = StoreError(f"commit failed: {exc.__class__.__name__}")
+            error = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
+            if not isinstance(exc, StoreUnavailable):  # that one is logged by `_unavailable`
+                log.error("ingest commit failed", exc_info=exc)
             for request in batch:
                 request.loop.call_soon_threadsafe(_set_exception, request.future, error)
             return
@@ -259,10 +424,6 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
             return 0
         return int(row[1]) - int(row[0]) + 1
 
-    def prune_seen(self, older_than: float) -> int:
-        with self._write() as conn:
-            return conn.execute("DELETE FROM seen WHERE seen_at < ?", (older_than,)).rowcount
-
     # ------------------------------------------------------------------ processing
 
     def claim_events(self, limit: int) -> list[InboxEvent]:
@@ -274,8 +435,9 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         return [InboxEvent(seq=r[0], source=r[1], received_at=r[2], message=orjson.loads(r[3])) for r in rows]
 
     @contextmanager
-    def transaction(self) -> Iterator[SqliteTx]:
-        with self._write() as conn:
+    def transaction(self, *, proves_space: bool = True) -> Iterator[SqliteTx]:
+        """The processor's unit of work (`proves_space`: see `_write`)."""
+        with self._write(proves_space=proves_space) as conn:
             yield SqliteTx(conn)
 
     @contextmanager
@@ -291,13 +453,15 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
     # ------------------------------------------------------------------ delivery
 
     def due_changes(self, now: float, limit: int) -> list[PendingChange]:
+        """Due changes, the oldest first, leaving out those of held audiences (they would fill every
+        scan and starve the others)."""
         rows = (
             self._conn()
             .execute(
                 "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
                 "WHERE desired != acked AND dead_letter_id IS NULL AND next_at <= ? "
-                "ORDER BY since LIMIT ?",
-                (now, limit),
+                f"AND (claim_until IS NULL OR claim_until <= ?) {self._without_held_audiences()}ORDER BY since LIMIT ?",
+                (now, now, limit),
             )
             .fetchall()
         )
@@ -313,8 +477,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
             .execute(
                 "SELECT audience, id_type, id_value, desired, since, attempts, first_failure FROM targets "
                 "WHERE audience = ? AND id_type = ? AND desired = ? AND acked != ? AND dead_letter_id IS NULL "
-                "AND next_at <= ? ORDER BY since LIMIT ?",
-                (audience, id_type, int(add), int(add), now, limit),
+                "AND next_at <= ? AND (claim_until IS NULL OR claim_until <= ?) ORDER BY since LIMIT ?",
+                (audience, id_type, int(add), int(add), now, now, limit),
             )
             .fetchall()
         )
@@ -324,40 +488,72 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         ]
 
     def next_change_at(self) -> float | None:
-        """When the earliest pending change becomes due (its retry time), or None."""
+        """When the earliest pending change becomes due (its retry time, or its claim's end), or None."""
         row = (
             self._conn()
-            .execute("SELECT min(next_at) FROM targets WHERE desired != acked AND dead_letter_id IS NULL")
+            .execute(
+                "SELECT min(max(next_at, coalesce(claim_until, 0))) FROM targets "
+                "WHERE desired != acked AND dead_letter_id IS NULL"
+            )
             .fetchone()
         )
         return None if row is None or row[0] is None else float(row[0])
 
     def oldest_pending_since(self) -> float | None:
+        """When the oldest change that delivery may send became pending (held audiences left out)."""
         row = (
             self._conn()
-            .execute("SELECT min(since) FROM targets WHERE desired != acked AND dead_letter_id IS NULL")
+            .execute(
+                "SELECT min(since) FROM targets WHERE desired != acked AND dead_letter_id IS NULL "
+                + self._without_held_audiences()
+            )
             .fetchone()
         )
         return None if row is None or row[0] is None else float(row[0])
 
+    def _without_held_audiences(self) -> str:
+        """A condition on `targets` rows leaving out held audiences; none while no audience is held,
+        so that the usual scan pays nothing for it."""
+        if not self.held_audience_count():
+            return ""
+        return _WITHOUT_HELD_AUDIENCES
+
     def pending_count(self) -> int:
-        row = (
-            self._conn()
-            .execute("SELECT count(*) FROM targets WHERE desired != acked AND dead_letter_id IS NULL")
-            .fetchone()
-        )
-        return int(row[0]) if row else 0
+        """Changes waiting for delivery, held audiences' included (a running total: no scan)."""
+        return self.counter("changes_pending")
+
+    def claim_changes(self, keys: Iterable[TargetKey], until: float) -> None:
+        """Before a call: its rows are in flight until `until`, and what Criteo holds of them is
+        unknown until it answers. Committed before the call, so that a crash during it leaves them
+        uncertain rather than settled (a claim that expires is a lost answer)."""
+        with self._write() as conn:
+            conn.executemany(
+                f"UPDATE targets SET acked_before = acked, acked = {UNKNOWN}, claim_until = ? "
+                "WHERE audience = ? AND id_type = ? AND id_value = ?",
+                [(until, k.audience, k.id_type, k.id_value) for k in keys],
+            )
+
+    def release_claims(self) -> int:
+        """End every claim as a lost answer (the rows stay unknown and are due); returns how many.
+
+        For the process that takes over the SQLite file: one process owns it, so a claim found in it
+        was left by a process that died during the call, and need not wait for its expiry."""
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE targets SET claim_until = NULL, acked_before = NULL "
+                "WHERE desired != acked AND dead_letter_id IS NULL AND claim_until IS NOT NULL"
+            ).rowcount
 
     def ack_changes(self, keys: Iterable[TargetKey], add: bool, now: float) -> None:
-        """Criteo holds (add) or no longer holds (remove) these identifiers."""
+        """Criteo answered: it holds (add) or no longer holds (remove) these identifiers."""
         acked = int(add)
         with self._write() as conn:
-            # An upsert: the row may have gone while the call was in flight (the person was erased
-            # or left); Criteo holds the identifier all the same, so a new row makes it pending removal.
+            # An upsert: the row may have gone while the call was in flight (the audience was
+            # re-resolved); Criteo holds the identifier all the same, so a new row makes it pending removal.
             conn.executemany(
                 "INSERT INTO targets (audience, id_type, id_value, desired, acked, since) VALUES (?, ?, ?, 0, ?, ?) "
                 "ON CONFLICT (audience, id_type, id_value) DO UPDATE SET acked = excluded.acked, attempts = 0, "
-                "next_at = 0, first_failure = NULL, "
+                "next_at = 0, first_failure = NULL, claim_until = NULL, acked_before = NULL, "
                 "since = CASE WHEN targets.desired != excluded.acked THEN excluded.since ELSE targets.since END",
                 [(k.audience, k.id_type, k.id_value, acked, now) for k in keys],
             )
@@ -369,16 +565,28 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
                     [(k.audience, k.id_type, k.id_value) for k in keys],
                 )
 
-    def defer_changes(self, keys: Iterable[TargetKey], next_at: float, now: float) -> None:
+    def defer_changes(self, keys: Iterable[TargetKey], next_at: float, now: float, *, maybe_applied: bool) -> None:
+        """The call failed: try again at `next_at`. Its claim ends; unless the call `maybe_applied`
+        (its answer was lost), Criteo holds what it held before."""
         with self._write() as conn:
             conn.executemany(
-                "UPDATE targets SET attempts = attempts + 1, next_at = ?, "
-                "first_failure = coalesce(first_failure, ?) "
+                f"UPDATE targets SET attempts = attempts + 1, next_at = ?, "
+                f"first_failure = coalesce(first_failure, ?), {_END_CLAIM} "
                 "WHERE audience = ? AND id_type = ? AND id_value = ?",
-                [(next_at, now, k.audience, k.id_type, k.id_value) for k in keys],
+                [(next_at, now, maybe_applied, k.audience, k.id_type, k.id_value) for k in keys],
             )
 
-    def dead_letter(self, keys: Sequence[TargetKey], add: bool, status: int | None, error: str, now: float) -> int:
+    def dead_letter(
+        self,
+        keys: Sequence[TargetKey],
+        add: bool,
+        status: int | None,
+        error: str,
+        now: float,
+        *,
+        maybe_applied: bool = False,
+    ) -> int:
+        """Park these changes under a new dead letter (their claim ends as in `defer_changes`)."""
         if not keys:
             raise ValueError("a dead letter needs at least one change")
         first = keys[0]
@@ -398,8 +606,9 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
             )
             letter_id = int(cursor.lastrowid or 0)
             conn.executemany(
-                "UPDATE targets SET dead_letter_id = ? WHERE audience = ? AND id_type = ? AND id_value = ?",
-                [(letter_id, k.audience, k.id_type, k.id_value) for k in keys],
+                f"UPDATE targets SET dead_letter_id = ?, {_END_CLAIM} "
+                "WHERE audience = ? AND id_type = ? AND id_value = ?",
+                [(letter_id, maybe_applied, k.audience, k.id_type, k.id_value) for k in keys],
             )
         return letter_id
 
@@ -408,6 +617,11 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         with self._write() as conn:
             ids = [r[0] for r in conn.execute(f"SELECT id FROM dead_letters WHERE replayed_at IS NULL {where}", params)]
             for letter_id in ids:
+                # Neither wanted nor held any more (the person left while it was parked): nothing to send.
+                conn.execute(
+                    f"DELETE FROM targets WHERE dead_letter_id = ? AND desired = 0 AND acked = {NOT_HELD}",
+                    (letter_id,),
+                )
                 conn.execute(
                     "UPDATE targets SET dead_letter_id = NULL, attempts = 0, next_at = 0, first_failure = NULL, "
                     "since = ? WHERE dead_letter_id = ?",
@@ -440,26 +654,90 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         return int(row[0]) if row else 0
 
     def dead_letter_count(self) -> int:
-        row = self._conn().execute("SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()
+        """Dead letters not replayed (a running total: no scan)."""
+        return self.counter("dead_letters")
+
+    # ------------------------------------------------------------------ counters
+
+    def counter(self, name: str) -> int:
+        """A running total of the `counters` table (0 when it was never counted)."""
+        row = self._conn().execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
+
+    def counters(self, prefix: str) -> dict[str, int]:
+        """The running totals whose names start with `prefix`, by the rest of their name."""
+        rows = self._conn().execute(
+            "SELECT name, value FROM counters WHERE name >= ? AND name < ? ORDER BY name",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return {str(name)[len(prefix) :]: int(value) for name, value in rows}
 
     # ------------------------------------------------------------------ audiences
 
     def audience(self, name: str) -> AudienceRecord | None:
         row = (
             self._conn()
-            .execute("SELECT name, segment_id, auto_create, created_by_us FROM audiences WHERE name = ?", (name,))
+            .execute(
+                "SELECT name, segment_id, auto_create, created_by_us, held_since FROM audiences WHERE name = ?",
+                (name,),
+            )
             .fetchone()
         )
-        return None if row is None else AudienceRecord(row[0], row[1], bool(row[2]), bool(row[3]))
+        return None if row is None else AudienceRecord(row[0], row[1], bool(row[2]), bool(row[3]), row[4])
 
     def audiences(self) -> list[AudienceRecord]:
         rows = (
             self._conn()
-            .execute("SELECT name, segment_id, auto_create, created_by_us FROM audiences ORDER BY name")
+            .execute("SELECT name, segment_id, auto_create, created_by_us, held_since FROM audiences ORDER BY name")
             .fetchall()
         )
-        return [AudienceRecord(r[0], r[1], bool(r[2]), bool(r[3])) for r in rows]
+        return [AudienceRecord(r[0], r[1], bool(r[2]), bool(r[3]), r[4]) for r in rows]
+
+    def held_audience_count(self) -> int:
+        """Audiences over max_new_audiences_per_day (a running total: no scan)."""
+        return self.counter("audiences_held")
+
+    def held_audiences(self, limit: int) -> list[tuple[str, float]]:
+        """Audiences over max_new_audiences_per_day, the longest held first: (name, held since)."""
+        rows = self._conn().execute(
+            "SELECT name, held_since FROM audiences WHERE held_since IS NOT NULL ORDER BY held_since, name LIMIT ?",
+            (limit,),
+        )
+        return [(str(name), float(since)) for name, since in rows]
+
+    def admit_held_audiences(self, day: int, allowance: int) -> list[str]:
+        """Admit the longest-held audiences that `day`'s allowance still has room for; returns them."""
+        with self._write() as conn:
+            used = conn.execute("SELECT count(*) FROM audiences WHERE admitted_day = ?", (day,)).fetchone()[0]
+            names = [
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT name FROM audiences WHERE held_since IS NOT NULL ORDER BY held_since, name LIMIT ?",
+                    (max(0, allowance - int(used)),),
+                )
+            ]
+            conn.executemany(
+                "UPDATE audiences SET held_since = NULL, admitted_day = ? WHERE name = ?", [(day, n) for n in names]
+            )
+        return names
+
+    def release_audiences(self, names: Iterable[str]) -> list[str]:
+        """Admit these held audiences without using any allowance (the config names them); returns
+        those that were held."""
+        wanted = list(names)
+        released: list[str] = []
+        with self._write() as conn:
+            for piece in _pieces(wanted):
+                marks = ", ".join("?" * len(piece))
+                released += [
+                    str(row[0])
+                    for row in conn.execute(
+                        f"UPDATE audiences SET held_since = NULL WHERE held_since IS NOT NULL AND name IN ({marks}) "
+                        "RETURNING name",
+                        list(piece),
+                    )
+                ]
+        return released
 
     def save_audience(self, record: AudienceRecord) -> None:
         with self._write() as conn:
@@ -471,11 +749,23 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
             )
 
     def reset_audience_acks(self, name: str, now: float) -> None:
-        """The segment was replaced: nothing counts as acknowledged; resend the whole membership."""
+        """The segment was replaced: nothing counts as acknowledged (nor as possibly held: that was
+        the old segment); resend the whole membership."""
         with self._write() as conn:
             conn.execute("DELETE FROM targets WHERE audience = ? AND desired = 0", (name,))
             conn.execute(
-                "UPDATE targets SET acked = 0, since = ?, attempts = 0, next_at = 0, first_failure = NULL "
+                "UPDATE targets SET acked = 0, since = ?, attempts = 0, next_at = 0, first_failure = NULL, "
+                "claim_until = NULL, acked_before = NULL WHERE audience = ?",
+                (now, name),
+            )
+
+    def mark_audience_unknown(self, name: str, now: float) -> None:
+        """A call that may empty the audience's list (a wipe) is about to leave: until it is answered,
+        nothing of the audience counts as known, so that if its answer is lost every identifier is
+        sent again as its desired state says."""
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE targets SET acked = {UNKNOWN}, since = ?, attempts = 0, next_at = 0, first_failure = NULL "
                 "WHERE audience = ?",
                 (now, name),
             )
@@ -484,15 +774,20 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         rows = (
             self._conn()
             .execute(
-                "SELECT t.audience, a.segment_id, sum(t.desired), sum(t.acked), "
-                "sum(t.desired != t.acked AND t.dead_letter_id IS NULL), sum(t.dead_letter_id IS NOT NULL) "
+                f"SELECT t.audience, a.segment_id, sum(t.desired), sum(t.acked = {HELD}), "
+                "sum(t.desired != t.acked AND t.dead_letter_id IS NULL), sum(t.dead_letter_id IS NOT NULL), "
+                "a.held_since IS NOT NULL "
                 "FROM targets t LEFT JOIN audiences a ON a.name = t.audience GROUP BY t.audience ORDER BY t.audience"
             )
             .fetchall()
         )
         seen = {r[0] for r in rows}
-        stats = [AudienceStats(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
-        stats += [AudienceStats(a.name, a.segment_id, 0, 0, 0, 0) for a in self.audiences() if a.name not in seen]
+        stats = [AudienceStats(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), bool(r[6])) for r in rows]
+        stats += [
+            AudienceStats(a.name, a.segment_id, 0, 0, 0, 0, a.held_since is not None)
+            for a in self.audiences()
+            if a.name not in seen
+        ]
         return sorted(stats, key=lambda s: s.name)
 
     def acknowledged_members(self, audience: str) -> dict[str, set[str]]:
@@ -521,6 +816,15 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
 
 
 _PIECE_MAX = 256
+# Ends a call's claim on a row; its parameter says whether the call may have been applied: if not,
+# acked goes back to what it was before the call (a row not claimed keeps its acked).
+_END_CLAIM = (
+    "acked = CASE WHEN ? THEN acked ELSE coalesce(acked_before, acked) END, claim_until = NULL, acked_before = NULL"
+)
+# Leaves out the targets of audiences held over max_new_audiences_per_day (not the HELD of `acked`).
+_WITHOUT_HELD_AUDIENCES = (
+    "AND NOT EXISTS (SELECT 1 FROM audiences a WHERE a.name = targets.audience AND a.held_since IS NOT NULL) "
+)
 _SEEN_INSERT = "INSERT OR IGNORE INTO seen (source, message_id, seen_at) VALUES "
 _INBOX_INSERT = "INSERT INTO inbox (source, received_at, body) VALUES "
 
@@ -556,7 +860,7 @@ def _set_exception(future: asyncio.Future[AcceptResult], error: BaseException) -
         future.set_exception(error)
 
 
-class SqliteTx(CommerceTxMixin, CohortTxMixin):
+class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
     """The unit of work the processor uses for one chunk of events (all inside one transaction)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -664,6 +968,7 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
         self.conn.execute("UPDATE targets SET profile_id = ? WHERE profile_id = ?", (into, other))
         self.merge_commerce(into, other)
         self.merge_cohorts(into, other)
+        self.merge_lookups(into, other)
         self.conn.execute("DELETE FROM profiles WHERE id = ?", (other,))
 
     def set_consent(self, profile_id: int, consent: bool, ts: float) -> bool:
@@ -705,7 +1010,7 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
     def set_targets(self, profile_id: int, desired: set[TargetKey], now: float) -> int:
         """Make the profile's targets equal `desired`; returns how many rows changed desire."""
         current = {
-            TargetKey(r[0], r[1], r[2]): (bool(r[3]), bool(r[4]), r[5] is not None)
+            TargetKey(r[0], r[1], r[2]): (bool(r[3]), int(r[4]), r[5] is not None)
             for r in self.conn.execute(
                 "SELECT audience, id_type, id_value, desired, acked, dead_letter_id FROM targets WHERE profile_id = ?",
                 (profile_id,),
@@ -715,8 +1020,8 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
         for key, (was, acked, dead) in current.items():
             if key in desired:
                 continue
-            if not acked and not dead:
-                # Neither wanted nor held: the row carries no information any more.
+            if acked == NOT_HELD and not dead:
+                # Neither wanted nor (possibly) held: the row carries no information any more.
                 self.conn.execute(
                     "DELETE FROM targets WHERE audience = ? AND id_type = ? AND id_value = ?",
                     (key.audience, key.id_type, key.id_value),
@@ -758,6 +1063,28 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
             (name, int(auto_create)),
         )
 
+    def ensure_new_audience(self, name: str, auto_create: bool, now: float, day: int, allowance: int) -> bool:
+        """Record an audience that traffic names (an Engage key) the first time it is seen: admitted
+        while `day` has used fewer than `allowance` admissions, else held. True when it was new."""
+        inserted = self.conn.execute(
+            "INSERT INTO audiences (name, auto_create, first_seen_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, int(auto_create), now),
+        ).rowcount
+        if not inserted:
+            return False
+        used = self.conn.execute("SELECT count(*) FROM audiences WHERE admitted_day = ?", (day,)).fetchone()[0]
+        if int(used) < allowance:
+            self.conn.execute("UPDATE audiences SET admitted_day = ? WHERE name = ?", (day, name))
+        else:
+            self.conn.execute("UPDATE audiences SET held_since = ? WHERE name = ?", (now, name))
+        return True
+
+    def add_to_counter(self, name: str, amount: int = 1) -> None:
+        self.conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+            (name, amount, amount),
+        )
+
     # ---- deletion
 
     def tombstoned_since(self, idents: Iterable[tuple[str, str]], ts: float) -> bool:
@@ -778,20 +1105,25 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
         return self._tombstones_seen
 
     def erase_profile(self, profile_id: int, deleted_at: float, tombstone_kinds: set[str]) -> None:
-        """Forget the person: tombstone their ids, drop identity and memberships, keep targets
-        (as desired = 0, without a profile) only until Criteo acknowledges the removal."""
+        """Forget the person: tombstone their ids of `tombstone_kinds`, drop identity, memberships,
+        suppressions, orders and queued Events API events, keep targets (as desired = 0, without
+        a profile) that Criteo holds or may hold, until it acknowledges their removal."""
         for kind, value in self.conn.execute(
             "SELECT kind, value FROM identifiers WHERE profile_id = ?", (profile_id,)
         ).fetchall():
             if kind in tombstone_kinds:
-                self._tombstones_seen = True
-                self.conn.execute(
-                    "INSERT INTO tombstones (kind, value, deleted_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (kind, value) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)",
-                    (kind, value, deleted_at),
-                )
+                self.add_tombstone(kind, value, deleted_at)
         self.conn.execute(
             "DELETE FROM targets WHERE profile_id = ? AND acked = 0 AND dead_letter_id IS NULL", (profile_id,)
+        )
+        # A dead-lettered add may have reached Criteo (an answer lost before it was given up): it
+        # counts as unknown, so that the removal goes out with the others; a dead-lettered removal
+        # is owed all the more.
+        self.conn.execute(
+            "UPDATE targets SET desired = 0, acked = CASE WHEN acked = ? THEN ? ELSE acked END, profile_id = NULL, "
+            "since = ?, attempts = 0, next_at = 0, first_failure = NULL, dead_letter_id = NULL "
+            "WHERE profile_id = ? AND dead_letter_id IS NOT NULL",
+            (NOT_HELD, UNKNOWN, deleted_at, profile_id),
         )
         self.conn.execute(
             "UPDATE targets SET desired = 0, profile_id = NULL, since = ?, attempts = 0, next_at = 0 "
@@ -802,21 +1134,25 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin):
         self.conn.execute("DELETE FROM memberships WHERE profile_id = ?", (profile_id,))
         self.forget_commerce(profile_id)
         self.forget_cohorts(profile_id)
+        self.forget_lookups(profile_id)
         self.conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
 
     def add_tombstone(self, kind: str, value: str, deleted_at: float) -> None:
+        """Record the deletion, and queue the erasure of the person's events still waiting in the
+        inbox or set aside (`Processor.erase_waiting_events`: a scan too long for this transaction)."""
         self._tombstones_seen = True
-        self.conn.execute(
-            "INSERT INTO tombstones (kind, value, deleted_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (kind, value) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)",
-            (kind, value, deleted_at),
-        )
+        for table in ("tombstones", "erasures"):
+            self.conn.execute(
+                f"INSERT INTO {table} (kind, value, deleted_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, value) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)",
+                (kind, value, deleted_at),
+            )
 
 
 def _pairs_clause(count: int) -> str:
     return " OR ".join(["(kind = ? AND value = ?)"] * count)
 
 
-def open_sqlite(url: str) -> SqliteStore:
+def open_sqlite(url: str, *, owner: bool = False) -> SqliteStore:
     path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SqliteStore(path or ":memory:")
+    return SqliteStore(path or ":memory:", owner=owner)

@@ -125,9 +125,11 @@ class CommerceTxMixin:
         return cursor.rowcount
 
     def forget_commerce(self, profile_id: int) -> None:
-        """Erasure: the person's queued events and order links go with them."""
+        """Erasure: the person's queued events (dead-lettered ones too) and orders go with them.
+        A replay of an order older than the erasure is dropped by the tombstone, so the order's
+        row is not needed to keep it from being sent twice."""
         self.conn.execute("DELETE FROM criteo_events WHERE profile_id = ?", (profile_id,))
-        self.conn.execute("UPDATE orders SET profile_id = NULL WHERE profile_id = ?", (profile_id,))
+        self.conn.execute("DELETE FROM orders WHERE profile_id = ?", (profile_id,))
 
     def merge_commerce(self, into: int, other: int) -> None:
         self.conn.execute("UPDATE orders SET profile_id = ? WHERE profile_id = ?", (into, other))

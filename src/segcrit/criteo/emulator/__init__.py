@@ -10,8 +10,9 @@
 
 Modules: `state` (what it remembers), `gateway` (auth, rate limit, faults, call log), `oauth`,
 `audience_segments`, `events` (the Events API) and `catalog` (the Product Importer API) (the
-endpoints), `faults`, `ratelimit`, `identifiers`, `problems`, `app`, `server` (`serve()` for
-`segcrit emulator`, `running_emulator()` for tests).
+endpoints), `schemas` (its own models of Criteo's schemas, never the client's), `faults`,
+`ratelimit`, `identifiers`, `problems`, `app`, `server` (`serve()` for `segcrit emulator`,
+`running_emulator()` for tests).
 """
 
 from segcrit.criteo.emulator.app import create_emulator_app

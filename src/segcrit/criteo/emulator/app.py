@@ -37,6 +37,7 @@ from segcrit.criteo.emulator import audience_segments, catalog, events, oauth
 from segcrit.criteo.emulator.faults import FaultSpecError, faults_from_mapping, parse_faults
 from segcrit.criteo.emulator.gateway import Auth, Handler, criteo_endpoint
 from segcrit.criteo.emulator.problems import error_response, problem
+from segcrit.criteo.emulator.profiles import ProfileApiState, profile_routes
 from segcrit.criteo.emulator.state import DUPLICATE_NAME_MODES, EmulatorState, Endpoint
 
 
@@ -46,8 +47,9 @@ def _route_path(template: str) -> str:
     return template.format(version="{version}", segment_id="{segment_id}", operation_token="{operation_token}")
 
 
-def create_emulator_app(state: EmulatorState) -> Starlette:
-    """A Criteo emulator serving `state` (read it from the test while the app runs)."""
+def create_emulator_app(state: EmulatorState, profiles: ProfileApiState | None = None) -> Starlette:
+    """A Criteo emulator serving `state` (read it from the test while the app runs), and Segment's
+    Profile API serving `profiles` (none seeded by default; segcrit.criteo.emulator.profiles)."""
 
     def criteo(
         template: str, endpoint: Endpoint, handler: Handler, method: str | list[str], auth: Auth = "bearer"
@@ -78,6 +80,7 @@ def create_emulator_app(state: EmulatorState) -> Starlette:
         criteo(EVENTS_PATH, Endpoint.EVENTS, events.event, ["POST", "GET"], auth="none"),
         criteo(events.REGIONAL_PATH, Endpoint.EVENTS, events.event, ["POST", "GET"], auth="none"),
         *_control_routes(state),
+        *profile_routes(profiles if profiles is not None else ProfileApiState()),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -1,7 +1,8 @@
 """The audience-segment endpoints: search, create, delete, and a contact list's PATCH/DELETE/statistics.
 
-Bodies are validated with segcrit's own models of Criteo's schemas. Bulk calls follow Criteo's
-"partial approval": items that fail are reported as problems and the rest go through, answered 200;
+Bodies are validated with the emulator's own models of Criteo's schemas (`schemas`), never the
+client's. Bulk calls follow Criteo's "partial approval": items that fail are reported as problems
+and the rest go through, answered 200;
 for create, `duplicate_name_mode = "error"` instead refuses the whole request with 400 (the shape
 Segment's integration expects). Another advertiser's segment or advertiser id is a 403.
 """
@@ -42,8 +43,7 @@ from segcrit.criteo.emulator.problems import (
     problem,
     validation_error_response,
 )
-from segcrit.criteo.emulator.state import EmulatorState, Segment, SegmentKind
-from segcrit.criteo.models import (
+from segcrit.criteo.emulator.schemas import (
     AudienceSegmentBulkCreateInputV1,
     AudienceSegmentBulkDeleteInputV1,
     AudienceSegmentCreateEntityV1,
@@ -65,17 +65,19 @@ from segcrit.criteo.models import (
     ContactListStatisticsEntityV1Resource,
     ContactListStatisticsEntityV1Response,
     ContactListV1,
-    CriteoModel,
     DeleteAudienceContactListResponse,
     LookalikeV1,
     ModifyAudienceResponse,
+    Request,
+    unknown_keys,
 )
+from segcrit.criteo.emulator.state import EmulatorState, Segment, SegmentKind
 
 SAMPLE_INVALID_IDENTIFIERS = 10
 INT32_MAX = 2**31 - 1  # the path id is declared `format: int32`
 _DIGITS = re.compile(r"\d{1,10}")
 
-Model = TypeVar("Model", bound=CriteoModel)
+Model = TypeVar("Model", bound=Request)
 
 
 # --- search, create, delete ------------------------------------------------------------------------
@@ -86,7 +88,7 @@ def search_segments(state: EmulatorState, call: Call) -> Response:
     if isinstance(paging, Response):
         return paging
     limit, offset = paging
-    request = _parse(call, AudienceSegmentSearchInputV1)
+    request = _parse(state, call, AudienceSegmentSearchInputV1)
     if isinstance(request, Response):
         return request
     filters = request.data.attributes if request.data else None
@@ -111,7 +113,7 @@ def search_segments(state: EmulatorState, call: Call) -> Response:
 
 
 def create_segments(state: EmulatorState, call: Call) -> Response:
-    request = _parse(call, AudienceSegmentBulkCreateInputV1)
+    request = _parse(state, call, AudienceSegmentBulkCreateInputV1)
     if isinstance(request, Response):
         return request
     if request.data is None:
@@ -139,7 +141,7 @@ def create_segments(state: EmulatorState, call: Call) -> Response:
 
 
 def delete_segments(state: EmulatorState, call: Call) -> Response:
-    request = _parse(call, AudienceSegmentBulkDeleteInputV1)
+    request = _parse(state, call, AudienceSegmentBulkDeleteInputV1)
     if isinstance(request, Response):
         return request
     if request.data is None:
@@ -172,7 +174,7 @@ def patch_contact_list(state: EmulatorState, call: Call) -> Response:
     segment = _contact_list(state, call)
     if isinstance(segment, Response):
         return segment
-    request = _parse(call, ContactlistAmendmentRequest)
+    request = _parse(state, call, ContactlistAmendmentRequest)
     if isinstance(request, Response):
         return request
     attributes = request.data.attributes
@@ -248,15 +250,17 @@ def _allowed(call: Call) -> frozenset[str]:
     return call.client.advertiser_ids
 
 
-def _parse(call: Call, model: type[Model]) -> Model | Response:
+def _parse(state: EmulatorState, call: Call, model: type[Model]) -> Model | Response:
     try:
         body = call.json()
     except ValueError:
         return invalid_body(call.instance, "the body is not valid JSON")
     try:
-        return model.model_validate(body)
+        parsed = model.model_validate(body)
     except ValidationError as error:
         return validation_error_response(error, call.instance)
+    state.note_unknown_keys(call.instance, unknown_keys(parsed))
+    return parsed
 
 
 def _paging(call: Call) -> tuple[int, int] | Response:

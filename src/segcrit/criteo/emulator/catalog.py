@@ -23,16 +23,6 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from segcrit.criteo.catalog_models import (
-    BatchAcceptedResponse,
-    Product,
-    ProductsCustomBatchRequestEntry,
-    ReportDetailError,
-    ReportDetailErrors,
-    ReportDetailWarning,
-    ReportDetailWarnings,
-    ReportOkResponse,
-)
 from segcrit.criteo.constants import (
     CODE_BATCH_EMPTY,
     CODE_DUPLICATE_PRODUCT,
@@ -45,8 +35,19 @@ from segcrit.criteo.constants import (
 )
 from segcrit.criteo.emulator.gateway import Call
 from segcrit.criteo.emulator.problems import error_response, json_response, problem
+from segcrit.criteo.emulator.schemas import (
+    BatchAcceptedResponse,
+    CommonProblem,
+    Product,
+    ProductsCustomBatchRequestEntry,
+    ReportDetailError,
+    ReportDetailErrors,
+    ReportDetailWarning,
+    ReportDetailWarnings,
+    ReportOkResponse,
+    unknown_keys,
+)
 from segcrit.criteo.emulator.state import EmulatorState
-from segcrit.criteo.models import CommonProblem
 
 BATCH_REJECTED = "A batch request was rejected due to one or more errors."  # Criteo's title (D10)
 # Criteo states no limit on ids; the emulator's guess. Image and badge URLs share imageLink's limit.
@@ -86,7 +87,9 @@ def submit_batch(state: EmulatorState, call: Call) -> Response:
     if refusals:
         return error_response(400, *refusals)
 
-    token = _apply(state, entries)
+    for entry, _ in entries:
+        state.note_unknown_keys(call.instance, unknown_keys(entry, "entries[]"))
+    token = _apply(state, call, entries)
     return json_response(BatchAcceptedResponse(operation_token=token).to_json(), 202)
 
 
@@ -134,7 +137,7 @@ def _raw_id(entry: ProductsCustomBatchRequestEntry, raw_product: Any) -> str | N
     return value if isinstance(value, str) and value else None
 
 
-def _apply(state: EmulatorState, entries: list[tuple[ProductsCustomBatchRequestEntry, Any]]) -> str:
+def _apply(state: EmulatorState, call: Call, entries: list[tuple[ProductsCustomBatchRequestEntry, Any]]) -> str:
     """Check each product, apply the good ones, keep the report; returns the operation token."""
     upserts: list[tuple[str, dict[str, Any]]] = []
     deletes: list[tuple[str, str]] = []
@@ -153,6 +156,7 @@ def _apply(state: EmulatorState, entries: list[tuple[ProductsCustomBatchRequestE
             continue
         if warnings:
             warning_details.append(ReportDetailWarnings(product_id=report_id, warnings=warnings))
+        state.note_unknown_keys(call.instance, unknown_keys(product, "entries[].product"))
         upserts.append((merchant, product.to_json()))
 
     now = state.clock.now()
@@ -167,7 +171,7 @@ def _apply(state: EmulatorState, entries: list[tuple[ProductsCustomBatchRequestE
         error_details=error_details,
         warning_details=warning_details,
     )
-    return state.submit_catalog_batch(upserts, deletes, final.model_dump(mode="json"), len(entries))
+    return state.submit_catalog_batch(upserts, deletes, final.to_json(), len(entries))
 
 
 # --- one product ----------------------------------------------------------------------------------
@@ -281,7 +285,7 @@ def batch_report(state: EmulatorState, call: Call) -> Response:
         error_details=[],
         warning_details=[],
     )
-    return json_response(pending.model_dump(mode="json"))
+    return json_response(pending.to_json())
 
 
 # --- refusals -------------------------------------------------------------------------------------

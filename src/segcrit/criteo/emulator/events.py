@@ -7,7 +7,7 @@ even read: a client must re-send the same method and body to the new URL. The re
 the same requests.
 
 Accepted documents are answered 200 with an empty body (Criteo documents none) and kept for tests
-(`EmulatorState.event_documents()`). A document that fails `EventsDocument` is answered 400 in the
+(`EmulatorState.event_documents()`). A document that fails the emulator's `EventsDocument` is answered 400 in the
 Marketing API's error envelope: the Events API's error answers are undocumented, this is a guess.
 """
 
@@ -23,8 +23,8 @@ from starlette.responses import Response
 from segcrit.criteo.constants import CODE_INVALID, CODE_REQUIRED_FIELD, EVENTS_PATH, EVENTS_VERSION
 from segcrit.criteo.emulator.gateway import Call
 from segcrit.criteo.emulator.problems import error_response, invalid_body, problem, validation_error_response
+from segcrit.criteo.emulator.schemas import EventsDocument, unknown_keys
 from segcrit.criteo.emulator.state import EmulatorState
-from segcrit.criteo.event_models import EventsDocument
 
 REGIONAL_PATH = EVENTS_PATH + "/regional"
 # How many redirects a request has already followed (the emulator's own marker in the Location).
@@ -52,9 +52,10 @@ def event(state: EmulatorState, call: Call) -> Response:
     if isinstance(raw, Response):
         return raw
     try:
-        EventsDocument.model_validate(raw)
+        document = EventsDocument.model_validate(raw)
     except ValidationError as error:
         return validation_error_response(error, call.instance)
+    state.note_unknown_keys(call.instance, unknown_keys(document))
     state.record_event_document(raw)
     return Response(status_code=200)
 

@@ -5,12 +5,17 @@ A spec is comma-separated `key=value` pairs, e.g. `5xx=0.2,429_burst=3,latency_m
     5xx=RATE          answer RATE (0..1) of the calls with a server error, drawn from a seeded RNG
     5xx_next=N        answer the next N calls with a server error
     5xx_status=CODE   the status of those errors (500 by default; 502, 503 and 504 too)
+    apply_then_500=N  carry out the next N calls that change something (segment create and delete,
+                      contact-list PATCH and DELETE, Events API documents, catalog batches), then
+                      answer them with a server error (5xx_status) instead of their success: a
+                      lost answer, as when Criteo applies a call and its gateway then fails
+    apply_then_500_rate=RATE  the same for RATE (0..1) of those calls, from the seeded RNG
     429_burst=N       answer the next N calls with 429 and rate-limit headers
     latency_ms=MS     add MS milliseconds before every answer
     token_ttl=SECS    new tokens stop working after SECS, while still announcing expires_in=900
                       (so a client meets 401 authorization-token-expired, as after a Criteo hiccup)
     revoke_tokens=1   once, when applied: every token issued so far becomes invalid
-    seed=N            seed of the RNG behind 5xx=RATE (a run is then repeatable)
+    seed=N            seed of the RNG behind the rates (a run is then repeatable)
 
 An empty spec, or `none`, means no faults.
 """
@@ -33,13 +38,16 @@ class FaultSpecError(UserError):
 
 @dataclass
 class Faults:
-    """The faults in force. Counters (`error_next`, `burst_429`) go down as calls consume them."""
+    """The faults in force. Counters (`error_next`, `lost_next`, `burst_429`) go down as calls
+    consume them."""
 
     error_rate: float = 0.0
     error_next: int = 0
     error_status: int = 500
     burst_429: int = 0
     latency_ms: int = 0
+    lost_next: int = 0
+    lost_rate: float = 0.0
     token_ttl_secs: float | None = None
     revoke_tokens: bool = False
     seed: int | None = None
@@ -53,6 +61,8 @@ _KEYS = {
     "5xx": "error_rate",
     "5xx_next": "error_next",
     "5xx_status": "error_status",
+    "apply_then_500": "lost_next",
+    "apply_then_500_rate": "lost_rate",
     "429_burst": "burst_429",
     "latency_ms": "latency_ms",
     "token_ttl": "token_ttl_secs",
@@ -96,7 +106,7 @@ def _convert(name: str, raw: object) -> object:
         if isinstance(raw, bool) or text in _TRUE | _FALSE:
             return raw if isinstance(raw, bool) else text in _TRUE
         raise ValueError("expected 1 or 0")
-    if name == "error_rate":
+    if name in ("error_rate", "lost_rate"):
         rate = float(text)
         if not 0.0 <= rate <= 1.0:
             raise ValueError("a rate is between 0 and 1")
@@ -143,5 +153,15 @@ class FaultInjector:
             self.faults.error_next -= 1
             return self.faults.error_status
         if self.faults.error_rate > 0 and self._rng.random() < self.faults.error_rate:
+            return self.faults.error_status
+        return None
+
+    def take_lost_answer(self) -> int | None:
+        """For a call that changed something and succeeded: the status to answer it with instead,
+        or None to let its answer through."""
+        if self.faults.lost_next > 0:
+            self.faults.lost_next -= 1
+            return self.faults.error_status
+        if self.faults.lost_rate > 0 and self._rng.random() < self.faults.lost_rate:
             return self.faults.error_status
         return None

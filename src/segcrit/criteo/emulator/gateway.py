@@ -2,8 +2,9 @@
 
 In order: injected latency; API version check (404 unknown, 410 decommissioned); an injected 429
 burst; authentication (bearer token, or the token call's own client_id); the per-application rate
-limit; an injected server error; then the endpoint. Every answer carries the `x-ratelimit-*` headers
-and lands in the call log.
+limit; an injected server error; then the endpoint; then, for a call that changed something, an
+injected lost answer (`apply_then_500`: the change stays, the answer becomes a server error).
+Every answer carries the `x-ratelimit-*` headers and lands in the call log.
 
 The Events API (`auth="none"`) is another host: no OAuth (the document names its account), and its
 own rate limit for the host as a whole instead of the per-application 250/min. Latency, 429 bursts
@@ -30,6 +31,9 @@ from segcrit.criteo.constants import (
     CODE_RATE_LIMITED,
     CODE_TOKEN_EXPIRED,
     CODE_TOKEN_INVALID,
+    HEADER_RATELIMIT_LIMIT,
+    HEADER_RATELIMIT_REMAINING,
+    HEADER_RATELIMIT_RESET,
 )
 from segcrit.criteo.emulator.problems import error_response, problem
 from segcrit.criteo.emulator.ratelimit import RateDecision
@@ -71,6 +75,8 @@ def criteo_endpoint(
             await asyncio.sleep(latency)
         body = await request.body()
         client_id, response = _pass_gateway(state, handler, request, body=body, auth=auth)
+        if endpoint.changes_state:
+            response = _maybe_lose_answer(state, request, response)
         state.record_call(
             CallRecord(
                 at=state.clock.now(),
@@ -124,6 +130,24 @@ def _pass_gateway(
         return client.client_id, _with_rate(decision, error_response(status, failure))
 
     return client.client_id, _with_rate(decision, handler(state, Call(request, body, client)))
+
+
+def _maybe_lose_answer(state: EmulatorState, request: Request, response: Response) -> Response:
+    """The endpoint's answer, or a server error in its place when a lost answer is due: only a
+    success can be lost (a refused call changed nothing)."""
+    if not 200 <= response.status_code < 300:
+        return response
+    status = state.take_lost_answer()
+    if status is None:
+        return response
+    failure = problem(
+        "availability", CODE_INTERNAL_ERROR, "Internal error after the change (injected fault)", request.url.path
+    )
+    lost = error_response(status, failure)
+    for name in (HEADER_RATELIMIT_LIMIT, HEADER_RATELIMIT_REMAINING, HEADER_RATELIMIT_RESET):
+        if name in response.headers:
+            lost.headers[name] = response.headers[name]
+    return lost
 
 
 def _pass_unauthenticated(state: EmulatorState, handler: Handler, request: Request, body: bytes) -> Response:

@@ -14,8 +14,8 @@ from starlette.responses import Response
 from segcrit.criteo.constants import GRANT_TYPE_CLIENT_CREDENTIALS, TOKEN_LIFETIME_SECS
 from segcrit.criteo.emulator.gateway import Call
 from segcrit.criteo.emulator.problems import json_response, oauth_error
+from segcrit.criteo.emulator.schemas import TokenResponse
 from segcrit.criteo.emulator.state import EmulatorState
-from segcrit.criteo.models import TokenResponse
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 

@@ -16,6 +16,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from segcrit.criteo.emulator.app import create_emulator_app
+from segcrit.criteo.emulator.profiles import ProfileApiState
 from segcrit.criteo.emulator.state import EmulatorState
 
 START_TIMEOUT_SECS = 10.0
@@ -28,6 +29,7 @@ def serve(
     faults: str | None = None,
     *,
     state: EmulatorState | None = None,
+    profiles: ProfileApiState | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve the emulator until SIGINT/SIGTERM. A bad `faults` spec raises FaultSpecError (a UserError)."""
@@ -35,7 +37,8 @@ def serve(
         state = EmulatorState(faults=faults)
     elif faults is not None:
         state.set_faults(faults)
-    config = uvicorn.Config(create_emulator_app(state), host=host, port=port, log_level=log_level, lifespan="off")
+    app = create_emulator_app(state, profiles)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
     uvicorn.Server(config).run()
 
 
@@ -55,14 +58,18 @@ class _ThreadedServer(uvicorn.Server):
 
 @contextmanager
 def running_emulator(
-    state: EmulatorState | None = None, *, host: str = "127.0.0.1", stop_timeout_secs: float = STOP_TIMEOUT_SECS
+    state: EmulatorState | None = None,
+    *,
+    profiles: ProfileApiState | None = None,
+    host: str = "127.0.0.1",
+    stop_timeout_secs: float = STOP_TIMEOUT_SECS,
 ) -> Iterator[str]:
     """Serve `state` on a free port of `host` in a background thread; yields the base URL.
 
     On exit the server stops taking connections; `stop_timeout_secs=0` returns at once and lets it
     finish in the background (tests do this: the next one gets a new port, strays get refused).
     """
-    app = create_emulator_app(state if state is not None else EmulatorState())
+    app = create_emulator_app(state if state is not None else EmulatorState(), profiles)
     with running_app(app, host=host, stop_timeout_secs=stop_timeout_secs) as url:
         yield url
 

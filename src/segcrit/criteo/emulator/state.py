@@ -56,6 +56,11 @@ CATALOG_REPORT_POLLS_DEFAULT = 1
 class Endpoint(StrEnum):
     """Names of the emulated endpoints, as used by the call log and `EmulatorState.calls()`."""
 
+    @property
+    def changes_state(self) -> bool:
+        """Whether a call to it changes what Criteo holds (so that its answer can be lost)."""
+        return self in _CHANGING
+
     TOKEN = "token"
     SEARCH = "search"
     CREATE = "create"
@@ -66,6 +71,18 @@ class Endpoint(StrEnum):
     EVENTS = "events"
     CATALOG_BATCH = "catalog-batch"
     CATALOG_REPORT = "catalog-report"
+
+
+_CHANGING = frozenset(
+    {
+        Endpoint.CREATE,
+        Endpoint.DELETE,
+        Endpoint.CONTACT_LIST_PATCH,
+        Endpoint.CONTACT_LIST_DELETE,
+        Endpoint.EVENTS,
+        Endpoint.CATALOG_BATCH,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -198,6 +215,8 @@ class EmulatorState:
         self._ids = itertools.count(FIRST_SEGMENT_ID)
         self._calls: deque[CallRecord] = deque(maxlen=call_log_size)
         self._call_counts: Counter[str] = Counter()
+        # Request keys the emulator's schemas do not know (see `schemas`), as (path, key).
+        self._unknown_keys: deque[tuple[str, str]] = deque(maxlen=call_log_size)
         # Events API: its own limiter (a separate host), redirects before the document is read.
         self._events_limiter = SlidingWindowLimiter(events_rate_limit_per_minute)
         self.events_redirect_hops = events_redirect_hops  # 307s answered before one is accepted
@@ -254,6 +273,7 @@ class EmulatorState:
             self._ids = itertools.count(FIRST_SEGMENT_ID)
             self._calls.clear()
             self._call_counts.clear()
+            self._unknown_keys.clear()
             self._limiter.reset()
             self._events_limiter.reset()
             self._event_documents.clear()
@@ -461,9 +481,28 @@ class EmulatorState:
         with self.lock:
             return self._faults.take_server_error()
 
+    def take_lost_answer(self) -> int | None:
+        with self.lock:
+            return self._faults.take_lost_answer()
+
     def latency_secs(self) -> float:
         with self.lock:
             return self._faults.faults.latency_ms / 1000
+
+    def note_unknown_keys(self, path: str, keys: Iterable[str]) -> None:
+        """Keys of a request to `path` that Criteo's schema does not have (tolerated, as Criteo does)."""
+        with self.lock:
+            self._unknown_keys.extend((path, key) for key in keys)
+
+    def unknown_keys(self, *, clear: bool = False) -> list[tuple[str, str]]:
+        """(request path, key) of every request key the emulator's schemas did not know: a request
+        Criteo would have taken without the key meaning anything (see `schemas`); `clear` forgets
+        them once read."""
+        with self.lock:
+            noted = list(self._unknown_keys)
+            if clear:
+                self._unknown_keys.clear()
+            return noted
 
     def record_call(self, record: CallRecord) -> None:
         with self.lock:

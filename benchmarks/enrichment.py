@@ -1,0 +1,415 @@
+"""Enrichment benchmark (SPEC §9): lookups/s, and ingest and processing with lookups off and on.
+
+    .venv/bin/python benchmarks/enrichment.py [--events 20000] [--population 50000] [--check]
+
+Each mode runs in a temporary folder of its own, in this process, with the threads of `segcrit
+serve` that matter here: the processor's, and (lookups on) the enrichment worker's, on its own
+event loop, exactly as `Runtime` runs them. Lookups on means two lookups:
+
+- `crm` (`type: sql`): a CRM table in a SQLite file, keyed by user_id, that knows everyone;
+- `segment` (`type: segment_profiles`): `segcrit emulator --profiles` as a subprocess (so that its
+  CPU is not ours), knowing a tenth of the people, at `max_per_second: 100` (Segment's limit).
+
+Per mode: 1. warm-up: each of `--population` people identifies once (with lookups on, the CRM
+answers for all of them; the Profile API goes on at its rate limit through the whole run, as after
+a lookup is first configured); 2. processing: `--events` events (about one in eleven from someone
+new, hence new lookups) put on the inbox through the ingest path, then drained by the processor
+thread while the worker runs; 3. ingest: `--events` more through the ingest path
+(`prepare_messages` + durable commit per batch of 100, as `/v1/batch` does after auth) while both
+threads run. Reported side by side: ingest and processing events/s (off, on, on/off), the lookups/s
+of each lookup (keys answered per second spent waiting on the source), the keys per SQL query, and
+the Profile API's requests as the emulator received them: the busiest second against
+`max_per_second`, and any 429. PASS/MISS: on/off >= 0.9 for ingest and processing ("unchanged",
+less run-to-run noise), >= 100 keys per SQL query, Profile API within max_per_second and no 429.
+Bounded by `--timeout-secs`; `--check` makes a MISS exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import bench_config, free_port, ingest, run_in_temp_folder, tracking_rules, wait_until
+from bench_events import EventFactory, Population
+from segcrit.clock import SystemClock
+from segcrit.engine import Processor
+from segcrit.enrichment.answers import LookupResult
+from segcrit.enrichment.worker import EnrichmentWorker, Source, build_enrichment
+from segcrit.metrics import Metrics
+from segcrit.store.sqlite import SqliteStore
+
+BATCH = 100
+SPACE, TOKEN = "spa_bench", "bench-profiles-token"
+MAX_PER_SECOND = 100  # Segment's limit per space, the default of max_per_second
+TARGET_RATIO = 0.9
+TARGET_KEYS_PER_QUERY = 100
+PROFILE_SHARE = 10  # one person in this many is known to the Profile API
+IDLE_SECS = 0.05
+
+
+# ------------------------------------------------------------------------------------ the sources
+
+
+def write_crm(path: Path, population: Population) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE customers "
+            "(customer_id TEXT PRIMARY KEY, email TEXT, phone TEXT, ad_consent INTEGER, tier TEXT)"
+        )
+        db.executemany(
+            "INSERT INTO customers VALUES (?, ?, ?, ?, ?)",
+            (
+                (f"usr_{i:08d}", f"crm.{i}@example.com", f"+3361{i % 10_000_000:07d}"[:12], int(i % 5 != 0), "gold")
+                for i in range(population.size)
+            ),
+        )
+
+
+def profiles_seed(population: Population) -> dict[str, Any]:
+    people = [
+        {
+            "external_ids": [
+                {"type": "user_id", "id": f"usr_{i:08d}"},
+                {"type": "email", "id": f"seg.{i}@example.com"},
+            ],
+            "traits": {"lifetime_value": i % 3000},
+        }
+        for i in range(0, population.size, PROFILE_SHARE)
+    ]
+    return {"spaces": {SPACE: {"access_token": TOKEN, "profiles": people}}}
+
+
+@contextlib.contextmanager
+def profile_api(folder: Path, population: Population, deadline: float) -> Iterator[str]:
+    seed = folder / "profiles.json"
+    seed.write_bytes(orjson.dumps(profiles_seed(population)))
+    port = free_port()
+    command = [sys.executable, "-m", "segcrit", "emulator", "--port", str(port), "--profiles", str(seed)]
+    with (folder / "emulator.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: _answers(f"{url}/_emulator/profiles"), deadline, "the emulator to start")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Timed:
+    """A lookup's source, timed: the keys it answered and the seconds spent waiting on it."""
+
+    def __init__(self, inner: Source) -> None:
+        self.inner = inner
+        self.keys = 0
+        self.calls = 0
+        self.secs = 0.0
+
+    @property
+    def lookup(self) -> Any:
+        return self.inner.lookup
+
+    async def lookup_keys(self, keys: Sequence[str]) -> LookupResult:
+        started = time.perf_counter()
+        try:
+            return await self.inner.lookup_keys(keys)
+        finally:
+            self.secs += time.perf_counter() - started
+            self.keys += len(keys)
+            self.calls += 1
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+# ------------------------------------------------------------------------------------ one mode
+
+
+@dataclass
+class Mode:
+    name: str
+    ingest_rate: float = 0.0
+    processing_rate: float = 0.0
+    ingest_cpu: float = 0.0  # CPU seconds of this process (every thread) per 1,000 events
+    processing_cpu: float = 0.0
+    answers_processed: int = 0
+    sources: dict[str, Timed] = field(default_factory=dict)
+    request_times: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+
+class Threads:
+    """The processor loop and (lookups on) the enrichment loop, as Runtime runs them."""
+
+    def __init__(self, processor: Processor, worker_factory: Any) -> None:
+        self.processor = processor
+        self.stop = threading.Event()
+        self.paused = threading.Event()  # the processor waits while set (the inbox is being filled)
+        self.worker: EnrichmentWorker | None = None
+        self._ready = threading.Event()
+        self._threads = [threading.Thread(target=self._process, daemon=True)]
+        if worker_factory is not None:
+            self._threads.append(
+                threading.Thread(target=asyncio.run, args=(self._enrich(worker_factory),), daemon=True)
+            )
+        else:
+            self._ready.set()
+
+    def __enter__(self) -> Threads:
+        for thread in self._threads:
+            thread.start()
+        self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _process(self) -> None:
+        while not self.stop.is_set():
+            if self.paused.is_set() or self.processor.drain_once() == 0:
+                self.stop.wait(IDLE_SECS)
+
+    async def _enrich(self, worker_factory: Any) -> None:
+        self.worker = worker_factory()
+        self._ready.set()
+        try:
+            while not self.stop.is_set():
+                if await self.worker.drain_once() == 0:
+                    await asyncio.sleep(0.5)  # Runtime's idle wait
+        finally:
+            await self.worker.aclose()
+
+
+def identify(person: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "userId": person["user_id"],
+        "anonymousId": person["anonymous_id"],
+        "messageId": f"warm-{person['user_id']}",
+        "traits": {"email": person["email"], "plan": "free"},
+    }
+
+
+def fill(store: SqliteStore, factory: EventFactory, rules: Any, count: int) -> None:
+    for start in range(0, count, BATCH):
+        ingest(store, [factory.message() for _ in range(min(BATCH, count - start))], rules)
+
+
+def run_mode(folder: Path, args: argparse.Namespace, *, lookups_on: bool, deadline: float) -> Mode:
+    mode = Mode("on" if lookups_on else "off")
+    population = Population(args.population)
+    # Everyone the measured events may bring: the known people and about a tenth more, new ones.
+    everyone = Population(args.population * 11 // 10)
+    folder.mkdir()
+    enrichment: list[dict[str, Any]] = []
+    api = profile_api(folder, everyone, deadline) if lookups_on else contextlib.nullcontext("")
+    with api as api_url:
+        if lookups_on:
+            write_crm(folder / "crm.db", everyone)
+            lookups = [
+                {
+                    "name": "crm",
+                    "type": "sql",
+                    "url": f"sqlite:///{folder / 'crm.db'}",
+                    "query": "SELECT customer_id AS user_id, email, phone, ad_consent, tier FROM customers "
+                    "WHERE customer_id IN :keys",
+                    "columns": {"email": "email", "phone": "phone", "consent": "ad_consent"},
+                },
+                {
+                    "name": "segment",
+                    "type": "segment_profiles",
+                    "space_id": SPACE,
+                    "access_token": TOKEN,
+                    "url": api_url,
+                    "traits": ["lifetime_value"],
+                    "max_per_second": args.max_per_second,
+                },
+            ]
+            enrichment = [lookup for lookup in lookups if args.lookups in ("both", lookup["type"])]
+        sections: dict[str, Any] = {"identity": {"send": ["email", "madid", "phoneNumber"]}}
+        sections["flows"] = [{"type": "audience_sync"}]
+        if enrichment:
+            sections["enrichment"] = enrichment
+        config = bench_config(folder / "segcrit.db", **sections)
+        store = SqliteStore(str(folder / "segcrit.db"))
+        metrics = Metrics()
+        processor = Processor(store, config, SystemClock(), metrics)
+        rules = tracking_rules(config)
+        # Measured events: about one in eleven from someone new (a new profile, so new lookups).
+        factory = EventFactory(everyone)
+
+        def worker() -> EnrichmentWorker:
+            built = build_enrichment(store, config, SystemClock(), metrics)
+            built.sources = [Timed(source) for source in built.sources]
+            mode.sources = {timed.lookup.name: timed for timed in built.sources}  # type: ignore[union-attr]
+            return built
+
+        try:
+            with Threads(processor, worker if lookups_on else None) as threads:
+                # Warm-up: everyone in the population identifies once; the CRM answers for them all
+                # (the Profile API goes on through the run, at its rate limit).
+                for start in range(0, population.size, BATCH):
+                    ingest(store, [identify(population.person(i)) for i in range(start, start + BATCH)], rules)
+                wait_until(lambda: store.backlog() == 0, deadline, "the warm-up to be processed")
+                if lookups_on and args.lookups != "segment_profiles":
+                    wait_until(lambda: store.unanswered_lookup_count("crm") == 0, deadline, "the CRM warm-up")
+                    wait_until(lambda: store.backlog() == 0, deadline, "the CRM's answers to be processed")
+
+                # Processing: a full inbox, drained while the worker goes on with its lookups.
+                threads.paused.set()
+                fill(store, factory, rules, args.events)
+                before = processed_events(metrics)
+                t0, cpu0 = time.perf_counter(), time.process_time()
+                threads.paused.clear()
+                wait_until(lambda: store.backlog() == 0, deadline, "the inbox to be processed")
+                mode.processing_rate = args.events / (time.perf_counter() - t0)
+                mode.processing_cpu = (time.process_time() - cpu0) / args.events * 1000
+                mode.answers_processed = int(processed_events(metrics) - before) - args.events
+
+                # Ingest, with the processor and the worker running, as under `segcrit serve`.
+                t1, cpu1 = time.perf_counter(), time.process_time()
+                fill(store, factory, rules, args.events)
+                mode.ingest_rate = args.events / (time.perf_counter() - t1)
+                mode.ingest_cpu = (time.process_time() - cpu1) / args.events * 1000
+                wait_until(lambda: store.backlog() == 0, deadline, "the last events to be processed")
+            if lookups_on:
+                log = httpx.get(f"{api_url}/_emulator/profiles", timeout=30).json()["requests"]
+                mode.request_times = [r["at"] for r in log]
+                mode.statuses = [r["status"] for r in log]
+        finally:
+            store.close()
+    return mode
+
+
+def processed_events(metrics: Metrics) -> float:
+    """Events the processor handled so far, lookup answers included."""
+    return metrics.registry.get_sample_value("segcrit_events_processed_total") or 0.0
+
+
+# ------------------------------------------------------------------------------------ reporting
+
+
+def busiest_second(times: list[float]) -> int:
+    ordered = sorted(times)
+    best, start = 0, 0
+    for end, at in enumerate(ordered):
+        while ordered[start] <= at - 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def report(off: Mode, on: Mode, max_per_second: int) -> list[tuple[bool, str]]:
+    print(f"{'':28}{'off':>12}{'on':>12}{'on/off':>10}")
+    for label, a, b in (
+        ("ingest (events/s)", off.ingest_rate, on.ingest_rate),
+        ("processing (events/s)", off.processing_rate, on.processing_rate),
+    ):
+        print(f"{label:28}{a:>12,.0f}{b:>12,.0f}{b / a if a else 0:>10.2f}")
+    for label, a, b in (
+        ("  CPU s per 1,000 ingested", off.ingest_cpu, on.ingest_cpu),
+        ("  CPU s per 1,000 processed", off.processing_cpu, on.processing_cpu),
+    ):
+        print(f"{label:28}{a:>12.3f}{b:>12.3f}{b / a if a else 0:>10.2f}")
+    print(f"  (with lookups on, the processor also handled {on.answers_processed:,} lookup answers meanwhile)")
+    # For benchmarks/compare.py, which reads `RESULT name=value` lines.
+    for name, value in (
+        ("ingest_off", off.ingest_rate),
+        ("ingest_on", on.ingest_rate),
+        ("processing_off", off.processing_rate),
+        ("processing_on", on.processing_rate),
+    ):
+        print(f"RESULT {name}={value:.0f}")
+    results: list[tuple[bool, str]] = []
+    crm, segment = on.sources.get("crm"), on.sources.get("segment")
+    if crm is not None:
+        per_query = crm.keys / max(1, crm.calls)
+        print(
+            f"{'lookups/s crm (sql)':28}{'-':>12}{crm.keys / max(crm.secs, 1e-9):>12,.0f}"
+            f"   {crm.calls:,} queries, {per_query:,.0f} keys per query"
+        )
+        results.append(
+            (
+                per_query >= TARGET_KEYS_PER_QUERY,
+                f"sql lookups batched: {per_query:,.0f} keys per query (target >= {TARGET_KEYS_PER_QUERY})",
+            )
+        )
+    busiest = busiest_second(on.request_times)
+    if segment is not None:
+        span = (max(on.request_times) - min(on.request_times)) if on.request_times else 0.0
+        rate = len(on.request_times) / span if span else 0.0
+        print(
+            f"{'lookups/s segment (API)':28}{'-':>12}{segment.keys / max(segment.secs, 1e-9):>12,.0f}"
+            f"   {len(on.request_times):,} requests, {rate:,.0f}/s, busiest second {busiest}"
+        )
+        too_many = on.statuses.count(429)
+        results.append(
+            (
+                busiest <= max_per_second and too_many == 0,
+                f"Profile API: busiest second {busiest} "
+                f"requests (max_per_second {max_per_second}), {too_many} answered 429",
+            )
+        )
+    for label, a, b in (
+        ("ingest", off.ingest_rate, on.ingest_rate),
+        ("processing", off.processing_rate, on.processing_rate),
+    ):
+        ratio = b / a if a else 0.0
+        results.insert(
+            0,
+            (
+                ratio >= TARGET_RATIO,
+                f"{label} with lookups on at {ratio:.2f} of off "
+                f"({b:,.0f} vs {a:,.0f} events/s; target >= {TARGET_RATIO})",
+            ),
+        )
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=20_000, help="events per phase")
+    parser.add_argument("--population", type=int, default=50_000, help="distinct people (and CRM rows)")
+    parser.add_argument("--lookups", choices=["both", "sql", "segment_profiles"], default="both")
+    parser.add_argument("--max-per-second", type=int, default=MAX_PER_SECOND, help="of the Profile API lookup")
+    parser.add_argument("--timeout-secs", type=float, default=600)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    deadline = time.monotonic() + args.timeout_secs
+
+    def run(folder: Path) -> list[tuple[bool, str]]:
+        off = run_mode(folder / "off", args, lookups_on=False, deadline=deadline)
+        on = run_mode(folder / "on", args, lookups_on=True, deadline=deadline)
+        return report(off, on, args.max_per_second)
+
+    print(f"enrichment benchmark: {args.events:,} events per phase, population {args.population:,}")
+    return run_in_temp_folder("enrichment", run, args.timeout_secs, "targets:", check=args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
