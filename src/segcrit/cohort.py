@@ -7,7 +7,7 @@ builtins), never `eval`. What an expression can use:
     first_order_at, last_order_at               epoch seconds, or None without orders
     last_seen_at, created_at                    epoch seconds
     days_since_last_order, days_since_first_order, days_since_last_seen   float days, or None
-    traits                                      non-PII traits from identify: traits['plan']
+    traits                                      traits from identify that cohorts may use (below)
     audiences                                   the audiences the person is a member of
     trait(name, default=None), in_audience(name), days_since(epoch)
     and / or / not, comparisons, in, arithmetic, literals
@@ -16,6 +16,11 @@ A missing value reads as None and an ordering comparison with it (<, <=, >, >=) 
 than an error, so `days_since_last_order < 30` excludes people who never ordered while
 `days_since_last_order > 90 or order_count == 0` still includes them; `traits['plan']` of someone
 without a plan is None.
+
+A profile keeps only the traits that cohorts can use (SPEC §8: free text from identify calls never
+lands on the profile): those that some `when` names (`traits['x']`, `trait('x')`, `'x' in traits`,
+found by `trait_names`) and a few common ones (segcrit.profile_flows.COHORT_TRAITS). An expression
+that reads `traits` as a whole (`len(traits)`, a computed name) sees only those.
 """
 
 from __future__ import annotations
@@ -234,6 +239,10 @@ def trait_names(expression: str) -> frozenset[str] | None:
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id == "traits":
             parent = parents.get(id(node))
+            tested = _membership_name(parent, node)
+            if tested is not None:  # `'x' in traits` reads one trait, as `traits['x']` does
+                names.add(tested)
+                continue
             if not (isinstance(parent, ast.Subscript) and parent.value is node):
                 return None
             if not (isinstance(parent.slice, ast.Constant) and isinstance(parent.slice.value, str)):
@@ -245,3 +254,17 @@ def trait_names(expression: str) -> frozenset[str] | None:
                 return None
             names.add(first.value)
     return frozenset(names)
+
+
+def _membership_name(node: ast.AST | None, traits: ast.Name) -> str | None:
+    """'x' for `'x' in traits` / `'x' not in traits` (one literal name, traits on the right)."""
+    if (
+        isinstance(node, ast.Compare)
+        and len(node.ops) == 1
+        and isinstance(node.ops[0], ast.In | ast.NotIn)
+        and node.comparators[0] is traits
+        and isinstance(node.left, ast.Constant)
+        and isinstance(node.left.value, str)
+    ):
+        return node.left.value
+    return None

@@ -36,6 +36,7 @@ from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymo
 from segcrit.membership import desired_targets
 from segcrit.metrics import Metrics
 from segcrit.profile_flows import ProfileFlowsStep
+from segcrit.sources.validate import in_time_range
 from segcrit.store.base import ChunkTx, ProcessingStore, ProcessingTx
 
 log = logging.getLogger("segcrit.engine")
@@ -63,10 +64,11 @@ class Outcome:
 
 
 def event_time(message: Mapping[str, Any], fallback: float) -> float:
+    """The event time ingest stored; `fallback` (the receive time) for anything else, so that no
+    stored message, however it got there, makes date arithmetic fail later."""
     meta = message.get("_segcrit")
-    if isinstance(meta, dict) and isinstance(meta.get("ts"), int | float):
-        return float(meta["ts"])
-    return fallback
+    ts = meta.get("ts") if isinstance(meta, dict) else None
+    return float(ts) if in_time_range(ts) else fallback
 
 
 class Processor:

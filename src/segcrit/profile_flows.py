@@ -1,6 +1,7 @@
 """The profile-flow step of processing: traits, suppression and lifecycle for one event.
 
-- traits: non-PII traits from `identify` are kept per profile for cohort expressions;
+- traits: the traits of `identify` calls that cohort expressions can use are kept per profile
+  (`cohort_traits`: an allowlist, so free text with personal data never lands on the profile);
 - suppression: a configured event holds the person back from `remove_from` audiences (and puts
   them in `add_to`) for `for_days`; desired state = member AND consented AND not held back;
 - lifecycle: a stage event makes the person a member of that stage's audience and of no other
@@ -19,45 +20,37 @@ from typing import Any
 
 import orjson
 
-from segcrit.config import Config, LifecycleFlow, SuppressionFlow, lifecycle_stage_audiences
+from segcrit.cohort import trait_names
+from segcrit.config import Config, LifecycleFlow, LookalikeSeedFlow, SuppressionFlow, lifecycle_stage_audiences
 from segcrit.domain import ProfileState
+from segcrit.identity.normalize import REDACTED
 from segcrit.store.base import ProcessingTx
 
 DAY_SECS = 86_400.0
-# Traits that identify or describe a person directly: never kept for cohorts.
-PII_TRAITS = frozenset(
-    {
-        "email",
-        "phone",
-        "name",
-        "firstName",
-        "lastName",
-        "first_name",
-        "last_name",
-        "username",
-        "address",
-        "birthday",
-        "avatar",
-        "title",
-        "website",
-        "description",
-        "gender",
-        "age",
-        "id",
-    }
+# Traits kept for cohorts without a `when` naming them, so that a seed flow added later finds them
+# on people identified before; every other trait is kept only when some `when` names it.
+COHORT_TRAITS = frozenset(
+    {"plan", "tier", "loyalty_tier", "vip_tier", "lifetime_value", "customer_type", "subscription_status"}
 )
 MAX_TRAITS = 100
 MAX_TRAIT_CHARS = 256
 
 
-def cohort_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
-    """The traits worth keeping for cohorts: scalar, not PII, bounded in size."""
+def cohort_trait_names(config: Config) -> frozenset[str]:
+    """The allowlist: COHORT_TRAITS and every trait a lookalike_seed `when` names. An expression
+    that reads `traits` as a whole gets no more: keeping every trait is what the list prevents."""
+    named = (trait_names(flow.when) for flow in config.flows_of(LookalikeSeedFlow))
+    return COHORT_TRAITS.union(*(names for names in named if names is not None))
+
+
+def cohort_traits(traits: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    """The traits worth keeping for cohorts: allowed, scalar, bounded in size, never redacted text."""
     kept: dict[str, Any] = {}
     for key, value in traits.items():
-        if len(kept) >= MAX_TRAITS or not isinstance(key, str) or key in PII_TRAITS or len(key) > 100:
+        if len(kept) >= MAX_TRAITS or key not in allowed:
             continue
         scalar = isinstance(value, bool | int | float) or value is None
-        short_text = isinstance(value, str) and len(value) <= MAX_TRAIT_CHARS and value != "[redacted]"
+        short_text = isinstance(value, str) and len(value) <= MAX_TRAIT_CHARS and REDACTED not in value
         if scalar or short_text:
             kept[key] = value
     return kept
@@ -82,6 +75,7 @@ class ProfileFlowsStep:
             (suppression_key(f), f) for f in config.flows if isinstance(f, SuppressionFlow)
         ]
         self.lifecycles: list[LifecycleFlow] = config.flows_of(LifecycleFlow)
+        self.trait_names = cohort_trait_names(config)
 
     def apply(self, tx: ProcessingTx, message: Mapping[str, Any], profile_id: int, ts: float, now: float) -> StepResult:
         changed = False
@@ -89,7 +83,7 @@ class ProfileFlowsStep:
         kind = message.get("type")
         traits = message.get("traits")
         if kind == "identify" and isinstance(traits, dict):
-            kept = cohort_traits(traits)
+            kept = cohort_traits(traits, self.trait_names)
             if kept:
                 tx.merge_traits(profile_id, kept, ts)
         event = message.get("event") if kind == "track" else None

@@ -16,6 +16,7 @@ import tracemalloc
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -166,6 +167,10 @@ def batch_body(*messages: Any, **envelope: Any) -> bytes:
 
 def sign(body: bytes, secret: str = SECRET) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def email_hashes(email: str) -> dict[str, str]:
@@ -371,6 +376,55 @@ def test_partial_batch_lists_rejections_by_index(ingest: Ingest) -> None:
         ],
     }
     assert [m["messageId"] for m in ingest.sink.messages] == ["m0", "m4"]
+
+
+def test_a_message_with_a_bad_timestamp_is_rejected_and_the_rest_of_the_batch_kept(ingest: Ingest) -> None:
+    items = [
+        track(0),
+        track(1, timestamp="2026-02-30T10:00:00Z"),
+        track(2, timestamp="9999-12-31T23:30:00-01:00"),
+        track(3, timestamp=1_764_000_000),
+        track(4, sentAt="2026-11-28T10:00:00+25:00"),
+        track(5),
+    ]
+    response = ingest.http.post("/v1/batch", content=batch_body(*items), headers=basic(WEB_KEY))
+    assert response.status_code == 200
+    assert response.json() == {
+        "success": True,
+        "rejected": [
+            {"index": 1, "reason": "timestamp is not a real date and time"},
+            {"index": 2, "reason": "timestamp is out of range (years 0001 to 9999)"},
+            {"index": 3, "reason": "timestamp must be an ISO-8601 string"},
+            {"index": 4, "reason": "sentAt has an impossible UTC offset"},
+        ],
+    }
+    assert [m["messageId"] for m in ingest.sink.messages] == ["m0", "m5"]
+
+
+def test_a_single_message_with_a_bad_timestamp_is_400(ingest: Ingest) -> None:
+    message = {"userId": "u1", "event": "Order Completed", "timestamp": "2026-13-01T00:00:00Z"}
+    response = ingest.http.post("/v1/track", json=message, headers=basic(WEB_KEY))
+    assert assert_error(response, 400, "invalid_message")["error"] == "timestamp is not a real date and time"
+    assert ingest.sink.calls == []
+
+
+def test_batch_sent_at_corrects_the_client_clock(ingest: Ingest) -> None:
+    now = ingest.clock.now()
+    # The client's clock is two days behind; its events happened 30 s and 5 s before sending.
+    skewed = now - 2 * 86_400
+    items = [track(1, timestamp=iso(skewed - 30)), track(2, timestamp=iso(skewed - 5), sentAt=iso(skewed - 4))]
+    body = batch_body(*items, sentAt=iso(skewed))
+    assert ingest.http.post("/v1/batch", content=body, headers=basic(WEB_KEY)).status_code == 200
+    first, second = ingest.sink.messages
+    assert first["_segcrit"]["ts"] == pytest.approx(now - 30)
+    assert second["_segcrit"]["ts"] == pytest.approx(now - 1)  # its own sentAt wins
+
+
+@pytest.mark.parametrize("sent_at", ["tomorrow", 1_764_000_000, "2026-11-28T10:00:00+25:00"])
+def test_a_batch_with_a_bad_sent_at_is_400(ingest: Ingest, sent_at: Any) -> None:
+    response = ingest.http.post("/v1/batch", content=batch_body(track(1), sentAt=sent_at), headers=basic(WEB_KEY))
+    assert assert_error(response, 400, "invalid_body")["error"].startswith("sentAt ")
+    assert ingest.sink.calls == []
 
 
 def test_batch_where_every_message_is_invalid_stores_nothing(ingest: Ingest) -> None:
@@ -703,7 +757,7 @@ def test_segment_python_library(ingest: Ingest, use_gzip: bool) -> None:
     ]
     assert order["event"] == "Order Completed"
     assert order["_segcrit"]["emails"] == [email_hashes(EMAIL)]
-    assert order["properties"]["note"] == "[redacted]"
+    assert order["properties"]["note"] == "ship to [redacted]"
     assert order["anonymousId"] is None  # the library sends explicit nulls
     raw = ingest.sink.raw().lower()
     assert b"jane.roe" not in raw and b"612345678" not in raw and WEB_KEY.lower().encode() not in raw

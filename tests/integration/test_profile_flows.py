@@ -71,10 +71,17 @@ def adjusted(p: Process, reason: str) -> float:
 # ------------------------------------------------------------------------------------ profile facts
 
 
-def test_profile_facts_count_each_order_once_and_keep_only_non_pii_traits(
+SEED_ON_SCORE = """\
+  - type: lookalike_seed
+    audience: engaged
+    when: "trait('engagement_score', 0) > 50 or 'beta' in traits"
+"""
+
+
+def test_profile_facts_count_each_order_once_and_keep_only_the_traits_cohorts_use(
     start: Start, config_with: ConfigWith
 ) -> None:
-    p = start(config_with("  - type: conversions\n"))
+    p = start(config_with("  - type: conversions\n" + SEED_ON_SCORE))
     t0 = p.now()
     p.send(
         order("u1", "o-1", t0, revenue=100),
@@ -92,6 +99,11 @@ def test_profile_facts_count_each_order_once_and_keep_only_non_pii_traits(
             phone="+33 6 12 34 56 78",
             address={"city": "Paris"},
             age=41,
+            engagement_score=72,  # named by the seed's `when`
+            beta=True,
+            nickname="JD",  # free text no cohort names: not kept
+            mobile_phone="+33 6 99 88 77 66",
+            notes="prefers calls on +33 6 12 34 56 78",
         ),
     )
 
@@ -99,7 +111,7 @@ def test_profile_facts_count_each_order_once_and_keep_only_non_pii_traits(
     assert facts is not None
     assert (facts.order_count, facts.revenue_total) == (4, 162.5)
     assert (facts.first_order_at, facts.last_order_at) == (t0, t0 + 180)
-    assert facts.traits == {"plan": "pro", "loyalty_tier": "gold"}
+    assert facts.traits == {"plan": "pro", "loyalty_tier": "gold", "engagement_score": 72, "beta": True}
     assert adjusted(p, "revenue_not_a_number") == 1  # the skipped revenue is counted, not silent
     # The cohort job reads the same facts, a page at a time.
     [paged] = [f for page in p.store.facts_pages() for f in page if f.profile_id == facts.profile_id]

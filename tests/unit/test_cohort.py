@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from segcrit.cohort import DAY_SECS, Cohort, CohortError
+from segcrit.cohort import DAY_SECS, Cohort, CohortError, trait_names
 from segcrit.domain import ProfileFacts
 
 NOW = 1_800_000_000.0
@@ -70,3 +70,18 @@ def test_text_compared_with_a_number_is_not_in_rather_than_an_error() -> None:
 def test_anything_beyond_a_plain_expression_is_refused_up_front(expression: str) -> None:
     with pytest.raises(CohortError):
         Cohort(expression)
+
+
+@pytest.mark.parametrize(
+    ("expression", "names"),
+    [
+        ("order_count >= 2", set()),
+        ("traits['plan'] == 'pro' and trait('score', 0) > 3", {"plan", "score"}),
+        ("'beta' in traits or 'alpha' not in traits", {"beta", "alpha"}),
+        ("in_audience('vip') and traits['tier'] in ['gold', 'silver']", {"tier"}),
+        ("not a valid expression (", set()),
+        ("len(traits) > 3", None),  # reads them all: profiles keep the allowlisted ones only
+    ],
+)
+def test_the_traits_an_expression_names_are_the_ones_profiles_keep(expression: str, names: set[str] | None) -> None:
+    assert trait_names(expression) == names

@@ -107,3 +107,28 @@ def test_documents_built_by_the_commerce_flow_are_valid() -> None:
     parsed = EventsDocument.model_validate(document)
     assert parsed.site_type == "m"
     assert [event.event for event in parsed.events] == ["trackTransaction", "viewItem"]
+
+
+def test_what_is_queued_for_the_events_api_never_holds_a_raw_email_or_phone() -> None:
+    # A message that did not come through ingest's sanitiser (an old inbox row, a hand-made replay).
+    message: dict[str, Any] = {
+        "type": "track",
+        "event": "Products Searched",
+        "userId": "u1",
+        "_segcrit": {"ts": 1e300},  # no date: the event's own timestamp text stands in, nothing raises
+        "timestamp": "2026-01-01T00:00:00Z",
+        "context": {
+            "ip": "jane@example.com",
+            "userAgent": "ShopApp/2.1 (account jane.roe@example.com)",
+            "page": {"url": "https://s.example/search?q=x&email=jane.roe%40example.com&utm=1"},
+        },
+        "properties": {"query": "order for jane.roe@example.com +33 6 12 34 56 78"},
+    }
+    header = document_header(message, person_ids(message, [(SHA256, MD5)], []), "6789", None, None)
+    searched = signal_event(message, ProductSignalsFlow(type="product_signals"))
+    assert searched is not None
+    assert header["full_url"] == "https://s.example/search?q=x&email=[redacted]&utm=1"
+    assert header["useragent"] == "ShopApp/2.1 (account [redacted])"
+    assert header["ip"] == "[redacted]"
+    assert searched.body["timestamp"] == "2026-01-01T00:00:00Z"
+    assert searched.body["keywords"] == "order for [redacted] [redacted]"

@@ -203,7 +203,7 @@ def test_consent_values_as_databases_write_them(value: object, expected: bool | 
 def test_a_driver_error_keeps_its_message_but_not_an_email_it_quotes() -> None:
     error = RuntimeError('invalid input syntax for type integer: "jane@example.com"')
     text = safe_error(error)
-    assert text == "RuntimeError: invalid input syntax for type integer: [redacted]"
+    assert text == 'RuntimeError: invalid input syntax for type integer: "[redacted]"'
 
 
 # ------------------------------------------------------------------------------ the answer message

@@ -13,13 +13,17 @@ import pytest
 
 from segcrit.sources.limits import json_depth_ok
 from segcrit.sources.validate import (
+    MAX_EPOCH,
+    MIN_EPOCH,
     TRACKING_TYPES,
     WEBHOOK_TYPES,
     MessageRules,
     format_timestamp,
+    in_time_range,
     merge_envelope,
     parse_timestamp,
     prepare_messages,
+    read_timestamp,
 )
 from segcrit.sources.webhook import signature_ok, signed_part
 
@@ -38,8 +42,10 @@ def track(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in message.items() if v is not ...}
 
 
-def prepare_one(message: Any, rules: MessageRules = TRACKING) -> tuple[dict[str, Any] | None, str | None]:
-    prepared = prepare_messages([message], rules, received_at=RECEIVED, new_id=lambda: "generated")
+def prepare_one(
+    message: Any, rules: MessageRules = TRACKING, sent_at: float | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    prepared = prepare_messages([message], rules, received_at=RECEIVED, sent_at=sent_at, new_id=lambda: "generated")
     if prepared.rejected:
         assert prepared.rejected[0]["index"] == 0
         return None, prepared.rejected[0]["reason"]
@@ -87,6 +93,59 @@ def test_timestamps_rejected(value: Any) -> None:
     assert parse_timestamp(value) is None
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (1_800_000_000, "must be an ISO-8601 string"),
+        (1.5, "must be an ISO-8601 string"),
+        (None, "must be an ISO-8601 string"),
+        (True, "must be an ISO-8601 string"),
+        ({"$date": "2026-11-28"}, "must be an ISO-8601 string"),
+        ("yesterday", "is not ISO-8601"),
+        ("2026-11-28T13:03:09.359+00:00:00", "is not ISO-8601"),
+        ("2026-13-01T00:00:00Z", "is not a real date and time"),
+        ("2026-02-30T00:00:00Z", "is not a real date and time"),
+        ("2026-02-29T00:00:00Z", "is not a real date and time"),  # not a leap year
+        ("2026-11-28T24:00:00Z", "is not a real date and time"),
+        ("2026-11-28T13:60:00Z", "is not a real date and time"),
+        ("2026-11-28T13:03:60Z", "is not a real date and time"),
+        ("0000-01-01T00:00:00Z", "is not a real date and time"),
+        ("2026-11-28T13:03:09+25:00", "has an impossible UTC offset"),
+        ("2026-11-28T13:03:09-24:00", "has an impossible UTC offset"),
+        ("2026-11-28T13:03:09+02:60", "has an impossible UTC offset"),
+        ("2026-11-28T13:03:09+9959", "has an impossible UTC offset"),
+        # Valid dates whose offset takes them out of the years a datetime can hold.
+        ("0001-01-01T00:00:00+00:01", "is out of range (years 0001 to 9999)"),
+        ("0001-01-01T05:00:00+06:00", "is out of range (years 0001 to 9999)"),
+        ("9999-12-31T23:30:00-01:00", "is out of range (years 0001 to 9999)"),
+    ],
+)
+def test_why_a_timestamp_is_refused(value: Any, why: str) -> None:
+    assert read_timestamp(value) == why
+    assert parse_timestamp(value) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0001-01-01T00:00:00Z", MIN_EPOCH),
+        ("0001-01-01T00:00:00-23:59", MIN_EPOCH + 86_340),
+        ("9999-12-31T23:59:59Z", MAX_EPOCH - 1),
+        ("2024-02-29T00:00:00Z", epoch(2024, 2, 29, 0, 0, 0)),
+        ("2026-11-28T13:03:09+23:59", epoch(2026, 11, 28, 13, 3, 9) - 86_340),
+    ],
+)
+def test_timestamps_at_the_edges_are_accepted(text: str, expected: float) -> None:
+    assert read_timestamp(text) == expected
+    assert in_time_range(read_timestamp(text))
+    datetime.fromtimestamp(expected, UTC)  # formats, does not raise
+
+
+@pytest.mark.parametrize("value", [MIN_EPOCH - 1, MAX_EPOCH, float("inf"), float("nan"), "1", None, True])
+def test_out_of_range_times_are_not_in_range(value: Any) -> None:
+    assert not in_time_range(value)
+
+
 def test_format_timestamp_round_trips() -> None:
     assert format_timestamp(RECEIVED) == "2027-01-15T08:00:00.500Z"
     assert parse_timestamp(format_timestamp(RECEIVED)) == RECEIVED
@@ -115,7 +174,7 @@ def test_format_timestamp_round_trips() -> None:
         (track(messageId="m" * 101), "messageId longer than 100 characters"),
         (track(messageId=["m"]), "messageId must be a string"),
         (track(timestamp="last tuesday"), "timestamp is not ISO-8601"),
-        (track(timestamp=1_800_000_000), "timestamp is not ISO-8601"),
+        (track(timestamp=1_800_000_000), "timestamp must be an ISO-8601 string"),
         (track(properties=[1]), "properties must be an object"),
         (track(context="web"), "context must be an object"),
         (track(integrations=True), "integrations must be an object"),
@@ -183,6 +242,102 @@ def test_missing_timestamp_is_the_receive_time() -> None:
     assert out is not None
     assert out["_segcrit"]["ts"] == RECEIVED
     assert out["timestamp"] == "2027-01-15T08:00:00.500Z"
+
+
+# ---------------------------------------------------------------------------------- event time
+
+BEFORE_RECEIPT = "2027-01-15T07:59:00.500Z"  # 60 s before RECEIVED
+
+
+def test_sent_at_corrects_the_device_clock() -> None:
+    # The device's clock is a day behind: the event happened 10 s before its batch was sent.
+    out, _ = prepare_one(track(timestamp="2027-01-14T08:00:00.000Z", sentAt="2027-01-14T08:00:10.000Z"))
+    assert out is not None
+    assert out["_segcrit"]["ts"] == pytest.approx(RECEIVED - 10)
+    assert out["timestamp"] == "2027-01-14T08:00:00.000Z"  # stored as sent; the event time is _segcrit.ts
+
+
+def test_the_message_sent_at_wins_over_the_batch_one() -> None:
+    batch_sent = RECEIVED + 3_600  # that client's clock is an hour ahead
+    out, _ = prepare_one(track(timestamp=format_timestamp(RECEIVED + 3_590)), sent_at=batch_sent)
+    assert out is not None and out["_segcrit"]["ts"] == pytest.approx(RECEIVED - 10)
+    own = track(timestamp=format_timestamp(RECEIVED + 3_590), sentAt=format_timestamp(RECEIVED + 3_595))
+    out, _ = prepare_one(own, sent_at=batch_sent)
+    assert out is not None and out["_segcrit"]["ts"] == pytest.approx(RECEIVED - 5)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"timestamp": "2099-01-01T00:00:00Z"},
+        {"timestamp": "9999-12-31T23:59:59.999999Z"},
+        {"timestamp": "2027-01-15T08:00:00.000Z", "sentAt": "2027-01-15T07:00:00.000Z"},  # after its own sending
+        {"timestamp": None, "sentAt": "2020-01-01T00:00:00Z"},
+    ],
+)
+def test_no_event_time_is_later_than_its_receipt(fields: dict[str, Any]) -> None:
+    out, reason = prepare_one(track(**fields))
+    assert reason is None and out is not None
+    assert out["_segcrit"]["ts"] == RECEIVED
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"timestamp": "2026-02-30T10:00:00Z"}, "timestamp is not a real date and time"),
+        ({"timestamp": "2026-11-28T10:00:00+25:00"}, "timestamp has an impossible UTC offset"),
+        ({"timestamp": "0001-01-01T00:30:00+01:00"}, "timestamp is out of range (years 0001 to 9999)"),
+        ({"timestamp": 1_800_000_000_000}, "timestamp must be an ISO-8601 string"),
+        ({"sentAt": "now"}, "sentAt is not ISO-8601"),
+        ({"sentAt": 1_800_000_000}, "sentAt must be an ISO-8601 string"),
+        ({"sentAt": "2026-13-01T00:00:00Z"}, "sentAt is not a real date and time"),
+        (
+            {"timestamp": "0001-01-02T00:00:00Z", "sentAt": "9999-01-01T00:00:00Z"},
+            "timestamp is out of range once corrected with sentAt",
+        ),
+    ],
+)
+def test_bad_times_are_rejected_at_ingest(fields: dict[str, Any], reason: str) -> None:
+    assert prepare_one(track(**fields)) == (None, reason)
+
+
+def test_a_batch_keeps_the_messages_whose_time_is_good() -> None:
+    items = [track(messageId="a"), track(messageId="b", timestamp="2026-11-31T00:00:00Z"), track(messageId="c")]
+    prepared = prepare_messages(items, TRACKING, received_at=RECEIVED)
+    assert [m["messageId"] for m in prepared.messages] == ["a", "c"]
+    assert prepared.rejected == [{"index": 1, "reason": "timestamp is not a real date and time"}]
+
+
+@pytest.mark.parametrize("timestamp", ["whenever", 17, "2026-11-28T10:00:00+25:00", "0001-01-01T00:00:00+05:00"])
+def test_a_deletion_with_a_bad_time_takes_the_receipt_time(timestamp: Any) -> None:
+    out, reason = prepare_one({"type": "delete", "userId": "u1", "timestamp": timestamp}, WEBHOOK)
+    assert reason is None and out is not None
+    assert out["_segcrit"]["ts"] == RECEIVED
+    assert out["timestamp"] == format_timestamp(RECEIVED)
+
+
+def test_segment_s_own_messages_are_already_corrected() -> None:
+    # Webhooks and archives: Segment applied sentAt already (its `timestamp` is the corrected one),
+    # so the device's sentAt is neither applied again nor checked.
+    fields = {"timestamp": BEFORE_RECEIPT, "sentAt": "garbage", "originalTimestamp": "2020-01-01T00:00:00Z"}
+    out, reason = prepare_one(track(**fields), WEBHOOK)
+    assert reason is None and out is not None
+    assert out["_segcrit"]["ts"] == pytest.approx(RECEIVED - 60)
+
+
+def test_segment_s_receipt_caps_its_messages_times() -> None:
+    segment_receipt = "2027-01-15T07:58:00.500Z"  # 120 s before ours
+    out, _ = prepare_one(track(timestamp=BEFORE_RECEIPT, receivedAt=segment_receipt), WEBHOOK)
+    assert out is not None
+    assert out["_segcrit"]["ts"] == pytest.approx(RECEIVED - 120)
+    assert out["receivedAt"] == segment_receipt
+    out, _ = prepare_one(track(timestamp=None, receivedAt=segment_receipt), WEBHOOK)
+    assert out is not None and out["_segcrit"]["ts"] == pytest.approx(RECEIVED - 120)
+    assert out["timestamp"] == segment_receipt
+    # A receivedAt that is no time is replaced by ours, and ours caps the event time.
+    out, _ = prepare_one(track(timestamp="2099-01-01T00:00:00Z", receivedAt="soon"), WEBHOOK)
+    assert out is not None
+    assert (out["_segcrit"]["ts"], out["receivedAt"]) == (RECEIVED, format_timestamp(RECEIVED))
 
 
 def test_received_at_from_a_client_is_replaced_but_segment_webhooks_keep_theirs() -> None:

@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from segcrit.clock import Clock
 from segcrit.config import SqlLookup
 from segcrit.enrichment.answers import Answer, LookupResult, LookupUnavailable, consent_value, text_id
-from segcrit.identity.normalize import normalize_email, sanitize_message
+from segcrit.identity.normalize import normalize_email, redact_text
 from segcrit.metrics import Metrics
 from segcrit.ratelimit import Sleep, SlidingWindowLimiter
 
@@ -93,11 +93,9 @@ def safe_error(error: BaseException) -> str:
     refused login), never the parameters, with any email in it redacted."""
     cause = getattr(error, "orig", None) or error
     text = f"{cause.__class__.__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
-    # The redaction ingest applies to free text (a driver may quote a value it choked on), word by
-    # word, so that the rest of the message survives.
-    words = text[:MAX_ERROR_CHARS].split(" ")
-    cleaned = sanitize_message({"type": "track", "properties": {"error": words}})
-    return " ".join(str(word) for word in cleaned["properties"]["error"])
+    # The redaction ingest applies to free text (a driver may quote a value it choked on): the
+    # rest of the message survives. Redacted before it is cut, so no part of an address is left.
+    return redact_text(text)[:MAX_ERROR_CHARS]
 
 
 def _trait_value(value: Any) -> Any:

@@ -11,6 +11,9 @@ messageId of a signal (`event_id`).
 
 Bad input never raises: a malformed product is left out, a price sent as a string is read as a
 number, a missing currency is omitted, and each such case is reported in `notes` so it is counted.
+Text copied from the message into a document (`full_url`, `useragent`, `ip`, search `keywords`)
+goes through `redact_text` once more: ingest has already removed raw emails and phones, and this
+keeps a message stored by any other path from sending one to Criteo.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import orjson
 
 from segcrit.config import CommerceMapping, ProductSignalsFlow
+from segcrit.identity.normalize import redact_text
 
 # Segment e-commerce spec v2 event -> Criteo OneTag event (overridable per flow).
 DEFAULT_SIGNALS: Mapping[str, str] = {
@@ -113,7 +117,10 @@ def event_timestamp(message: Mapping[str, Any]) -> str:
     meta = message.get("_segcrit")
     ts = meta.get("ts") if isinstance(meta, Mapping) else None
     if isinstance(ts, int | float):
-        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        try:
+            return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        except (OverflowError, ValueError, OSError):
+            pass  # ingest never stores such a time; a message from elsewhere must not stop processing
     return str(message.get("timestamp") or "")
 
 
@@ -211,7 +218,7 @@ def signal_event(message: Mapping[str, Any], flow: ProductSignalsFlow) -> Criteo
         body["item"] = items_of(message, flow.mapping, notes, with_price=False)[:VIEW_LIST_MAX_ITEMS]
         query = lookup(message, "properties.query")
         if isinstance(query, str) and query.strip():
-            body["keywords"] = query.strip()[:500]
+            body["keywords"] = redact_text(query.strip())[:500]
     elif name in ("addToCart", "viewBasket", "beginCheckout"):
         body["item"] = items_of(message, flow.mapping, notes, with_price=True)
         if not body["item"]:
@@ -279,13 +286,14 @@ def document_header(
         header["retailer_visitor_id"] = ids.retailer_visitor_id
     ip = context.get("ip")
     if isinstance(ip, str) and ip:
-        header["ip"] = ip[:64]
+        header["ip"] = redact_text(ip)[:64]
     if user_agent:
-        header["useragent"] = user_agent[:1000]
+        header["useragent"] = redact_text(user_agent)[:1000]
     url = (page or {}).get("url") if isinstance(page, Mapping) else None
     url = url or lookup(message, "properties.url")
     if isinstance(url, str) and url:
-        header["full_url"] = url[:2000]
+        # Redacted before it is cut, so that a cut cannot leave part of an address behind.
+        header["full_url"] = redact_text(url)[:2000]
     return header
 
 

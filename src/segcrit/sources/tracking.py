@@ -10,7 +10,8 @@ ignore: the write key is the credential). A Basic header wins over the body. The
 source. Any Content-Type is read as JSON (browsers send text/plain to avoid a CORS pre-flight).
 
 Order of checks, cheapest first: method, Basic key, backlog (429 before reading the body), body
-size and gzip, JSON depth and syntax, body key, envelope, then each message.
+size and gzip, JSON depth and syntax, body key, envelope (a batch `sentAt` that is not a valid
+ISO-8601 time refuses the whole batch: it would skew every message's time), then each message.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from segcrit.sources.accept import (
     request_error_response,
 )
 from segcrit.sources.limits import Disconnected, RequestError, parse_json, read_body
-from segcrit.sources.validate import TRACKING_TYPES, MessageRules, prepare_messages
+from segcrit.sources.validate import TRACKING_TYPES, MessageRules, prepare_messages, read_timestamp
 from segcrit.store.base import IngestSink
 
 BATCH_PATHS: Final = ("batch", "import", "b")
@@ -147,9 +148,13 @@ class TrackingApi(Receiver):
             return self._too_many(source)
         if not isinstance(context, dict | None) or not isinstance(integrations, dict | None):
             return self._bad_body(source, "context and integrations must be objects")
+        # The batch's clock, for the skew correction of messages without a `sentAt` of their own.
+        sent_at = None if body.get("sentAt") is None else read_timestamp(body["sentAt"])
+        if isinstance(sent_at, str):
+            return self._bad_body(source, "sentAt " + sent_at)
 
         prepared = prepare_messages(
-            items, self._rules, received_at=received_at, context=context, integrations=integrations
+            items, self._rules, received_at=received_at, context=context, integrations=integrations, sent_at=sent_at
         )
         return await self._commit(source, prepared, received_at, single=False)
 

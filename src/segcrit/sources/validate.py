@@ -1,6 +1,6 @@
 """Turn the messages of one request into sanitised, validated messages ready for the store.
 
-    prepare_messages(items, rules, received_at=..., context=..., integrations=...) -> Prepared
+    prepare_messages(items, rules, received_at=..., context=..., integrations=..., sent_at=...) -> Prepared
 
 Each message is, in order: merged with the batch envelope's `context`/`integrations` (its own keys
 win, as Segment does), measured (one orjson serialisation), sanitised (raw emails and phones out,
@@ -9,8 +9,22 @@ or None and normalises the message in place:
 
 - `userId`, `anonymousId`, `previousId`, `groupId`, `messageId`: numbers become strings, an
   explicit null is the same as absent; a missing `messageId` gets a uuid4.
-- `_segcrit.ts`: the event time as float epoch seconds (`timestamp`, else the receive time);
-  `_segcrit.received_at`: the receive time; `receivedAt`: its ISO form.
+- `_segcrit.ts`: the event time as float epoch seconds (below); `_segcrit.received_at`: the receive
+  time; `receivedAt`: its ISO form.
+
+Event time (SPEC §1), the one Segment would record:
+- Tracking API: `timestamp`, corrected for the client's clock with `sentAt` (the message's own,
+  else the batch's) as `receivedAt - (sentAt - timestamp)`; without `timestamp`, the receive time.
+- Messages that come from Segment itself (`keep_received_at`: webhooks, archive imports): Segment
+  already made that correction, so their `timestamp` is used as it is and their `sentAt` (the
+  device's clock) is ignored; their `receivedAt` (Segment's receipt) is kept when it is a valid
+  time, and otherwise replaced by ours.
+- Never later than the receipt (the earlier of Segment's and ours): a device clock cannot pin a
+  membership, a consent or a suppression in the future.
+- A `timestamp` or `sentAt` that is not a string, not ISO-8601, not a real date (month 13, Feb 30,
+  offset +25:00) or outside the years 0001-9999 once its offset is applied gets the message
+  rejected, so no date arithmetic can fail on a stored message later; a `delete` is never refused
+  for its time and takes the receipt time instead. The stored `timestamp` stays as sent.
 
 A message that fails is left out and reported by its index; the others go on. Reasons are
 constant strings (never the client's data), so they are safe as a metrics label and in responses.
@@ -24,7 +38,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 
 import orjson
 
@@ -40,6 +54,11 @@ _ISO_8601 = re.compile(
     re.ASCII,
 )
 _OBJECT_FIELDS: Final = ("context", "traits", "properties", "integrations")
+# The instants a datetime can hold: 0001-01-01T00:00:00Z and 10000-01-01T00:00:00Z. Every stored
+# event time lies between them, so formatting one as a date never raises.
+MIN_EPOCH: Final = -62_135_596_800.0
+MAX_EPOCH: Final = 253_402_300_800.0
+_MAX_OFFSET_HOURS: Final = 23
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +67,8 @@ class MessageRules:
 
     types: frozenset[str]
     max_message_bytes: int
-    # Webhook messages come from Segment, whose `receivedAt` is the real first receipt.
+    # Messages from Segment itself (webhooks, archives): `receivedAt` is the real first receipt and
+    # `timestamp` is already corrected with `sentAt`.
     keep_received_at: bool = False
     phone_region: str | None = None
     # Hears of every email accepted (kept in memory for enrichment lookups keyed by email).
@@ -74,9 +94,13 @@ def prepare_messages(
     received_at: float,
     context: Mapping[str, Any] | None = None,
     integrations: Mapping[str, Any] | None = None,
+    sent_at: float | None = None,
     new_id: Callable[[], str] = _new_message_id,
 ) -> Prepared:
-    """Merge, measure, sanitise and validate every item (module docstring)."""
+    """Merge, measure, sanitise and validate every item (module docstring).
+
+    `sent_at` is the batch's `sentAt` (epoch seconds, already checked by the caller).
+    """
     prepared = Prepared()
     received_iso = format_timestamp(received_at)
     too_large = f"message exceeds {rules.max_message_bytes} bytes"
@@ -95,11 +119,14 @@ def prepare_messages(
         if len(serialised) > rules.max_message_bytes:
             prepared.rejected.append({"index": index, "reason": too_large})
             continue
-        # No "@" anywhere (most track and page calls): no email to look for inside strings.
+        # The serialisation tells the sanitiser which searches it can skip (most messages hold no
+        # email and no phone at all).
         clean = sanitize_message(
-            message, phone_region=rules.phone_region, may_hold_email=b"@" in serialised, on_email=rules.on_email
+            message, phone_region=rules.phone_region, serialised=serialised, on_email=rules.on_email
         )
-        reason = validate_message(clean, rules, received_at=received_at, received_iso=received_iso, new_id=new_id)
+        reason = validate_message(
+            clean, rules, received_at=received_at, received_iso=received_iso, sent_at=sent_at, new_id=new_id
+        )
         if reason is None:
             prepared.messages.append(clean)
         else:
@@ -132,11 +159,13 @@ def validate_message(
     *,
     received_at: float,
     received_iso: str | None = None,
+    sent_at: float | None = None,
     new_id: Callable[[], str] = _new_message_id,
 ) -> str | None:
     """None when `message` is acceptable (and then normalised in place), else the reason.
 
     Expects a sanitised message: its `_segcrit` object is ours and gets `ts` and `received_at`.
+    `sent_at` is the batch's `sentAt`, used when the message has none of its own.
     """
     kind = message.get("type")
     if not isinstance(kind, str) or kind not in rules.types:
@@ -174,24 +203,66 @@ def validate_message(
     elif len(message_id) > MAX_MESSAGE_ID_CHARS:
         return f"messageId longer than {MAX_MESSAGE_ID_CHARS} characters"
 
-    timestamp = message.get("timestamp")
-    if timestamp is None:
-        ts = received_at
-        message["timestamp"] = received_iso or format_timestamp(received_at)
-    else:
-        parsed = parse_timestamp(timestamp)
-        if parsed is None:
-            return "timestamp is not ISO-8601"
-        ts = parsed
-
-    if not rules.keep_received_at or not isinstance(message.get("receivedAt"), str):
-        message["receivedAt"] = received_iso or format_timestamp(received_at)
+    ts = _event_time(message, kind, rules, received_at, received_iso or format_timestamp(received_at), sent_at)
+    if isinstance(ts, str):
+        return ts
     reserved = message.get(RESERVED_KEY)
     if not isinstance(reserved, dict):
         reserved = message[RESERVED_KEY] = {}
     reserved["ts"] = ts
     reserved["received_at"] = received_at
     return None
+
+
+def _event_time(
+    message: dict[str, Any],
+    kind: str,
+    rules: MessageRules,
+    received_at: float,
+    received_iso: str,
+    sent_at: float | None,
+) -> float | str:
+    """The event time (module docstring), or the reason the message's times are refused."""
+    receipt = _receipt(message, rules, received_at, received_iso)
+    ts = _client_time(message, rules, receipt, sent_at)
+    if isinstance(ts, float):
+        return min(ts, receipt)
+    if ts is not None and kind != "delete":
+        return ts
+    # No timestamp, or a deletion (honoured whatever its clock says): the receipt time.
+    message["timestamp"] = received_iso if receipt == received_at else format_timestamp(receipt)
+    return receipt
+
+
+def _client_time(
+    message: Mapping[str, Any], rules: MessageRules, receipt: float, sent_at: float | None
+) -> float | str | None:
+    """The message's `timestamp` corrected with `sentAt`, None without one, or why it is refused."""
+    own = None if rules.keep_received_at else message.get("sentAt")
+    sent = (None if rules.keep_received_at else sent_at) if own is None else read_timestamp(own)
+    if isinstance(sent, str):
+        return "sentAt " + sent
+    timestamp = message.get("timestamp")
+    if timestamp is None:
+        return None
+    ts = read_timestamp(timestamp)
+    if isinstance(ts, str):
+        return "timestamp " + ts
+    if sent is None:
+        return ts
+    corrected = receipt - (sent - ts)
+    return corrected if corrected >= MIN_EPOCH else "timestamp is out of range once corrected with sentAt"
+
+
+def _receipt(message: dict[str, Any], rules: MessageRules, received_at: float, received_iso: str) -> float:
+    """When the message was first received: Segment's `receivedAt` for its own messages (never
+    later than our receipt, whose clock may differ), else ours, stored as `receivedAt`."""
+    if rules.keep_received_at:
+        theirs = parse_timestamp(message.get("receivedAt"))
+        if theirs is not None:
+            return min(theirs, received_at)
+    message["receivedAt"] = received_iso
+    return received_at
 
 
 def _normalize_id(message: dict[str, Any], key: str) -> str | Literal[False] | None:
@@ -210,31 +281,54 @@ def _normalize_id(message: dict[str, Any], key: str) -> str | Literal[False] | N
 
 
 def parse_timestamp(value: object) -> float | None:
-    """ISO-8601 date-time to epoch seconds, or None when it is not one.
+    """ISO-8601 date-time to epoch seconds, or None when it is not one (see `read_timestamp`)."""
+    result = read_timestamp(value)
+    return None if isinstance(result, str) else result
+
+
+def read_timestamp(value: object) -> float | str:
+    """ISO-8601 date-time to epoch seconds, or why it is not one (a constant phrase).
 
     Accepts `Z`, `±HH:MM`, `±HHMM`, `±HH` or no offset (read as UTC), and 0 to 9 fraction digits
-    (Go clients send nanoseconds; anything past microseconds is dropped).
+    (Go clients send nanoseconds; anything past microseconds is dropped). The instant must fall in
+    the years 0001-9999 once the offset is applied (MIN_EPOCH to MAX_EPOCH).
     """
     if not isinstance(value, str):
-        return None
+        return "must be an ISO-8601 string"
     match = _ISO_8601.fullmatch(value)
     if match is None:
-        return None
+        return "is not ISO-8601"
     year, month, day, hour, minute, second, fraction, offset = match.groups()
+    offset_secs = _offset_seconds(offset)
+    if offset_secs is None:
+        return "has an impossible UTC offset"
     micros = int(fraction[:6].ljust(6, "0")) if fraction else 0
     try:
         moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tzinfo=UTC)
     except ValueError:
-        return None
-    return moment.timestamp() - _offset_seconds(offset)
+        return "is not a real date and time"
+    epoch = moment.timestamp() - offset_secs
+    if not MIN_EPOCH <= epoch <= MAX_EPOCH:
+        return "is out of range (years 0001 to 9999)"
+    return epoch
 
 
-def _offset_seconds(offset: str | None) -> int:
+def _offset_seconds(offset: str | None) -> int | None:
+    """The UTC offset in seconds; None when it is not one a clock can show (+25:00, +02:60)."""
     if offset is None or offset in {"Z", "z"}:
         return 0
     digits = offset[1:].replace(":", "")
-    seconds = int(digits[:2]) * 3600 + (int(digits[2:4]) * 60 if len(digits) > 2 else 0)
+    hours = int(digits[:2])
+    minutes = int(digits[2:4]) if len(digits) > 2 else 0
+    if hours > _MAX_OFFSET_HOURS or minutes > 59:
+        return None
+    seconds = hours * 3600 + minutes * 60
     return -seconds if offset[0] == "-" else seconds
+
+
+def in_time_range(epoch: object) -> TypeGuard[int | float]:
+    """True for an epoch seconds value that formats as a date (processing's guard on stored times)."""
+    return isinstance(epoch, int | float) and not isinstance(epoch, bool) and MIN_EPOCH <= epoch < MAX_EPOCH
 
 
 def format_timestamp(epoch: float) -> str:

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS profiles (
     last_seen_at REAL NOT NULL,
     consent      INTEGER,          -- NULL: never seen consent information
     consent_ts   REAL,
-    traits       BLOB,             -- non-PII traits from identify (JSON), latest first
+    traits       BLOB,             -- the traits cohorts use, from identify (JSON), latest first
     traits_ts    REAL
 );
 CREATE INDEX IF NOT EXISTS profiles_by_last_seen ON profiles (last_seen_at);
