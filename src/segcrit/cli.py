@@ -356,6 +356,33 @@ def resync(audience: str, config_file: str | None) -> None:
     click.echo(f"{audience}: Criteo emptied and refilled with {sent} identifier(s)")
 
 
+@cli.command()
+@config_option
+@click.option("--check", is_flag=True, help="Only list the pending migrations (exit 1 when there are some).")
+def migrate(config_file: str | None, check: bool) -> None:
+    """Apply the store's pending schema migrations (serve also applies them at start)."""
+    from segcrit.store import open_store, pending_migrations
+
+    config = load_config(config_file)
+    if check:
+        waiting = pending_migrations(config.store)
+        for migration in waiting:
+            click.echo(f"pending: {migration.label}")
+        if waiting:
+            raise SegcritError(f"{len(waiting)} migration(s) pending: run `segcrit migrate`")
+        click.echo("schema up to date")
+        return
+    # As an owner: on SQLite no `segcrit serve` runs on the file meanwhile (it migrates at start).
+    store = open_store(config.store, owner=True, migrate=False)
+    try:
+        applied = store.apply_migrations()
+    finally:
+        store.close()
+    for migration in applied:
+        click.echo(f"applied: {migration.label}")
+    click.echo("schema up to date" + (f" ({len(applied)} migration(s) applied)" if applied else ""))
+
+
 # ---------------------------------------------------------------------------------------- entry
 
 

@@ -33,7 +33,7 @@ RUN_TIMEOUT_SECS = 60
 JANE_SHA = email_hashes("jane.doe@example.com")[0]
 JANE_IDS = (("email", JANE_SHA), ("madid", "AD-1"))
 COMMANDS = {"serve", "check", "demo", "emulator", "status", "replay", "forget", "preview", "import", "resync", "init"}
-COMMANDS |= {"enrich"}
+COMMANDS |= {"enrich", "migrate"}
 
 
 def segcrit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

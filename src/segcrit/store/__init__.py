@@ -7,27 +7,51 @@ from pathlib import Path
 
 from segcrit.errors import StoreError
 from segcrit.store.base import Store
+from segcrit.store.migrations import Migration, load_migrations
 
-__all__ = ["Store", "open_store", "store_exists"]
+__all__ = ["Store", "open_store", "pending_migrations", "store_exists"]
 
 _SQLITE_PREFIXES = ("sqlite:///", "sqlite://")
 _POSTGRESQL_PREFIXES = ("postgresql://", "postgres://")
 
 
-def open_store(url: str, *, owner: bool = False) -> Store:
-    """`owner`: this process runs workers (serve, import, resync): on SQLite a second one is refused."""
+def open_store(url: str, *, owner: bool = False, migrate: bool = True) -> Store:
+    """`owner`: this process runs workers (serve, import, resync): on SQLite a second one is refused.
+    `migrate`: apply the pending schema migrations first (on SQLite, that is how a new file gets
+    its schema); every command does but `segcrit migrate --check`."""
     if url.startswith("sqlite://"):
         # Imported here: a command that never opens a store does not load an implementation.
         from segcrit.store.sqlite import open_sqlite
 
         try:
-            return open_sqlite(url, owner=owner)
+            return open_sqlite(url, owner=owner, migrate=migrate)
         except StoreError:
             raise  # says what is wrong already (another process owns the file)
         except Exception as exc:  # sqlite3.Error, OSError: report the place, not a traceback
             raise StoreError(f"cannot open store {url}: {exc}") from None
     if url.startswith(_POSTGRESQL_PREFIXES):
         raise StoreError("store: PostgreSQL is not available in this version yet; use sqlite:///PATH")
+    raise StoreError(f"store: unsupported URL scheme in {url.split(':', 1)[0]!r}")
+
+
+def pending_migrations(url: str) -> list[Migration]:
+    """The migrations the store at `url` lacks, found without changing it (`segcrit migrate
+    --check`): a store that does not exist yet lacks them all, and is not created."""
+    if not store_exists(url):
+        return list(load_migrations(_dialect(url)))
+    store = open_store(url, migrate=False)
+    try:
+        return store.pending_migrations()
+    finally:
+        store.close()
+
+
+def _dialect(url: str) -> str:
+    """The folder of segcrit.store.migrations that holds the store's migrations."""
+    if url.startswith(_SQLITE_PREFIXES):
+        return "sqlite"
+    if url.startswith(_POSTGRESQL_PREFIXES):
+        return "postgresql"
     raise StoreError(f"store: unsupported URL scheme in {url.split(':', 1)[0]!r}")
 
 

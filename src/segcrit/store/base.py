@@ -18,6 +18,7 @@ role it uses (the records they exchange are in `segcrit.domain`):
     EnrichmentStore                the lookups queue
     StatusReads / Replays          `segcrit status`, /metrics, the admin; `segcrit replay`
     StoreHealth                    close, ping, write failures
+    SchemaStore                    versioned migrations (segcrit.store.migrations)
 
 `SqliteStore` (one process, WAL) implements them all; a PostgreSQL store for several processes
 implements the same (docs/architecture.md, "The store seam").
@@ -64,6 +65,7 @@ from segcrit.domain import (
     WaitingPlace,
 )
 from segcrit.ratelimit import RateLimiter, Sleep
+from segcrit.store.migrations import Migration
 
 # ---------------------------------------------------------------------------------------- ingest
 
@@ -512,6 +514,18 @@ class StatusReads(StoreHealth, Protocol):
     def unanswered_lookup_count(self, lookup: str) -> int: ...
 
 
+class SchemaStore(Protocol):
+    """Versioned schema migrations (segcrit.store.migrations has the rule for writing one)."""
+
+    def pending_migrations(self) -> list[Migration]:
+        """The migrations this store lacks, in order (read only)."""
+        ...
+
+    def apply_migrations(self) -> list[Migration]:
+        """Apply the pending migrations under the store's migration lock; returns those applied."""
+        ...
+
+
 class Replays(Protocol):
     def replay_dead_letters(self, audience: str | None, now: float) -> int:
         """Put open dead letters (of one audience) back on their queues; returns how many."""
@@ -532,6 +546,7 @@ class Store(
     EnrichmentStore,
     StatusReads,
     Replays,
+    SchemaStore,
     Protocol,
 ):
     """Every role: what `open_store` returns and `segcrit serve` hands out."""

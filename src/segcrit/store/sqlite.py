@@ -27,9 +27,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -50,6 +49,7 @@ from segcrit.domain import (
 from segcrit.errors import StoreError, StoreUnavailable
 from segcrit.ratelimit import RateLimiter, Sleep, SlidingWindowLimiter
 from segcrit.store import sqlite_path
+from segcrit.store.migrations import Migration, load_migrations, pending, run_migrations
 from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
 from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin, MemoryClaims
 from segcrit.store.sqlite_enrichment import EnrichmentStoreMixin, EnrichmentTxMixin
@@ -168,7 +168,9 @@ def _claim_ownership(path: str) -> int:
 class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, EnrichmentStoreMixin):
     """The store on one SQLite file (see the module docstring for threads and transactions).
 
-    `owner`: this process runs workers on the file; a second owner is refused (StoreError).
+    `owner`: this process runs workers on the file; a second owner is refused (StoreError), and
+    the claims of calls a dead owner left in flight are released. `migrate`: apply the pending
+    schema migrations first (every open but `segcrit migrate --check`).
     `pragmas`: set on every connection after segcrit's own (tests use `max_page_count` to fill
     the "disk"); `busy_timeout_ms`: how long a write waits for another process's lock.
     """
@@ -178,6 +180,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         path: str,
         *,
         owner: bool = False,
+        migrate: bool = True,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
         pragmas: Mapping[str, int | str] | None = None,
     ) -> None:
@@ -210,10 +213,10 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         try:
             if path != ":memory:":
                 _make_private(path)
-            schema = resources.files("segcrit.store").joinpath("schema_sqlite.sql").read_text()
-            self._conn().executescript(schema)
-            if owner:
-                self._take_over()
+            if migrate:
+                self.apply_migrations()
+                if owner:
+                    self._take_over()
         except BaseException:
             self.close()
             raise
@@ -222,6 +225,43 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         released = self.release_claims()
         if released:
             log.warning("unanswered changes of an earlier run will be sent again", extra={"changes": released})
+
+    # ------------------------------------------------------------------ schema
+
+    def pending_migrations(self) -> list[Migration]:
+        return pending(load_migrations("sqlite"), self.applied_versions())
+
+    def apply_migrations(self) -> list[Migration]:
+        applied = run_migrations(self, load_migrations("sqlite"))
+        for migration in applied:
+            log.info("schema migrated", extra={"migration": migration.label, "path": self.path})
+        return applied
+
+    def migration_lock(self) -> AbstractContextManager[object]:
+        """Nothing more than each migration's write transaction, in which its version is read
+        again (`apply_migration`): SQLite's lock orders two processes migrating one file, and the
+        owner of the file holds its file lock besides."""
+        return contextlib.nullcontext()
+
+    def applied_versions(self) -> set[int]:
+        conn = self._conn()
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone():
+            return {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations")}
+        return set()
+
+    def apply_migration(self, migration: Migration) -> bool:
+        with self._write() as conn:
+            conn.execute(_SCHEMA_MIGRATIONS)
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)).fetchone():
+                return False  # another process applied it since we looked
+            # Statement by statement: executescript would commit the transaction first.
+            for statement in _statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, time.time()),
+            )
+        return True
 
     # ------------------------------------------------------------------ connections
 
@@ -888,6 +928,10 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         return True
 
 
+_SCHEMA_MIGRATIONS = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+)
 _PIECE_MAX = 256
 # Ends a call's claim on a row; its parameter says whether the call may have been applied: if not,
 # acked goes back to what it was before the call (a row not claimed keeps its acked).
@@ -900,6 +944,19 @@ _WITHOUT_HELD_AUDIENCES = (
 )
 _SEEN_INSERT = "INSERT OR IGNORE INTO seen (source, message_id, seen_at) VALUES "
 _INBOX_INSERT = "INSERT INTO inbox (source, received_at, body) VALUES "
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a SQL script, each whole (a trigger's body with its inner semicolons)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    leftover = [line for line in statement.splitlines() if line.strip() and not line.strip().startswith("--")]
+    if leftover:
+        raise StoreError(f"a migration ends in an incomplete statement: {leftover[0][:80]!r}")
 
 
 def _inbox_rows(messages: Iterable[dict[str, Any]]) -> list[tuple[str, bytes]]:
@@ -1251,5 +1308,5 @@ def _pairs_clause(count: int) -> str:
     return " OR ".join(["(kind = ? AND value = ?)"] * count)
 
 
-def open_sqlite(url: str, *, owner: bool = False) -> SqliteStore:
-    return SqliteStore(sqlite_path(url), owner=owner)
+def open_sqlite(url: str, *, owner: bool = False, migrate: bool = True) -> SqliteStore:
+    return SqliteStore(sqlite_path(url), owner=owner, migrate=migrate)

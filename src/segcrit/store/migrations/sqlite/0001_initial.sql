@@ -1,5 +1,7 @@
--- segcrit's SQLite schema. Every statement is idempotent: it runs at every start.
--- Timestamps are float seconds since the epoch.
+-- segcrit's SQLite schema, version 1 (segcrit.store.migrations). Timestamps are float seconds
+-- since the epoch. Unlike the migrations after it, every statement here is idempotent: a database
+-- made before versioned migrations existed (by the same statements, run at every start) is
+-- adopted as version 1 without a change.
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
