@@ -24,7 +24,7 @@ from segcrit.config import Config, parse_config
 
 if TYPE_CHECKING:
     # Not imported at run time: cohort.py measures its own RSS, and would count them (~1.5 MB).
-    from segcrit.engine import Processor
+    from segcrit.processing.engine import Processor
     from segcrit.sources.validate import MessageRules
     from segcrit.store.sqlite import SqliteStore
 
@@ -36,7 +36,7 @@ TARGET_P99_SECS = 10.0
 SOURCE = "web"
 WRITE_KEY = "bench-write-key"
 CLOSED_API_URL = "http://127.0.0.1:9"  # nothing listens there: for runs that never reach Criteo
-# The emulator's demo credentials (segcrit.criteo.emulator.state.DEMO_*), written out: importing the
+# The emulator's demo credentials (segcrit.emulator.state.DEMO_*), written out: importing the
 # emulator's state would add ~6 MB to the RSS cohort.py measures.
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"

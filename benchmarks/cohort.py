@@ -7,9 +7,9 @@
    an email identifier each, non-PII traits for most, 0-6 orders (some with no revenue), and
    memberships in two Engage audiences. A child, so that its memory does not count below.
 2. This process opens the store as `segcrit serve` does (WAL, synchronous=FULL) and runs the real
-   cohort job, `Scheduler(...)._cohort(flow)(now)`: every profile's facts read a page at a time,
-   the `when` expression evaluated per profile, the seed audience's memberships and targets
-   updated as a difference.
+   cohort job, `flows.lookalike_seed.refresh_cohort(store, flow, refresh, now)`: every profile's
+   facts read a page at a time, the `when` expression evaluated per profile, the seed audience's
+   memberships and targets updated as a difference.
    - run 1, cold: the seed audience is empty, so every profile in the cohort is an add;
    - run 2, steady: after `--churn` profiles changed (new orders for some, refunds-to-zero for
      others), only they enter or leave.
@@ -22,6 +22,7 @@ and <= 256 MB peak RSS. `--check` makes a MISS exit 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import resource
 import shutil
@@ -37,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import bench_config
 from segcrit.clock import FakeClock
 from segcrit.config import LookalikeSeedFlow
-from segcrit.engine import Processor
+from segcrit.flows.lookalike_seed import refresh_cohort
 from segcrit.metrics import Metrics
-from segcrit.scheduler import Scheduler
+from segcrit.processing.engine import Processor
 from segcrit.store.sqlite import SqliteStore
 
 TARGET_SECS = 60.0
@@ -172,8 +173,8 @@ def main() -> int:
         [flow] = config.flows_of(LookalikeSeedFlow)
         store = SqliteStore(db)
         clock = FakeClock(NOW)
-        scheduler = Scheduler(store, config, Processor(store, config, clock, Metrics()), clock, holder="bench")
-        job = scheduler._cohort(flow)
+        processor = Processor(store, config, clock, Metrics())
+        job = functools.partial(refresh_cohort, store, flow, processor.refresh_targets)
         counts = (
             store._conn()
             .execute(

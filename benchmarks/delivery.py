@@ -70,12 +70,12 @@ from segcrit.clock import SystemClock
 from segcrit.config import Config
 from segcrit.criteo.client import CriteoClient
 from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL
-from segcrit.criteo.emulator.server import running_emulator
-from segcrit.criteo.emulator.state import EmulatorState
 from segcrit.delivery.worker import DeliveryWorker
-from segcrit.engine import Processor
+from segcrit.emulator.server import running_emulator
+from segcrit.emulator.state import EmulatorState
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.ratelimit import SlidingWindowLimiter
 from segcrit.runtime import Runtime
 from segcrit.sources.validate import MessageRules, format_timestamp

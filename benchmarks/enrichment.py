@@ -47,10 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import bench_config, free_port, ingest, run_in_temp_folder, tracking_rules, wait_until
 from bench_events import EventFactory, Population
 from segcrit.clock import SystemClock
-from segcrit.engine import Processor
 from segcrit.enrichment.answers import LookupResult
 from segcrit.enrichment.worker import EnrichmentWorker, Source, build_enrichment
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.store.sqlite import SqliteStore
 
 BATCH = 100

@@ -76,12 +76,12 @@ from bench_common import (
 )
 from segcrit.clock import SystemClock
 from segcrit.config import Config
-from segcrit.criteo.emulator.server import running_emulator
-from segcrit.criteo.emulator.state import EmulatorState
 from segcrit.criteo.events_client import EventsClient
 from segcrit.delivery.commerce_workers import EventsWorker
-from segcrit.engine import Processor
+from segcrit.emulator.server import running_emulator
+from segcrit.emulator.state import EmulatorState
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.ratelimit import SlidingWindowLimiter
 from segcrit.sources.validate import MessageRules, format_timestamp
 from segcrit.store.sqlite import SqliteStore

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_events import EventFactory, Population
 from segcrit.clock import SystemClock
 from segcrit.config import parse_config
-from segcrit.engine import Processor
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.sources.validate import TRACKING_TYPES, MessageRules, prepare_messages
 from segcrit.store.sqlite import SqliteStore
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from segcrit.clock import FakeClock
-from segcrit.criteo.emulator import EmulatorState, running_emulator
+from segcrit.emulator import EmulatorState, running_emulator
 
 
 @pytest.fixture

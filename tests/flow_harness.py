@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 from segcrit.clock import FakeClock
 from segcrit.config import Config
-from segcrit.engine import Processor
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.runtime import Workers, build_workers
 from segcrit.scheduler import Scheduler
 from segcrit.store.sqlite import SqliteStore

@@ -13,7 +13,7 @@ from typing import Any
 
 from segcrit.clock import FakeClock
 from segcrit.config import Config, parse_config
-from segcrit.criteo.emulator.state import EmulatorState
+from segcrit.emulator.state import EmulatorState
 from segcrit.identity.normalize import email_hashes, sanitize_message
 from segcrit.ratelimit import SlidingWindowLimiter
 from segcrit.store.sqlite import SqliteStore

@@ -24,11 +24,11 @@ from starlette.applications import Starlette
 
 from segcrit.clock import FakeClock
 from segcrit.config import Config
-from segcrit.criteo.emulator.server import running_app
 from segcrit.domain import AcceptResult, InboxEvent
-from segcrit.engine import Processor
+from segcrit.emulator.server import running_app
 from segcrit.logs import KeyValueFormatter
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.sources import ingest_routes
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import make_config

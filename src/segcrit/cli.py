@@ -190,8 +190,8 @@ async def _check_online(config: Config) -> None:
 )
 def emulator(host: str, port: int, faults: str | None, profiles_file: Path | None) -> None:
     """A local emulator of the Criteo API (and of Segment's Profile API)."""
-    from segcrit.criteo.emulator.profiles import ProfileApiState
-    from segcrit.criteo.emulator.server import serve as serve_emulator
+    from segcrit.emulator.profiles import ProfileApiState
+    from segcrit.emulator.server import serve as serve_emulator
 
     profiles = ProfileApiState.from_file(profiles_file) if profiles_file is not None else None
     setup_logging()
@@ -260,8 +260,8 @@ def replay(config_file: str | None, audience: str | None, failed: bool) -> None:
 def forget(identifier: str, config_file: str | None) -> None:
     """Erase one person (userId, anonymousId or email) and remove them from every audience."""
     from segcrit.clock import SystemClock
-    from segcrit.engine import Processor
     from segcrit.metrics import Metrics
+    from segcrit.processing.engine import Processor
     from segcrit.store import open_store
 
     config = load_config(config_file)

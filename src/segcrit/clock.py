@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+DAY_SECS = 86_400.0
+
 
 class Clock(Protocol):
     def now(self) -> float:

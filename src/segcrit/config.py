@@ -25,9 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-from segcrit.cohort import validate_expression
 from segcrit.criteo.constants import SignalEvent
 from segcrit.errors import ConfigError
+from segcrit.flows.lookalike_seed import validate_expression
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_CONFIG_NAME = "segcrit.yaml"

@@ -30,9 +30,9 @@ from rich.table import Table
 
 from segcrit.app import create_app
 from segcrit.config import Config, LookalikeSeedFlow, parse_config
-from segcrit.criteo.emulator import EmulatorState
-from segcrit.criteo.emulator.profiles import ProfileApiState
-from segcrit.criteo.emulator.server import running_app, running_emulator
+from segcrit.emulator import EmulatorState
+from segcrit.emulator.profiles import ProfileApiState
+from segcrit.emulator.server import running_app, running_emulator
 from segcrit.errors import SegcritError
 from segcrit.identity.normalize import email_hashes, phone_hashes
 from segcrit.status import enrichment_lines, flow_lines

@@ -84,7 +84,7 @@ class ProfileState:
 
 @dataclass(slots=True)
 class ProfileFacts:
-    """What a cohort expression (segcrit.cohort) sees of one profile."""
+    """What a cohort expression (segcrit.flows.lookalike_seed) sees of one profile."""
 
     profile_id: int
     created_at: float

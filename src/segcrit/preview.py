@@ -21,9 +21,9 @@ from segcrit.criteo.constants import CONTACT_LIST_PATH
 from segcrit.criteo.models import ContactlistAmendmentRequest
 from segcrit.delivery.commerce_workers import DOCUMENT_VERSION
 from segcrit.domain import InboxEvent, TargetKey
-from segcrit.engine import Processor
 from segcrit.errors import UserError
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.sources.validate import MessageRules, prepare_messages
 from segcrit.store import open_store, store_exists
 from segcrit.store.base import AudienceDeliveryStore, ProcessingTx, Store

@@ -31,10 +31,10 @@ from segcrit.criteo.events_client import EventsClient
 from segcrit.delivery.backoff import Backoff
 from segcrit.delivery.commerce_workers import CatalogWorker, EventsWorker
 from segcrit.delivery.worker import DeliveryWorker
-from segcrit.engine import Processor
 from segcrit.enrichment.worker import build_enrichment
 from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.ratelimit import CRITEO_API_BUDGET, EVENTS_API_BUDGET, SlidingWindowLimiter
 from segcrit.scheduler import Scheduler
 from segcrit.store.base import DeliveryStore, RateBudget, Store

@@ -8,34 +8,34 @@ interval. Jobs compute their work from the store (expired suppressions, people n
 cutoff, the whole cohort), so a run that was missed loses nothing.
 
 Jobs: `housekeeping` (the dedupe window, `retention:`, erasure of deleted people's waiting
-events), `suppression_expiry`, `lifecycle_dormancy:<i>`, `cohort:<audience>` (lookalike_seed;
-first at start, then every `every_minutes`). Housekeeping works in small transactions that give
-way to ingest (see `segcrit.store.sqlite_retention`).
+events; the store works in small transactions that never hold up ingest), and the scheduled part
+of the flows that have one, which lives with its flow: `suppression_expiry`
+(segcrit.flows.suppression), `lifecycle_dormancy:<i>` (segcrit.flows.lifecycle),
+`cohort:<audience>` (segcrit.flows.lookalike_seed; first at start, then every `every_minutes`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from segcrit.clock import Clock
-from segcrit.cohort import Cohort
+from segcrit.clock import DAY_SECS, Clock
 from segcrit.config import Config, LifecycleFlow, LookalikeSeedFlow, SuppressionFlow
-from segcrit.engine import Processor
 from segcrit.errors import StoreUnavailable
-from segcrit.profile_flows import DAY_SECS, lifecycle_audiences, suppression_key
+from segcrit.flows.lifecycle import dormancy_every_secs, move_dormant
+from segcrit.flows.lookalike_seed import refresh_cohort
+from segcrit.flows.suppression import EXPIRY_EVERY_SECS, expire_suppressions
+from segcrit.processing.engine import Processor
 from segcrit.store.base import ScheduledStore
 
 log = logging.getLogger("segcrit.scheduler")
 
-EXPIRY_EVERY_SECS = 60.0
-DORMANCY_EVERY_SECS = 3_600.0
 HOUSEKEEPING_EVERY_SECS = 600.0
 LEASE_SECS = 900.0  # longer than any job; renewed when a job finishes
-BATCH = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,18 +91,23 @@ class Scheduler:
         return ran
 
     def _jobs(self) -> list[Job]:
+        """Housekeeping, and the scheduled part of each flow that has one (segcrit.flows)."""
+        store, refresh = self.store, self.processor.refresh_targets
         jobs = [Job("housekeeping", HOUSEKEEPING_EVERY_SECS, self.housekeeping)]
-        if any(isinstance(f, SuppressionFlow) for f in self.config.flows):
-            jobs.append(Job("suppression_expiry", EXPIRY_EVERY_SECS, self.expire_suppressions))
+        suppressions = self.config.flows_of(SuppressionFlow)
+        if suppressions:
+            expire = functools.partial(expire_suppressions, store, suppressions, refresh)
+            jobs.append(Job("suppression_expiry", EXPIRY_EVERY_SECS, expire))
         for index, flow in enumerate(self.config.flows):
             if isinstance(flow, LifecycleFlow) and flow.dormant_after_days and flow.dormant:
-                every = min(DORMANCY_EVERY_SECS, flow.dormant_after_days * DAY_SECS / 4)
-                jobs.append(Job(f"lifecycle_dormancy:{index}", every, self._dormancy(flow)))
+                dormancy = functools.partial(move_dormant, store, flow, refresh)
+                jobs.append(Job(f"lifecycle_dormancy:{index}", dormancy_every_secs(flow), dormancy))
             if isinstance(flow, LookalikeSeedFlow):
-                jobs.append(Job(f"cohort:{flow.audience}", flow.every_minutes * 60, self._cohort(flow)))
+                cohort = functools.partial(refresh_cohort, store, flow, refresh)
+                jobs.append(Job(f"cohort:{flow.audience}", flow.every_minutes * 60, cohort))
         return jobs
 
-    # ------------------------------------------------------------------ jobs
+    # ------------------------------------------------------------------ housekeeping
 
     def housekeeping(self, now: float) -> str:
         """Apply the dedupe window and `retention:`, erase deleted people's waiting events."""
@@ -120,75 +125,3 @@ class Scheduler:
         erased = self.processor.erase_waiting_events()
         counts = ", ".join(f"{what} {count}" for what, count in dropped.items())
         return f"dropped {counts}; erased {erased} waiting event(s) of deleted people"
-
-    def expire_suppressions(self, now: float) -> str:
-        flows = {suppression_key(f): f for f in self.config.flows if isinstance(f, SuppressionFlow)}
-        ended = 0
-        while True:
-            expired = self.store.expired_suppressions(now, BATCH)
-            if not expired:
-                break
-            with self.store.transaction() as tx:
-                for profile_id, key, until in expired:
-                    tx.end_suppression(profile_id, key)
-                    flow = flows.get(key)
-                    # Another suppression that is still on may hold the person in the same add_to.
-                    still_held = {flows[k].add_to for k in tx.active_suppressions(profile_id, now) if k in flows}
-                    if flow is not None and flow.add_to and flow.add_to not in still_held:
-                        tx.set_membership(profile_id, flow.add_to, False, until)
-                    self.processor.refresh_targets(tx, profile_id, now)
-            ended += len(expired)
-        return f"{ended} suppression(s) ended"
-
-    def _dormancy(self, flow: LifecycleFlow) -> Callable[[float], str]:
-        assert flow.dormant_after_days is not None and flow.dormant is not None
-        dormant, after = flow.dormant, flow.dormant_after_days * DAY_SECS
-        stages = [a for a in lifecycle_audiences(flow) if a != dormant]
-
-        def run(now: float) -> str:
-            moved = 0
-            while True:
-                candidates = self.store.dormant_candidates(stages, now - after, BATCH)
-                if not candidates:
-                    break
-                with self.store.transaction() as tx:
-                    for profile_id, last_seen in candidates:
-                        # The move happens when they became dormant, so a later stage event wins.
-                        at = last_seen + after
-                        tx.ensure_audience(dormant, True)
-                        for audience in lifecycle_audiences(flow):
-                            tx.set_membership(profile_id, audience, audience == dormant, at)
-                        self.processor.refresh_targets(tx, profile_id, now)
-                moved += len(candidates)
-                if len(candidates) < BATCH:
-                    break
-            return f"{moved} moved to {dormant}"
-
-        return run
-
-    def _cohort(self, flow: LookalikeSeedFlow) -> Callable[[float], str]:
-        cohort = Cohort(flow.when)
-
-        def run(now: float) -> str:
-            size = added = removed = 0
-            for page in self.store.facts_pages():
-                changes = []
-                for facts in page:
-                    member = cohort.matches(facts, now)
-                    size += member
-                    if member != (flow.audience in facts.audiences):
-                        changes.append((facts.profile_id, member))
-                if not changes:
-                    continue
-                with self.store.transaction() as tx:
-                    tx.ensure_audience(flow.audience, True)
-                    for profile_id, member in changes:
-                        tx.set_membership(profile_id, flow.audience, member, now)
-                        self.processor.refresh_targets(tx, profile_id, now)
-                added += sum(1 for _, m in changes if m)
-                removed += sum(1 for _, m in changes if not m)
-            if flow.lookalike is not None:
-                self.store.want_lookalike(flow.lookalike.name, flow.audience, flow.lookalike.target_size)
-            return f"cohort {size} (+{added} -{removed})"
-
-        return run

@@ -22,8 +22,9 @@ from segcrit.domain import (
     FailedEvent,
     JobRecord,
 )
-from segcrit.engine import IGNORED_AUDIENCE_COUNTER
-from segcrit.profile_flows import lifecycle_audiences, suppression_key
+from segcrit.flows.lifecycle import lifecycle_audiences
+from segcrit.flows.suppression import suppression_key
+from segcrit.processing.engine import IGNORED_AUDIENCE_COUNTER
 from segcrit.store.base import StatusReads
 
 HELD_AUDIENCES_LISTED = 50

@@ -20,10 +20,10 @@ import pytest
 from segcrit.app import create_app
 from segcrit.clock import FakeClock
 from segcrit.config import Config, parse_config
-from segcrit.criteo.emulator import EmulatorState
-from segcrit.criteo.emulator.server import running_app
-from segcrit.engine import Processor
+from segcrit.emulator import EmulatorState
+from segcrit.emulator.server import running_app
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.store.sqlite import SqliteStore
 from tests.flow_harness import DELIVERY_STEP_SECS, Process, Processes, Start
 from tests.helpers import BASE_CONFIG, audience_event, email_of, members, put, shas

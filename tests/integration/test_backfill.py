@@ -11,12 +11,12 @@ import pytest
 
 from segcrit.backfill import import_files, resync_audience
 from segcrit.clock import FakeClock, SystemClock
-from segcrit.criteo.emulator import EmulatorState
 from segcrit.delivery.worker import DeliveryWorker
-from segcrit.engine import Processor
+from segcrit.emulator import EmulatorState
 from segcrit.errors import CriteoError
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.runtime import build_criteo_client
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import audience_event, make_config, put

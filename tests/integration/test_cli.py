@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from segcrit.clock import FakeClock
-from segcrit.criteo.emulator import EmulatorState
 from segcrit.domain import AudienceRecord, TargetKey
-from segcrit.engine import Processor
+from segcrit.emulator import EmulatorState
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import BASE_CONFIG, audience_event, make_config, put
 

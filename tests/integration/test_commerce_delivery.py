@@ -26,11 +26,11 @@ import pytest
 
 from segcrit.clock import FakeClock
 from segcrit.config import Config
-from segcrit.criteo.emulator.state import EmulatorState
 from segcrit.delivery.commerce_workers import MAX_DOCUMENTS_IN_FLIGHT
-from segcrit.engine import Processor
+from segcrit.emulator.state import EmulatorState
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.runtime import Workers, build_workers
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import BASE_CONFIG, PinnedJitter, advancing, iso, make_config, put

@@ -21,18 +21,18 @@ from segcrit.criteo import client as client_module
 from segcrit.criteo import models
 from segcrit.criteo.client import CriteoClient
 from segcrit.criteo.constants import API_VERSION_DEFAULT, CONTACT_LIST_PATH
-from segcrit.criteo.emulator.state import (
-    DEMO_ADVERTISER_ID,
-    DEMO_CLIENT_ID,
-    DEMO_CLIENT_SECRET,
-    EmulatorState,
-)
 from segcrit.criteo.errors import (
     AudienceInvalidError,
     CredentialsError,
     PermanentError,
     RetryableError,
     SegmentNameTakenError,
+)
+from segcrit.emulator.state import (
+    DEMO_ADVERTISER_ID,
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    EmulatorState,
 )
 from segcrit.metrics import Metrics
 from segcrit.ratelimit import SlidingWindowLimiter

@@ -21,17 +21,17 @@ from segcrit.clock import FakeClock
 from segcrit.config import Config
 from segcrit.criteo.client import CriteoClient
 from segcrit.criteo.constants import MAX_IDENTIFIERS_PER_CALL
-from segcrit.criteo.emulator.state import (
+from segcrit.delivery.backoff import Backoff
+from segcrit.delivery.worker import DeliveryWorker
+from segcrit.domain import TargetKey
+from segcrit.emulator.state import (
     DEMO_ADVERTISER_ID,
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     EmulatorState,
 )
-from segcrit.delivery.backoff import Backoff
-from segcrit.delivery.worker import DeliveryWorker
-from segcrit.domain import TargetKey
-from segcrit.engine import Processor
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.ratelimit import SlidingWindowLimiter
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import PinnedJitter, advancing, audience_event, email_of, email_sha, madid_of, make_config, put

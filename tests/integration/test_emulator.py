@@ -21,15 +21,6 @@ from segcrit.criteo.constants import (
     SEARCH_SEGMENTS_PATH,
     TOKEN_PATH,
 )
-from segcrit.criteo.emulator import (
-    DEMO_ADVERTISER_ID,
-    DEMO_CLIENT_ID,
-    DEMO_CLIENT_SECRET,
-    EmulatorState,
-    Endpoint,
-    FaultSpecError,
-    parse_faults,
-)
 from segcrit.criteo.models import (
     AudienceSegmentBulkCreateInputV1,
     AudienceSegmentBulkDeleteInputV1,
@@ -41,6 +32,15 @@ from segcrit.criteo.models import (
     ContactListStatisticsEntityV1Response,
     DeleteAudienceContactListResponse,
     ModifyAudienceResponse,
+)
+from segcrit.emulator import (
+    DEMO_ADVERTISER_ID,
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    EmulatorState,
+    Endpoint,
+    FaultSpecError,
+    parse_faults,
 )
 
 VERSION = "2026-07"
@@ -640,7 +640,7 @@ def test_fail_the_next_calls_with_5xx(http: httpx.Client, auth: dict[str, str], 
 
 
 def test_5xx_rate_is_repeatable_with_a_seed(emulator_clock: FakeClock) -> None:
-    from segcrit.criteo.emulator import running_emulator
+    from segcrit.emulator import running_emulator
 
     def run() -> list[int]:
         state = EmulatorState(clock=emulator_clock, faults="5xx=0.5,seed=7")

@@ -13,8 +13,8 @@ import pytest
 from segcrit.clock import FakeClock
 from segcrit.criteo.catalog_models import BatchAcceptedResponse, ReportOkResponse
 from segcrit.criteo.constants import CATALOG_BATCH_PATH, CATALOG_REPORT_PATH, TOKEN_PATH
-from segcrit.criteo.emulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState, Endpoint
-from segcrit.criteo.emulator.state import REPORT_RETENTION_SECS
+from segcrit.emulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState, Endpoint
+from segcrit.emulator.state import REPORT_RETENTION_SECS
 from tests.helpers import EVENTS_ORDER as ORDER
 from tests.helpers import catalog_product as product
 from tests.helpers import changed

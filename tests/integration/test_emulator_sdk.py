@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from segcrit.criteo.emulator import DEMO_ADVERTISER_ID, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState
+from segcrit.emulator import DEMO_ADVERTISER_ID, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState
 from tests.required import import_or_skip
 
 sdk = import_or_skip(

@@ -9,9 +9,9 @@ import pytest
 
 from segcrit.clock import FakeClock
 from segcrit.domain import TargetKey
-from segcrit.engine import Processor
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import audience_event, iso, make_config, put
 

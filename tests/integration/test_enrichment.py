@@ -21,8 +21,8 @@ import pytest
 
 from segcrit.clock import FakeClock
 from segcrit.config import Config, parse_config
-from segcrit.criteo.emulator import EmulatorState, running_emulator
-from segcrit.criteo.emulator.profiles import ProfileApiState
+from segcrit.emulator import EmulatorState, running_emulator
+from segcrit.emulator.profiles import ProfileApiState
 from segcrit.enrichment.answers import LookupResult
 from segcrit.enrichment.memory import EmailMemory
 from segcrit.enrichment.worker import EnrichmentWorker, Source, build_enrichment

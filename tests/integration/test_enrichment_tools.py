@@ -14,8 +14,8 @@ import httpx
 import orjson
 import pytest
 
-from segcrit.criteo.emulator import EmulatorState, running_emulator
-from segcrit.criteo.emulator.profiles import ProfileApiState
+from segcrit.emulator import EmulatorState, running_emulator
+from segcrit.emulator.profiles import ProfileApiState
 from tests.helpers import BASE_CONFIG
 from tests.integration.test_cli import assert_one_line_error, segcrit
 
@@ -199,7 +199,7 @@ def test_ingest_remembers_emails_in_memory_for_lookups_keyed_by_email(tmp_path: 
     """Both receivers hand the emails they accept to the process's memory, and only then."""
     from segcrit.app import create_app
     from segcrit.config import parse_config
-    from segcrit.criteo.emulator.server import running_app
+    from segcrit.emulator.server import running_app
     from segcrit.enrichment.memory import EMAILS
     from segcrit.identity.normalize import email_hashes
     from segcrit.store.sqlite import SqliteStore

@@ -21,15 +21,15 @@ from segcrit.criteo.catalog_client import CatalogClient
 from segcrit.criteo.catalog_models import ReportOkResponse
 from segcrit.criteo.client import CriteoClient
 from segcrit.criteo.constants import EVENTS_RATE_LIMIT_PER_MINUTE_DEFAULT
-from segcrit.criteo.emulator.state import (
+from segcrit.criteo.errors import PermanentError, RetryableError
+from segcrit.criteo.events_client import EventsClient
+from segcrit.emulator.state import (
     DEMO_ADVERTISER_ID,
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     EmulatorState,
     Endpoint,
 )
-from segcrit.criteo.errors import PermanentError, RetryableError
-from segcrit.criteo.events_client import EventsClient
 from segcrit.metrics import Metrics
 from segcrit.ratelimit import SlidingWindowLimiter
 from tests.helpers import EVENTS_ORDER, advancing, changed

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from segcrit.clock import FakeClock
-from segcrit.criteo.emulator import EmulatorState
 from segcrit.domain import DROPPED_DEAD_LETTERS, DROPPED_FAILED_EVENTS, InboxEvent
+from segcrit.emulator import EmulatorState
 from segcrit.errors import StoreError
 from segcrit.store.sqlite import SqliteStore, SqliteTx
 from tests.flow_harness import Process, Processes, identify, order, track

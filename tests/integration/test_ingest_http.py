@@ -28,8 +28,8 @@ from starlette.applications import Starlette
 
 from segcrit.clock import FakeClock
 from segcrit.config import parse_config
-from segcrit.criteo.emulator.server import running_app
 from segcrit.domain import AcceptResult
+from segcrit.emulator.server import running_app
 from segcrit.metrics import Metrics
 from segcrit.sources import ingest_routes
 

@@ -18,8 +18,8 @@ import pytest
 
 from segcrit.clock import FakeClock
 from segcrit.config import Config
-from segcrit.criteo.emulator import EmulatorState
 from segcrit.domain import TargetKey
+from segcrit.emulator import EmulatorState
 from tests.flow_harness import DELIVERY_STEP_SECS, Process, Processes, Start, order, track
 from tests.helpers import audience_event, email_of, email_sha, iso, make_config, members, shas
 

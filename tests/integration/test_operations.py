@@ -14,11 +14,11 @@ import orjson
 
 from segcrit.app import create_app
 from segcrit.clock import FakeClock
-from segcrit.criteo.emulator.server import running_app
 from segcrit.domain import TargetKey
-from segcrit.engine import Processor
+from segcrit.emulator.server import running_app
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import audience_event, make_config, put
 

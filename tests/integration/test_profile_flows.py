@@ -15,10 +15,10 @@ from typing import Protocol
 import pytest
 
 from segcrit.clock import FakeClock
-from segcrit.cohort import Cohort
 from segcrit.config import Config
-from segcrit.criteo.emulator import EmulatorState
-from segcrit.profile_flows import suppression_key
+from segcrit.emulator import EmulatorState
+from segcrit.flows.lookalike_seed import Cohort
+from segcrit.flows.suppression import suppression_key
 from segcrit.scheduler import LEASE_SECS
 from tests.flow_harness import Process, Processes, Start, identify, order, track
 from tests.helpers import audience_event, email_of, make_config, members, shas

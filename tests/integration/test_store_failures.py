@@ -21,11 +21,11 @@ import pytest
 
 from segcrit.app import create_app
 from segcrit.clock import FakeClock
-from segcrit.criteo.emulator.server import running_app
 from segcrit.domain import InboxEvent
-from segcrit.engine import Processor
+from segcrit.emulator.server import running_app
 from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
+from segcrit.processing.engine import Processor
 from segcrit.store.sqlite import SqliteStore, SqliteTx
 from tests.e2e.conftest import wait_until
 from tests.helpers import audience_event, email_sha, make_config, put

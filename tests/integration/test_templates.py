@@ -17,7 +17,7 @@ import yaml
 from segcrit.clock import FakeClock
 from segcrit.config import AudienceSyncFlow, Config, parse_config
 from segcrit.config_templates import TEMPLATES, template_env, template_text
-from segcrit.criteo.emulator import DEMO_ADVERTISER_ID, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState
+from segcrit.emulator import DEMO_ADVERTISER_ID, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorState
 from tests.flow_harness import Process, Processes, Start, identify, order, track
 from tests.helpers import audience_event, email_of, madid_of, members, shas
 from tests.integration.test_cli import assert_one_line_error, segcrit

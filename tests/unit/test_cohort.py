@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from segcrit.cohort import DAY_SECS, Cohort, CohortError, trait_names
 from segcrit.domain import ProfileFacts
+from segcrit.flows.lookalike_seed import DAY_SECS, Cohort, CohortError, trait_names
 
 NOW = 1_800_000_000.0
 

@@ -1,7 +1,7 @@
 """The emulator's own models of Criteo's schemas, held against Criteo's OpenAPI documents.
 
 The emulator must not lean on the client's models (a mistake in them would then pass both sides):
-its models are written apart (`segcrit.criteo.emulator.schemas`), checked here property by
+its models are written apart (`segcrit.emulator.schemas`), checked here property by
 property against the documents, and no emulator module imports the client's models.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-import segcrit.criteo.emulator as emulator_package
+import segcrit.emulator as emulator_package
 from segcrit.criteo import constants
-from segcrit.criteo.emulator import schemas
+from segcrit.emulator import schemas
 from tests.criteo_openapi import OpenApiDocument, criteo_models, document_path, schema_of
 
 AUDIENCES = OpenApiDocument(document_path("marketingsolutions_2026-07.json"))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from segcrit.cohort import trait_names
 from segcrit.config import Config, LookalikeSeedFlow, SegmentProfilesLookup, SqlLookup
+from segcrit.flows.lookalike_seed import trait_names
 from segcrit.identity.graph import Resolution
 from segcrit.store.base import ProcessingTx
 

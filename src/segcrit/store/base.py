@@ -240,7 +240,7 @@ class ProcessingStore(Protocol):
         """A unit of work that is always rolled back (preview: decide everything, keep nothing)."""
         ...
 
-    # ---- erasure of deleted people's waiting events (segcrit.engine.Processor.erase_waiting_events)
+    # ---- erasure of deleted people's waiting events (segcrit.processing.engine.Processor.erase_waiting_events)
     def pending_erasures(self, limit: int) -> dict[tuple[str, str], float]:
         """Deleted identifiers whose waiting events are still to be erased: (kind, value) -> deleted at."""
         ...

@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from segcrit.clock import Clock, SystemClock
-from segcrit.criteo.emulator.ratelimit import SlidingWindowLimiter
+from segcrit.emulator.ratelimit import SlidingWindowLimiter
 from segcrit.enrichment.profiles import PROFILES_PATH, RATE_LIMIT_PER_SECOND
 from segcrit.errors import UserError
 

@@ -33,9 +33,9 @@ from segcrit.criteo.constants import (
     ProductErrorType,
     ProductWarningType,
 )
-from segcrit.criteo.emulator.gateway import Call
-from segcrit.criteo.emulator.problems import error_response, json_response, problem
-from segcrit.criteo.emulator.schemas import (
+from segcrit.emulator.gateway import Call
+from segcrit.emulator.problems import error_response, json_response, problem
+from segcrit.emulator.schemas import (
     BatchAcceptedResponse,
     CommonProblem,
     Product,
@@ -47,7 +47,7 @@ from segcrit.criteo.emulator.schemas import (
     ReportOkResponse,
     unknown_keys,
 )
-from segcrit.criteo.emulator.state import EmulatorState
+from segcrit.emulator.state import EmulatorState
 
 BATCH_REJECTED = "A batch request was rejected due to one or more errors."  # Criteo's title (D10)
 # Criteo states no limit on ids; the emulator's guess. Image and badge URLs share imageLink's limit.

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from segcrit.criteo.constants import CODE_INVALID, CODE_REQUIRED_FIELD, ProblemType
-from segcrit.criteo.emulator.schemas import CommonProblem, OAuthError
+from segcrit.emulator.schemas import CommonProblem, OAuthError
 
 
 def problem(

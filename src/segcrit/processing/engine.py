@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from segcrit.clock import Clock
-from segcrit.commerce import CommerceStep
 from segcrit.config import AudienceSyncFlow, Config, audience_names
 from segcrit.consent import consent_in_message
 from segcrit.domain import WAITING_PLACES, Identifier, InboxEvent
@@ -35,11 +34,12 @@ from segcrit.identity.graph import TOMBSTONE_KINDS, extract_identifiers, plan_re
 from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymous_id
 from segcrit.membership import desired_targets
 from segcrit.metrics import Metrics
-from segcrit.profile_flows import ProfileFlowsStep
+from segcrit.processing.commerce import CommerceStep
+from segcrit.processing.profile_flows import ProfileFlowsStep
 from segcrit.sources.validate import in_time_range
 from segcrit.store.base import ChunkTx, ProcessingStore, ProcessingTx
 
-log = logging.getLogger("segcrit.engine")
+log = logging.getLogger("segcrit.processing.engine")
 
 CHUNK_EVENTS = 500
 # `counters` name prefix of the audience messages ignored per source (audience_sync `sources`).

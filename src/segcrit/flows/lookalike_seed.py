@@ -1,4 +1,10 @@
-"""Cohort expressions (`lookalike_seed.when`), pure: parsed once, evaluated per profile.
+"""lookalike_seed: on a schedule, a cohort of profiles -> a seed audience and a Criteo lookalike
+segment built on it (SPEC §1).
+
+The decision is the cohort expression (`when`), pure: parsed once (`Cohort`), evaluated per
+profile. The scheduled part (`refresh_cohort`, the `cohort:<audience>` job) evaluates it over
+every profile a page at a time, changes the seed audience's memberships by difference, and records
+the wanted lookalike, which the delivery thread creates once (the one place that calls Criteo).
 
 Evaluated by simpleeval (a well-kept safe evaluator: no attribute access, no imports, no
 builtins), never `eval`. What an expression can use:
@@ -19,8 +25,8 @@ without a plan is None.
 
 A profile keeps only the traits that cohorts can use (SPEC §8: free text from identify calls never
 lands on the profile): those that some `when` names (`traits['x']`, `trait('x')`, `'x' in traits`,
-found by `trait_names`) and a few common ones (segcrit.profile_flows.COHORT_TRAITS). An expression
-that reads `traits` as a whole (`len(traits)`, a computed name) sees only those.
+found by `trait_names`) and a few common ones (segcrit.processing.profile_flows.COHORT_TRAITS). An
+expression that reads `traits` as a whole (`len(traits)`, a computed name) sees only those.
 """
 
 from __future__ import annotations
@@ -28,13 +34,18 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simpleeval import EvalWithCompoundTypes, InvalidExpression
 
+from segcrit.clock import DAY_SECS
 from segcrit.domain import ProfileFacts
+from segcrit.flows import RefreshTargets
+from segcrit.store.base import ScheduledFlowStore
 
-DAY_SECS = 86_400.0
+if TYPE_CHECKING:  # segcrit.config checks `when` with validate_expression, at import time
+    from segcrit.config import LookalikeSeedFlow
+
 FACT_NAMES = frozenset(
     {
         "order_count",
@@ -268,3 +279,30 @@ def _membership_name(node: ast.AST | None, traits: ast.Name) -> str | None:
     ):
         return node.left.value
     return None
+
+
+def refresh_cohort(store: ScheduledFlowStore, flow: LookalikeSeedFlow, refresh: RefreshTargets, now: float) -> str:
+    """The `cohort:<audience>` job: put exactly the profiles `when` matches in the seed audience
+    (memberships changed by difference, a page of profiles per unit of work) and record the
+    wanted lookalike; returns its result."""
+    cohort = Cohort(flow.when)
+    size = added = removed = 0
+    for page in store.facts_pages():
+        changes = []
+        for facts in page:
+            member = cohort.matches(facts, now)
+            size += member
+            if member != (flow.audience in facts.audiences):
+                changes.append((facts.profile_id, member))
+        if not changes:
+            continue
+        with store.transaction() as tx:
+            tx.ensure_audience(flow.audience, True)
+            for profile_id, member in changes:
+                tx.set_membership(profile_id, flow.audience, member, now)
+                refresh(tx, profile_id, now)
+        added += sum(1 for _, m in changes if m)
+        removed += sum(1 for _, m in changes if not m)
+    if flow.lookalike is not None:
+        store.want_lookalike(flow.lookalike.name, flow.audience, flow.lookalike.target_size)
+    return f"cohort {size} (+{added} -{removed})"

@@ -1,4 +1,4 @@
-"""segcrit.criteo.emulator: a local stand-in for the parts of Criteo's API that segcrit calls.
+"""segcrit.emulator: a local stand-in for the parts of Criteo's API that segcrit calls.
 
     state = EmulatorState(clock=FakeClock(), faults="5xx=0.1,seed=7")
     with running_emulator(state) as base_url:   # uvicorn on a free loopback port, in a thread
@@ -15,10 +15,10 @@ endpoints), `schemas` (its own models of Criteo's schemas, never the client's), 
 `running_emulator()` for tests).
 """
 
-from segcrit.criteo.emulator.app import create_emulator_app
-from segcrit.criteo.emulator.faults import Faults, FaultSpecError, parse_faults
-from segcrit.criteo.emulator.server import running_emulator, serve
-from segcrit.criteo.emulator.state import (
+from segcrit.emulator.app import create_emulator_app
+from segcrit.emulator.faults import Faults, FaultSpecError, parse_faults
+from segcrit.emulator.server import running_emulator, serve
+from segcrit.emulator.state import (
     DEMO_ADVERTISER_ID,
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,

@@ -12,10 +12,10 @@ from urllib.parse import parse_qs
 from starlette.responses import Response
 
 from segcrit.criteo.constants import GRANT_TYPE_CLIENT_CREDENTIALS, TOKEN_LIFETIME_SECS
-from segcrit.criteo.emulator.gateway import Call
-from segcrit.criteo.emulator.problems import json_response, oauth_error
-from segcrit.criteo.emulator.schemas import TokenResponse
-from segcrit.criteo.emulator.state import EmulatorState
+from segcrit.emulator.gateway import Call
+from segcrit.emulator.problems import json_response, oauth_error
+from segcrit.emulator.schemas import TokenResponse
+from segcrit.emulator.state import EmulatorState
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 

@@ -29,8 +29,8 @@ from segcrit.criteo.constants import (
     TOKEN_LIFETIME_SECS,
     IdentifierType,
 )
-from segcrit.criteo.emulator.faults import FaultInjector, Faults, parse_faults
-from segcrit.criteo.emulator.ratelimit import RateDecision, SlidingWindowLimiter
+from segcrit.emulator.faults import FaultInjector, Faults, parse_faults
+from segcrit.emulator.ratelimit import RateDecision, SlidingWindowLimiter
 
 DuplicateNameMode = Literal["warning", "error"]
 DUPLICATE_NAME_MODES: tuple[DuplicateNameMode, ...] = ("warning", "error")

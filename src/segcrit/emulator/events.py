@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from segcrit.criteo.constants import CODE_INVALID, CODE_REQUIRED_FIELD, EVENTS_PATH, EVENTS_VERSION
-from segcrit.criteo.emulator.gateway import Call
-from segcrit.criteo.emulator.problems import error_response, invalid_body, problem, validation_error_response
-from segcrit.criteo.emulator.schemas import EventsDocument, unknown_keys
-from segcrit.criteo.emulator.state import EmulatorState
+from segcrit.emulator.gateway import Call
+from segcrit.emulator.problems import error_response, invalid_body, problem, validation_error_response
+from segcrit.emulator.schemas import EventsDocument, unknown_keys
+from segcrit.emulator.state import EmulatorState
 
 REGIONAL_PATH = EVENTS_PATH + "/regional"
 # How many redirects a request has already followed (the emulator's own marker in the Location).

@@ -33,12 +33,12 @@ from segcrit.criteo.constants import (
     SEARCH_SEGMENTS_PATH,
     TOKEN_PATH,
 )
-from segcrit.criteo.emulator import audience_segments, catalog, events, oauth
-from segcrit.criteo.emulator.faults import FaultSpecError, faults_from_mapping, parse_faults
-from segcrit.criteo.emulator.gateway import Auth, Handler, criteo_endpoint
-from segcrit.criteo.emulator.problems import error_response, problem
-from segcrit.criteo.emulator.profiles import ProfileApiState, profile_routes
-from segcrit.criteo.emulator.state import DUPLICATE_NAME_MODES, EmulatorState, Endpoint
+from segcrit.emulator import audience_segments, catalog, events, oauth
+from segcrit.emulator.faults import FaultSpecError, faults_from_mapping, parse_faults
+from segcrit.emulator.gateway import Auth, Handler, criteo_endpoint
+from segcrit.emulator.problems import error_response, problem
+from segcrit.emulator.profiles import ProfileApiState, profile_routes
+from segcrit.emulator.state import DUPLICATE_NAME_MODES, EmulatorState, Endpoint
 
 
 def _route_path(template: str) -> str:
@@ -49,7 +49,7 @@ def _route_path(template: str) -> str:
 
 def create_emulator_app(state: EmulatorState, profiles: ProfileApiState | None = None) -> Starlette:
     """A Criteo emulator serving `state` (read it from the test while the app runs), and Segment's
-    Profile API serving `profiles` (none seeded by default; segcrit.criteo.emulator.profiles)."""
+    Profile API serving `profiles` (none seeded by default; segcrit.emulator.profiles)."""
 
     def criteo(
         template: str, endpoint: Endpoint, handler: Handler, method: str | list[str], auth: Auth = "bearer"

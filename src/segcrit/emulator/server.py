@@ -15,9 +15,9 @@ from typing import Literal
 import uvicorn
 from starlette.types import ASGIApp
 
-from segcrit.criteo.emulator.app import create_emulator_app
-from segcrit.criteo.emulator.profiles import ProfileApiState
-from segcrit.criteo.emulator.state import EmulatorState
+from segcrit.emulator.app import create_emulator_app
+from segcrit.emulator.profiles import ProfileApiState
+from segcrit.emulator.state import EmulatorState
 
 START_TIMEOUT_SECS = 10.0
 STOP_TIMEOUT_SECS = 10.0

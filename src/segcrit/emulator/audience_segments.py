@@ -34,16 +34,16 @@ from segcrit.criteo.constants import (
     SEARCH_LIMIT_DEFAULT,
     SEARCH_LIMIT_MAX,
 )
-from segcrit.criteo.emulator.gateway import Call
-from segcrit.criteo.emulator.identifiers import is_valid_identifier
-from segcrit.criteo.emulator.problems import (
+from segcrit.emulator.gateway import Call
+from segcrit.emulator.identifiers import is_valid_identifier
+from segcrit.emulator.problems import (
     error_response,
     invalid_body,
     json_response,
     problem,
     validation_error_response,
 )
-from segcrit.criteo.emulator.schemas import (
+from segcrit.emulator.schemas import (
     AudienceSegmentBulkCreateInputV1,
     AudienceSegmentBulkDeleteInputV1,
     AudienceSegmentCreateEntityV1,
@@ -71,7 +71,7 @@ from segcrit.criteo.emulator.schemas import (
     Request,
     unknown_keys,
 )
-from segcrit.criteo.emulator.state import EmulatorState, Segment, SegmentKind
+from segcrit.emulator.state import EmulatorState, Segment, SegmentKind
 
 SAMPLE_INVALID_IDENTIFIERS = 10
 INT32_MAX = 2**31 - 1  # the path id is declared `format: int32`

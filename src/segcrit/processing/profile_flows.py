@@ -1,32 +1,30 @@
-"""The profile-flow step of processing: traits, suppression and lifecycle for one event.
+"""The profile-flow step of processing: traits, suppression and lifecycle for one event, applied in
+the processor's unit of work.
 
-- traits: the traits of `identify` calls that cohort expressions can use are kept per profile
-  (`cohort_traits`: an allowlist, so free text with personal data never lands on the profile);
-- suppression: a configured event holds the person back from `remove_from` audiences (and puts
-  them in `add_to`) for `for_days`; desired state = member AND consented AND not held back;
-- lifecycle: a stage event makes the person a member of that stage's audience and of no other
-  stage of the flow, at the event's timestamp, so the latest event wins whatever the arrival order.
+- traits: the traits of `identify` calls that cohort expressions (segcrit.flows.lookalike_seed)
+  can use are kept per profile (`cohort_traits`: an allowlist, so free text with personal data
+  never lands on the profile);
+- suppression (segcrit.flows.suppression): a configured event starts a suppression, and puts the
+  person in `add_to`; `held_back` says which audiences the active ones keep them out of;
+- lifecycle (segcrit.flows.lifecycle): a stage event moves the person to that stage's audience.
 
-The scheduler (segcrit.scheduler) ends suppressions and moves people to a dormant stage; the
-lookalike_seed flow is entirely scheduled.
+Their scheduled parts (ending suppressions, dormancy, cohorts) are in their flow modules.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from segcrit.cohort import trait_names
-from segcrit.config import Config, LifecycleFlow, LookalikeSeedFlow, SuppressionFlow, lifecycle_stage_audiences
+from segcrit.config import Config, LifecycleFlow, LookalikeSeedFlow, SuppressionFlow
 from segcrit.domain import ProfileState
+from segcrit.flows.lifecycle import stage_memberships
+from segcrit.flows.lookalike_seed import trait_names
+from segcrit.flows.suppression import held_back, suppression_key, suppression_until
 from segcrit.identity.normalize import REDACTED
 from segcrit.store.base import ProcessingTx
 
-DAY_SECS = 86_400.0
 # Traits kept for cohorts without a `when` naming them, so that a seed flow added later finds them
 # on people identified before; every other trait is kept only when some `when` names it.
 COHORT_TRAITS = frozenset(
@@ -56,13 +54,6 @@ def cohort_traits(traits: Mapping[str, Any], allowed: frozenset[str]) -> dict[st
     return kept
 
 
-def suppression_key(flow: SuppressionFlow) -> str:
-    """A suppression's stable name in the store: what it does, not where it stands in the config,
-    so reordering flows (or changing for_days) keeps the people it holds."""
-    what = orjson.dumps([sorted(flow.on), flow.remove_from, flow.add_to], option=orjson.OPT_SORT_KEYS)
-    return "suppression:" + hashlib.sha256(what).hexdigest()[:16]
-
-
 @dataclass(frozen=True, slots=True)
 class StepResult:
     changed: bool
@@ -90,11 +81,9 @@ class ProfileFlowsStep:
         if not isinstance(event, str):
             return StepResult(changed, ())
         for key, flow in self.suppressions:
-            if event not in flow.on:
+            until = suppression_until(flow, event, ts, now)
+            if until is None:
                 continue
-            until = ts + flow.for_days * DAY_SECS
-            if until <= now:
-                continue  # an old event whose suppression is already over
             changed |= tx.set_suppression(profile_id, key, ts, until)
             if flow.add_to:
                 tx.ensure_audience(flow.add_to, True)
@@ -104,9 +93,9 @@ class ProfileFlowsStep:
             stage = lifecycle.stages.get(event)
             if stage is None:
                 continue
-            for audience in lifecycle_audiences(lifecycle):
+            for audience, member in stage_memberships(lifecycle, stage):
                 tx.ensure_audience(audience, True)
-                changed |= tx.set_membership(profile_id, audience, audience == stage, ts)
+                changed |= tx.set_membership(profile_id, audience, member, ts)
             memberships.append((stage, True))
         return StepResult(changed, tuple(memberships))
 
@@ -115,17 +104,4 @@ class ProfileFlowsStep:
         if not self.suppressions:
             return frozenset()
         active = set(tx.active_suppressions(profile.profile_id, now))
-        held: set[str] = set()
-        for key, flow in self.suppressions:
-            if key not in active:
-                continue
-            if flow.remove_from == "all":
-                held |= {a for a in profile.memberships if a != flow.add_to}
-            else:
-                held |= set(flow.remove_from) - {flow.add_to}
-        return frozenset(held)
-
-
-def lifecycle_audiences(flow: LifecycleFlow) -> list[str]:
-    """The flow's stage audiences, dormant last (the config checks use the same list)."""
-    return lifecycle_stage_audiences(flow)
+        return held_back(self.suppressions, active, profile.memberships)

@@ -35,9 +35,9 @@ from segcrit.criteo.constants import (
     HEADER_RATELIMIT_REMAINING,
     HEADER_RATELIMIT_RESET,
 )
-from segcrit.criteo.emulator.problems import error_response, problem
-from segcrit.criteo.emulator.ratelimit import RateDecision
-from segcrit.criteo.emulator.state import CallRecord, ClientApp, EmulatorState, Endpoint
+from segcrit.emulator.problems import error_response, problem
+from segcrit.emulator.ratelimit import RateDecision
+from segcrit.emulator.state import CallRecord, ClientApp, EmulatorState, Endpoint
 
 _VERSION = re.compile(API_VERSION_PATTERN)
 _BEARER = re.compile(r"Bearer\s+(\S+)", re.IGNORECASE)
