@@ -23,7 +23,8 @@ from segcrit.clock import FakeClock
 from segcrit.domain import DROPPED_DEAD_LETTERS, DROPPED_FAILED_EVENTS, InboxEvent
 from segcrit.emulator import EmulatorState
 from segcrit.errors import StoreError
-from segcrit.store.sqlite import SqliteStore, SqliteTx
+from segcrit.store.base import ProcessingTx
+from segcrit.store.sqlite import SqliteStore
 from tests.flow_harness import Process, Processes, identify, order, track
 from tests.helpers import audience_event, email_of, email_sha, iso, make_config, members, put
 
@@ -75,7 +76,7 @@ def set_aside(p: Process, *messages: dict[str, object]) -> None:
     doomed = {m["messageId"] for m in messages}  # each made by `broken`
     real = p.processor.process
 
-    def fragile(tx: SqliteTx, event: InboxEvent, now: float) -> object:
+    def fragile(tx: ProcessingTx, event: InboxEvent, now: float) -> object:
         if event.message.get("messageId") in doomed:
             raise ValueError("cannot process")
         return real(tx, event, now)

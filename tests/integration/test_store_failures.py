@@ -26,7 +26,8 @@ from segcrit.emulator.server import running_app
 from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
 from segcrit.processing.engine import Processor
-from segcrit.store.sqlite import SqliteStore, SqliteTx
+from segcrit.store.base import ChunkTx, ProcessingTx
+from segcrit.store.sqlite import SqliteStore
 from tests.e2e.conftest import wait_until
 from tests.helpers import audience_event, email_sha, make_config, put
 
@@ -103,7 +104,7 @@ class Transactions:
         self.count = 0
         real = store.claim_chunk
 
-        def counted(limit: int, *, only: Sequence[int] | None = None) -> contextlib.AbstractContextManager[SqliteTx]:
+        def counted(limit: int, *, only: Sequence[int] | None = None) -> contextlib.AbstractContextManager[ChunkTx]:
             self.count += 1
             return real(limit, only=only)
 
@@ -115,7 +116,7 @@ def test_a_poison_event_among_good_ones_is_found_by_halves_and_set_aside_alone(
 ) -> None:
     real_process = processor.process
 
-    def fragile(tx: SqliteTx, event: InboxEvent, now: float) -> object:
+    def fragile(tx: ProcessingTx, event: InboxEvent, now: float) -> object:
         if event.message.get("userId") == "poison":  # fault injection: this one cannot be processed
             raise ValueError("cannot process this one")
         return real_process(tx, event, now)
@@ -142,7 +143,7 @@ def test_set_aside_events_go_back_on_the_inbox_and_through_processing(
 ) -> None:
     real_process = processor.process
 
-    def buggy(tx: SqliteTx, event: InboxEvent, now: float) -> object:
+    def buggy(tx: ProcessingTx, event: InboxEvent, now: float) -> object:
         raise KeyError("a bug in processing")
 
     monkeypatch.setattr(processor, "process", buggy)

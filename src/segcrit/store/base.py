@@ -29,6 +29,8 @@ What every implementation promises:
   events, catalog products, catalog batch polls) is *claimed*: a claim names what one worker
   sends or applies, and no other claim gets it until it ends or expires (`until`). Settling a
   claim (ack, defer, dead letter, sent) ends it; a claim that expires returns its work to the pool.
+  A settle speaks for the claims of its own store instance: on a shared store, a row that another
+  process claimed meanwhile keeps that claim (SQLite: one process owns the file, so all are its own).
 - Time is the caller's `now` (a FakeClock in tests): the store compares it with stored times.
 - `StoreUnavailable` (segcrit.errors) when the store cannot write now (disk full, locked,
   unreachable): the caller retries later; no other error means that.

@@ -1,9 +1,17 @@
-"""SQLite implementation of the store: one process, WAL, durable commits.
+"""SQLite implementation of the store (every role of segcrit.store.base): one process, WAL,
+durable commits.
 
 Threads: ingest hands messages to one writer thread that commits many requests in one
 transaction (group commit) and wakes each request after the fsync; the processor and the delivery
 worker each use their own connection. Every write transaction starts with BEGIN IMMEDIATE so two
-writers queue on the lock instead of failing on an upgrade.
+writers queue on the lock instead of failing on an upgrade, and ingest goes first: a processing
+chunk (`claim_chunk`) starts when no ingest commit waits and ends early when one does
+(`SqliteChunk.should_commit_early`), so the processor never has to know.
+
+One process owns the file, so a claim is simple here: the inbox claim is the chunk lock, the
+contact-list claims are rows (`claim_until`, which an owner's open releases), and the claims on
+Events API events, catalog products and batch polls live in memory. The schema comes from the
+versioned migrations in `migrations/sqlite/`, applied at open.
 
 A write that fails because of the store itself (disk full, database locked, I/O error) raises
 `StoreUnavailable`: the store logs the real SQLite error once per episode and reports it through
