@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from segcrit.backfill import run_requested_resyncs
 from segcrit.clock import Clock, SystemClock
 from segcrit.config import Config
 from segcrit.criteo.catalog_client import CatalogClient
@@ -184,6 +185,7 @@ class Runtime:
         try:
             while not stop.is_set():
                 try:
+                    await run_requested_resyncs(workers.contacts)
                     await workers.drain_once()
                 except Exception:
                     log.exception("delivery round failed")

@@ -35,6 +35,7 @@ from segcrit.store.base import (
     ProfileState,
     TargetKey,
 )
+from segcrit.store.sqlite_admin import AdminStoreMixin
 from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
 from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin
 
@@ -66,7 +67,7 @@ class _AcceptRequest:
     future: asyncio.Future[AcceptResult]
 
 
-class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
+class SqliteStore(CommerceStoreMixin, CohortStoreMixin, AdminStoreMixin):
     """The store on one SQLite file (see the module docstring for threads and transactions)."""
 
     def __init__(self, path: str) -> None:
@@ -81,8 +82,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
         # commits what it has done and waits (`ingest_waiting`, `give_way_to_ingest`).
         self._ingest_busy = False  # the writer holds a group it has not committed yet
         self._ingest_idle = threading.Condition()
-        schema = resources.files("segcrit.store").joinpath("schema_sqlite.sql").read_text()
-        self._conn().executescript(schema)
+        for schema in ("schema_sqlite.sql", "schema_sqlite_admin.sql"):
+            self._conn().executescript(resources.files("segcrit.store").joinpath(schema).read_text())
         self._writer_queue: queue.SimpleQueue[_AcceptRequest | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._closed = False
@@ -280,13 +281,17 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin):
 
     @contextmanager
     def dry_run(self) -> Iterator[SqliteTx]:
-        """A transaction that is always rolled back (preview: decide everything, keep nothing)."""
+        """A transaction that is always rolled back (preview: decide everything, keep nothing).
+
+        It writes before rolling back, so it queues for the write lock like any writer: inside
+        `segcrit serve` (the admin's preview) it must not meet the other threads' transactions."""
         conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            yield SqliteTx(conn)
-        finally:
-            conn.execute("ROLLBACK")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTx(conn)
+            finally:
+                conn.execute("ROLLBACK")
 
     # ------------------------------------------------------------------ delivery
 
