@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from segcrit.admin.activity import Activity
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -49,6 +51,9 @@ class Metrics:
         self.dead_lettered = Counter(
             "segcrit_dead_lettered", "Deliveries dead-lettered, by reason", ["reason"], registry=r
         )
+
+        # Not Prometheus: recent calls and ingest samples for the admin UI (segcrit.admin.activity).
+        self.activity = Activity()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

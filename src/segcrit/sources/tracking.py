@@ -134,7 +134,7 @@ class TrackingApi(Receiver):
             # Segment infers the type from the path of a single-message call.
             message["type"] = kind
             prepared = prepare_messages([message], self._rules, received_at=received_at)
-            return await self._commit(source, prepared, received_at, single=True)
+            return await self._commit(source, prepared, received_at, single=True, items=[message])
 
         items = body.get("batch")
         context = body.get("context")
@@ -149,7 +149,7 @@ class TrackingApi(Receiver):
         prepared = prepare_messages(
             items, self._rules, received_at=received_at, context=context, integrations=integrations
         )
-        return await self._commit(source, prepared, received_at, single=False)
+        return await self._commit(source, prepared, received_at, single=False, items=items)
 
     def _source_for(self, key: str | None) -> str | None:
         """The source whose write key this is; every key is compared, in constant time each."""

@@ -127,13 +127,13 @@ class WebhookReceiver(Receiver):
 
         if isinstance(body, dict):
             prepared = prepare_messages([body], self._rules, received_at=received_at)
-            return await self._commit(name, prepared, received_at, single=True)
+            return await self._commit(name, prepared, received_at, single=True, items=[body])
         if not isinstance(body, list):
             return self._bad_body(name, "body must be a JSON object or array")
         if len(body) > self._max_batch:
             return self._too_many(name)
         prepared = prepare_messages(body, self._rules, received_at=received_at)
-        return await self._commit(name, prepared, received_at, single=False)
+        return await self._commit(name, prepared, received_at, single=False, items=body)
 
     def _unauthorized(self, source: str) -> Response:
         return reject(
