@@ -163,10 +163,8 @@ class Pages:
             return self._render("not_found.html", caller, status=404, page="", what=data["not_found"])
         return self._render(template, caller, **data)
 
-    async def _action(
-        self, request: Request, build: Callable[[dict[str, str]], dict[str, Any]], template: str = "_notice.html"
-    ) -> Response:
-        """A POST from a page: session (or token) and CSRF token checked, then `build(form)` runs."""
+    async def _checked(self, request: Request) -> tuple[Caller, dict[str, str]] | Response:
+        """A POST from a page: (caller, form) once the session (or token) and CSRF token are good."""
         caller = self._caller(request)
         if caller is None:
             return self._to_login(request)
@@ -177,6 +175,16 @@ class Pages:
         supplied = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
         if not AdminAuth.csrf_ok(caller, "POST", supplied):
             return self._render("_notice.html", caller, status=403, ok=False, message="missing or stale CSRF token")
+        return caller, form
+
+    async def _action(
+        self, request: Request, build: Callable[[dict[str, str]], dict[str, Any]], template: str = "_notice.html"
+    ) -> Response:
+        """A checked POST: `build(form)` runs on the thread pool, its answer is rendered."""
+        checked = await self._checked(request)
+        if isinstance(checked, Response):
+            return checked
+        caller, form = checked
         data = await run_in_threadpool(build, form)
         return self._render(template, caller, status=data.pop("status", 200), **data)
 
@@ -210,11 +218,8 @@ class Pages:
         return response
 
     async def logout(self, request: Request) -> Response:
-        def build(form: dict[str, str]) -> dict[str, Any]:
-            return {}
-
-        checked = await self._action(request, build)
-        if checked.status_code != 200:
+        checked = await self._checked(request)
+        if isinstance(checked, Response):
             return checked
         response = RedirectResponse("/admin/login", status_code=303)
         response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
