@@ -190,13 +190,13 @@ def test_counters_add_up_gauges_keep_the_highest_and_old_minutes_go(tmp_path: Pa
     )
     store.record_activity([CounterIncrement(60, "backlog", "{}", 4, gauge=True)], [], [])
     store.record_activity([CounterIncrement(m, "events_in", "{}", 1) for m in range(120, 60 * 40, 60)], [], [])
-    points = {(p.minute, p.series): p.value for p in store.counters_since(0, ["events_in", "backlog"])}
+    points = {(m, series): v for m, series, _, v in store.counters_by_minute(0, ["events_in", "backlog"])}
     assert points[(60, "events_in")] == 5 and points[(60, "backlog")] == 5
     removed = 0
     while (pruned := store.prune_counters(1800)) > 0:  # a few minutes per call
         removed += pruned
     assert removed == 2 + 28  # minute 60 (two series) and the minutes 120 .. 1740
-    assert min(p.minute for p in store.counters_since(0, ["events_in", "backlog"])) == 1800
+    assert min(m for m, _, _, _ in store.counters_by_minute(0, ["events_in", "backlog"])) == 1800
     store.close()
 
 

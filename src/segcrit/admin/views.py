@@ -104,25 +104,21 @@ def _charts(ctx: AdminContext, now: float) -> tuple[m.Charts, dict[str, float], 
         name: [None if name in GAUGES else 0.0] * len(minutes) for name in CHART_SERIES
     }
     totals: dict[str, float] = defaultdict(float)
-    calls: dict[tuple[str, str], float] = defaultdict(float)
-    for point in ctx.store.counters_since(first, ALL_SERIES):
-        index = (point.minute - first) // 60
-        if not 0 <= index < len(minutes):
-            continue
-        name = point.series
-        if name == SERIES_CRITEO_CALLS:
-            status = point.labels.get("status", "")
-            name = CHART_CRITEO_OK if status.startswith("2") else CHART_CRITEO_FAILED
-            calls[(point.labels.get("endpoint", ""), status)] += point.value
-        values = series[name]
-        if name in GAUGES:
-            values[index] = max(values[index] or 0.0, point.value)
-        else:
-            values[index] = (values[index] or 0.0) + point.value
-            if point.minute > last - HOUR_SECS:
-                totals[name] += point.value
-    counts = [m.CallCount(endpoint=e, status=s, count=int(c)) for (e, s), c in sorted(calls.items())]
-    return m.Charts(minutes=minutes, series=series), totals, counts
+    for minute, stored, outcome, value in ctx.store.counters_by_minute(first, ALL_SERIES):
+        index = (minute - first) // 60
+        name = stored
+        if stored == SERIES_CRITEO_CALLS:
+            name = CHART_CRITEO_OK if outcome == "ok" else CHART_CRITEO_FAILED
+        if 0 <= index < len(minutes):
+            series[name][index] = value
+            if minute > last - HOUR_SECS:
+                totals[name] += value
+    calls = [
+        m.CallCount(endpoint=labels.get("endpoint", ""), status=labels.get("status", ""), count=int(count))
+        for labels, count in ctx.store.counter_labels(first, SERIES_CRITEO_CALLS)
+    ]
+    calls.sort(key=lambda c: (c.endpoint, c.status))
+    return m.Charts(minutes=minutes, series=series), totals, calls
 
 
 # ------------------------------------------------------------------------------------ audiences

@@ -46,14 +46,6 @@ class AudienceCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class CounterPoint:
-    minute: int
-    series: str
-    labels: dict[str, str]
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
 class CounterIncrement:
     """Add `value` to a counter, or (gauge) keep the highest value seen in the minute."""
 
@@ -484,17 +476,27 @@ class AdminStoreMixin:
                 (before_minute, PRUNE_BATCH_MINUTES),
             ).rowcount
 
-    def counters_since(self, minute: int, series: Sequence[str]) -> list[CounterPoint]:
-        """The per-minute values of `series` from `minute` on (a range of the primary key)."""
+    def counters_by_minute(self, minute: int, series: Sequence[str]) -> list[tuple[int, str, str, float]]:
+        """(minute, series, outcome, value) from `minute` on, summed over labels in SQL (a range of
+        the primary key); outcome splits `criteo_calls` into "ok" (2xx) and "failed", else ""."""
         if not series:
             return []
         marks = ", ".join("?" * len(series))
         rows = self._conn().execute(
-            f"SELECT minute, series, labels, value FROM admin_counters WHERE minute >= ? AND series IN ({marks}) "
-            "ORDER BY minute",
+            "SELECT minute, series, CASE WHEN series = 'criteo_calls' THEN CASE WHEN labels ->> '$.status' LIKE '2%' "
+            "THEN 'ok' ELSE 'failed' END ELSE '' END AS outcome, total(value) FROM admin_counters "
+            f"WHERE minute >= ? AND series IN ({marks}) GROUP BY minute, series, outcome",
             (minute, *series),
         )
-        return [CounterPoint(int(r[0]), r[1], orjson.loads(r[2]), float(r[3])) for r in rows.fetchall()]
+        return [(int(r[0]), r[1], r[2], float(r[3])) for r in rows.fetchall()]
+
+    def counter_labels(self, minute: int, series: str) -> list[tuple[dict[str, str], float]]:
+        """One series from `minute` on, summed per label set: (labels, total)."""
+        rows = self._conn().execute(
+            "SELECT labels, total(value) FROM admin_counters WHERE minute >= ? AND series = ? GROUP BY labels",
+            (minute, series),
+        )
+        return [(orjson.loads(r[0]), float(r[1])) for r in rows.fetchall()]
 
     def recent_calls(
         self,
