@@ -12,7 +12,8 @@ from segcrit.backfill import run_requested_resyncs
 from segcrit.clock import FakeClock
 from segcrit.config import DeliveryConfig
 from segcrit.criteo.emulator.state import EmulatorState
-from segcrit.store.base import InboxEvent
+from segcrit.store import sqlite as sqlite_store
+from segcrit.store.base import InboxEvent, TargetKey
 from segcrit.store.sqlite import SqliteStore
 from segcrit.store.sqlite_admin import (
     CALLS_KEPT_PER_ENDPOINT,
@@ -137,6 +138,33 @@ def test_replaying_set_aside_events_puts_them_back_on_the_inbox_in_order(tmp_pat
     assert store.failed_event_count() == 0
     assert [e.message["n"] for e in store.claim_events(10)] == [3, 5, 7]
     assert store.replay_failed_events() == 0
+    store.close()
+
+
+def test_a_big_replay_goes_back_a_batch_per_transaction_and_resumes_after_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "REPLAY_BATCH", 4)
+    store = SqliteStore(str(tmp_path / "s.db"))
+    letters = []
+    for audience, size in (("vip", 10), ("buyers", 3)):
+        keys = [TargetKey(audience, "email", f"{audience}-{n}") for n in range(size)]
+        with store.transaction() as tx:
+            for key in keys:
+                tx.conn.execute(
+                    "INSERT INTO targets (audience, id_type, id_value, desired, since) VALUES (?, ?, ?, 1, 0)",
+                    (key.audience, key.id_type, key.id_value),
+                )
+        letters.append(store.dead_letter(keys, True, 400, "refused", 1.0))
+    assert store.open_dead_letters() == {"vip": 1, "buyers": 1}
+
+    left = store._release_dead_letters(letters, 2.0)  # one batch, then the process dies
+    assert left == letters and store.open_dead_letters() == {"vip": 1, "buyers": 1}
+    assert store.audience_counts_of("vip").dead == 6  # type: ignore[union-attr]
+
+    assert store.replay_dead_letters(None, 3.0) == 2
+    assert store.open_dead_letters() == {} and store.pending_count() == 13
+    assert_counts_match_a_full_count(store)
     store.close()
 
 

@@ -107,7 +107,7 @@ class Recorder:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2)
+            self._thread.join(timeout=1)  # it only waits for a flush in progress (SIGTERM: out in 10 s)
             self._thread = None
         self._flush_logged()
 

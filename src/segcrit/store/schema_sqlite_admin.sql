@@ -75,8 +75,11 @@ FROM targets WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'audience_counts')
 ON CONFLICT (audience) DO NOTHING;
 INSERT INTO meta (key, value) VALUES ('audience_counts', '1') ON CONFLICT (key) DO NOTHING;
 
--- Open dead letters, read by the overview, the audience pages and /metrics without a scan.
+-- Open dead letters, read by the overview, the audience pages and /metrics without a scan; what
+-- each holds, so that a replay (a button in the admin UI) reads only the letter's own rows.
 CREATE INDEX IF NOT EXISTS dead_letters_open ON dead_letters (audience) WHERE replayed_at IS NULL;
+CREATE INDEX IF NOT EXISTS criteo_events_dead ON criteo_events (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS products_dead ON products (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
 
 -- Per-minute counters behind the overview's charts: one row per (minute, series, labels), written
 -- by every process (counters add up, gauges keep the highest value seen), pruned after retention.
