@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from segcrit.criteo.emulator import EmulatorState, running_emulator
 from tests.admin_harness import ADMIN_TOKEN, LiveAdmin, live_admin, poll
 
-EXAMPLES_PER_ROUTE = 25
+EXAMPLES_PER_ROUTE = 50
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 

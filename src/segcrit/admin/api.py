@@ -12,14 +12,13 @@ the event loop that acknowledges ingest requests.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Final
 
 import orjson
 from fastapi import APIRouter, Body, FastAPI, Path, Query, Request, Security
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from fastapi.security import APIKeyCookie, HTTPBearer
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
@@ -36,6 +35,23 @@ SECURITY_HEADERS: Final = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]
+
+
+class AnyText(Convertor[str]):
+    """A path parameter of any characters: `/` and a (percent-encoded) newline too, where Starlette's
+    `path` stops at a newline. A userId or an audience name may hold anything; each still gets
+    its route's JSON answer."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("segcrit_text", AnyText())
 
 
 class ApiError(Exception):
@@ -93,11 +109,6 @@ def build_api(ctx: AdminContext) -> FastAPI:
     router = APIRouter(prefix="/api", dependencies=[Security(bearer), Security(cookie)], responses=PROBLEMS)
     _routes(router, ctx)
     api.include_router(router)
-    for route in api.routes:
-        if isinstance(route, APIRoute):
-            # An id or a name may hold any character, a (percent-encoded) newline too, where the
-            # `{x:path}` pattern alone would stop: every id gets the route's JSON answer.
-            route.path_regex = re.compile(route.path_regex.pattern, re.DOTALL)
     return api
 
 
@@ -111,7 +122,7 @@ def _routes(router: APIRouter, ctx: AdminContext) -> None:
         return views.audiences(ctx)
 
     @router.get(
-        "/audiences/{name:path}",
+        "/audiences/{name:segcrit_text}",
         response_model=m.AudienceDetail,
         responses=NOT_FOUND,
         summary="One audience, recent calls",
@@ -123,7 +134,7 @@ def _routes(router: APIRouter, ctx: AdminContext) -> None:
         return found
 
     @router.post(
-        "/audiences/{name:path}/resync",
+        "/audiences/{name:segcrit_text}/resync",
         response_model=m.Resync,
         status_code=202,
         responses={**NOT_FOUND, **CHANGES},
@@ -177,7 +188,7 @@ def _routes(router: APIRouter, ctx: AdminContext) -> None:
         return views.samples(ctx, source=source, accepted=accepted, limit=limit)
 
     @router.get(
-        "/profiles/{id:path}",
+        "/profiles/{id:segcrit_text}",
         response_model=m.ProfileLookup,
         responses=NOT_FOUND,
         summary="A person by userId, anonymousId or email (hashed on the server first)",
@@ -189,7 +200,7 @@ def _routes(router: APIRouter, ctx: AdminContext) -> None:
         return found
 
     @router.delete(
-        "/profiles/{id:path}",
+        "/profiles/{id:segcrit_text}",
         response_model=m.Forgotten,
         responses=CHANGES,
         summary="Forget the person (= `segcrit forget`): erased, removed from every audience",
