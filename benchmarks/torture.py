@@ -175,8 +175,31 @@ class KillRecord:
 
     documents: int  # Events API documents the emulator had received
     queued_orders: set[str]  # orders whose trackTransaction segcrit's store still had queued
-    applied_adds: set[Identifier]  # pending adds in segcrit's store that Criteo already holds
-    applied_removes: set[Identifier]  # pending removals that Criteo already made
+    # Calls Criteo had applied and segcrit had not recorded: changes still pending in the store
+    # (the resend is a no-op, unless the person changes first and the pending row goes)...
+    applied_adds: set[Identifier]
+    applied_removes: set[Identifier]
+    # ...and changes the store no longer knows of (the person changed while the call was in flight):
+    # held by Criteo with no row saying so, or removed from Criteo while the store says held.
+    forgotten_adds: set[Identifier]
+    forgotten_removes: set[Identifier]
+
+    def lost_answers(self) -> set[Identifier]:
+        return self.applied_adds | self.applied_removes | self.forgotten_adds | self.forgotten_removes
+
+
+def lost_answer_kills(kills: list[KillRecord]) -> tuple[int, int]:
+    """(kills that came between Criteo applying a contact-list call and segcrit recording it, those at
+    which the store had already lost track of such a change). Each identifier counts at the first kill
+    that found it: a forgotten one stays forgotten at every later kill."""
+    caught = forgotten = 0
+    seen: set[Identifier] = set()
+    for kill in kills:
+        new = kill.lost_answers() - seen
+        caught += bool(new)
+        forgotten += bool(new & (kill.forgotten_adds | kill.forgotten_removes))
+        seen |= new
+    return caught, forgotten
 
 
 @dataclass
@@ -189,6 +212,7 @@ class Run:
     kills: list[KillRecord] = field(default_factory=list)
     startup_kills: int = 0
     up_secs: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def db(self) -> Path:
@@ -214,14 +238,23 @@ def record_kill(db: Path, emulator_url: str) -> KillRecord:
     try:
         changes = store.due_changes(1e18, 10**7)
         events = store.due_events(1e18, 10**7)
+        acked = {
+            (a.name, kind, value)
+            for a in store.audiences()
+            for kind, values in store.acknowledged_members(a.name).items()
+            for value in values
+        }
     finally:
         store.close()
-    pending = [((c.key.audience, c.key.id_type, c.key.id_value), c.add) for c in changes]
+    adds = {(c.key.audience, c.key.id_type, c.key.id_value) for c in changes if c.add}
+    removes = {(c.key.audience, c.key.id_type, c.key.id_value) for c in changes if not c.add}
     return KillRecord(
         documents=len(state["eventDocuments"]),
         queued_orders={str(e.body["id"]) for e in events if e.body.get("event") == "trackTransaction"},
-        applied_adds={key for key, add in pending if add and key in criteo},
-        applied_removes={key for key, add in pending if not add and key not in criteo},
+        applied_adds=adds & criteo,
+        applied_removes=removes - criteo,
+        forgotten_adds=criteo - acked - adds,
+        forgotten_removes=(acked - removes) - criteo,
     )
 
 
@@ -273,12 +306,8 @@ def kill_at_random_moments(
         serve.kill()
         run.kills.append(record_kill(run.db, emulator_url))
         if n % 10 == 0:
-            print(
-                f"  {n} kills, {run.expected.requests:,} requests acknowledged, {time.monotonic() - spawned:.1f} s "
-                "since the last start",
-                file=sys.stderr,
-                flush=True,
-            )
+            elapsed = time.monotonic() - run.started
+            print(f"  {n} kills, {run.expected.requests:,} requests acknowledged, {elapsed:.0f} s", file=sys.stderr)
 
 
 def converged(run: Run, emulator_url: str) -> bool:
@@ -330,15 +359,16 @@ def membership_lines(run: Run, state: dict[str, Any]) -> Lines:
         + ("" if not diff else "; differences: " + "; ".join(diff[:10])),
     )
     extra, missing = have - want, want - have
-    # A change Criteo had applied when a kill came, before segcrit committed it: if the person then
-    # changed again before the resend, segcrit saw nothing left to send (SPEC §1 Uncertain calls).
-    lost_adds = {key for key in extra if any(key in kill.applied_adds for kill in run.kills)}
-    lost_removes = {key for key in missing if any(key in kill.applied_removes for kill in run.kills)}
+    # A change Criteo had applied when a kill came, before segcrit recorded it: if the person
+    # changed during the call or before the resend, segcrit sees nothing left to send (SPEC §1
+    # Uncertain calls).
+    lost_adds = {k for k in extra if any(k in kill.applied_adds | kill.forgotten_adds for kill in run.kills)}
+    lost_removes = {k for k in missing if any(k in kill.applied_removes | kill.forgotten_removes for kill in run.kills)}
     other = len(extra) + len(missing) - len(lost_adds) - len(lost_removes)
     explained = (
         f"; {len(lost_adds)} extra and {len(lost_removes)} missing identifiers are: Criteo had applied their "
-        "change when the kill came before segcrit recorded it, and the person changed again before the resend, "
-        "so segcrit saw nothing left to send (SPEC §1 Uncertain calls)"
+        "change when a kill came before segcrit recorded it, and the person changed during the call or before "
+        "the resend, so segcrit saw nothing left to send (SPEC §1 Uncertain calls)"
     )
     traced = (
         other == 0,
@@ -483,6 +513,11 @@ def print_figures(run: Run, traffic_secs: float, drain_secs: float, elapsed: flo
         f"acknowledged carrying {expected.events:,} events ({len(expected.orders):,} orders); {tally.attempts:,} "
         f"attempts, {tally.retries:,} retries (Segment's library gave up {tally.given_up:,} times after "
         f"{args.segment_max_retries} retries: sent again)"
+    )
+    caught, forgotten = lost_answer_kills(run.kills)
+    print(
+        f"contact lists: {caught} kills came between Criteo applying a call and segcrit recording it; at {forgotten} "
+        "of them segcrit's store had already lost track of the change (the person changed during the call)"
     )
     print(f"elapsed: {elapsed:.0f} s (traffic and kills {traffic_secs:.0f} s, then drain {drain_secs:.1f} s)")
 
