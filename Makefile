@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench torture clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -rs -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
@@ -31,6 +31,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/events.py
 	$(BIN)/python benchmarks/cohort.py
 	$(BIN)/python benchmarks/enrichment.py
+
+# kill -9 at random moments under traffic (SPEC §7); 5 to 10 minutes, so not part of `bench`.
+torture: $(STAMP)
+	$(BIN)/python benchmarks/torture.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

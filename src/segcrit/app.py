@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from segcrit.admin.app import build_admin
 from segcrit.clock import Clock, SystemClock
 from segcrit.config import Config
 from segcrit.domain import AcceptResult
@@ -52,6 +53,7 @@ def create_app(
     clock = clock or SystemClock()
     runtime = Runtime(store, config, metrics, clock) if run_workers else None
     # Each read is constant work (running totals, one bounded index read): scrapes never scan.
+    admin = build_admin(config, store, metrics, clock)  # None without server.admin_token
     metrics.backlog.set_function(store.backlog)
     metrics.changes_pending.set_function(store.pending_count)
     metrics.dead_letters.set_function(store.dead_letter_count)
@@ -81,17 +83,22 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if runtime is not None:
             runtime.start()
+        if admin is not None:
+            admin.recorder.start()
         try:
             yield
         finally:
             if runtime is not None:
                 runtime.stop()
+            if admin is not None:
+                admin.recorder.stop()
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *ingest_routes(config, WakingSink(store, runtime), metrics, clock),
+        *(admin.routes if admin is not None else []),  # /admin, /api (SPEC §3.3)
     ]
     # Segment's browser SDK posts to /v1/* from the shop's pages on another origin (text/plain,
     # write key in the body); CORS lets those requests through. Nothing here uses cookies.
@@ -104,4 +111,5 @@ def create_app(
     app.state.runtime = runtime
     app.state.store = store
     app.state.metrics = metrics
+    app.state.admin = admin
     return app

@@ -12,22 +12,28 @@ membership again in calls of at most 50,000 identifiers.
 from __future__ import annotations
 
 import gzip
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from segcrit.clock import SystemClock
 from segcrit.config import Config
-from segcrit.errors import UserError
+from segcrit.errors import SegcritError, UserError
 from segcrit.metrics import Metrics
 from segcrit.sources.validate import WEBHOOK_TYPES, MessageRules, prepare_messages
 from segcrit.store.base import DeliveryStore, IngestStore
+
+if TYPE_CHECKING:
+    from segcrit.delivery.worker import DeliveryWorker
+
+log = logging.getLogger("segcrit.backfill")
 
 IMPORT_BATCH_LINES = 1_000
 
@@ -117,34 +123,68 @@ async def resync_audience(config: Config, store: DeliveryStore, audience: str, p
     from segcrit.delivery.worker import DeliveryWorker
     from segcrit.runtime import build_criteo_client
 
-    known = {s.name for s in store.audience_stats()}
-    if audience not in known:
-        raise UserError(f"unknown audience {audience!r} (known: {', '.join(sorted(known)) or 'none'})")
     clock = SystemClock()
     metrics = Metrics()
     client, http = build_criteo_client(config, clock, metrics, budget=store)
     try:
         worker = DeliveryWorker(store, config, client, clock, metrics)
-        segment_id = await worker.segment_for(audience)
-        # Should the wipe's answer be lost, Criteo may hold nothing: every change is then sent again.
-        store.mark_audience_unknown(audience, clock.now())
-        await client.wipe_contact_list(segment_id)
-        store.reset_audience_acks(audience, clock.now())
-        stats = next(s for s in store.audience_stats() if s.name == audience)
         with _progress(progress) as bar:
-            task = bar.add_task(f"resync {audience}", total=stats.desired)
-            calls = 0
-            while True:
-                made = await worker.drain_once(force=True, audience=audience)
-                calls += made
-                current = next(s for s in store.audience_stats() if s.name == audience)
-                bar.update(task, completed=current.acknowledged)
-                if current.pending == 0 or made == 0:
-                    break
-        if current.pending:
-            raise UserError(
-                f"resync of {audience} incomplete: {current.pending} change(s) still pending (see `segcrit status`)"
-            )
-        return current.acknowledged
+            task = bar.add_task(f"resync {audience}", total=None)
+
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            return await resync_with(worker, audience, advance)
     finally:
         await http.aclose()
+
+
+async def resync_with(
+    worker: DeliveryWorker, audience: str, on_progress: Callable[[int, int], object] | None = None
+) -> int:
+    """A resync through `worker` (the CLI's own, or the delivery thread's for the admin UI's
+    Resync button); returns the identifiers Criteo acknowledged. Raises UserError for an unknown
+    audience or one that did not finish."""
+    store = worker.store
+    if store.audience_counts_of(audience) is None:
+        known = [a.name for a in store.audience_counts()]
+        raise UserError(f"unknown audience {audience!r} (known: {', '.join(known) or 'none'})")
+    segment_id = await worker.segment_for(audience)
+    # Should the wipe's answer be lost, Criteo may hold nothing: every change is then sent again.
+    store.mark_audience_unknown(audience, worker.clock.now())
+    await worker.client.wipe_contact_list(segment_id)
+    store.reset_audience_acks(audience, worker.clock.now())
+    while True:
+        made = await worker.drain_once(force=True, audience=audience)
+        current = store.audience_counts_of(audience)
+        assert current is not None  # it had targets or a record a moment ago, and neither goes away
+        if on_progress is not None:
+            on_progress(current.acknowledged, current.desired)
+        if current.pending_add + current.pending_remove == 0 or made == 0:
+            break
+    pending = current.pending_add + current.pending_remove
+    if pending:
+        raise UserError(f"resync of {audience} incomplete: {pending} change(s) still pending (see `segcrit status`)")
+    return current.acknowledged
+
+
+async def run_requested_resyncs(worker: DeliveryWorker) -> int:
+    """Run the resyncs asked for in the admin UI (`segcrit serve`'s delivery thread calls this:
+    the one place that calls Criteo); returns how many ran."""
+    store = worker.store
+    if not store.resyncs_waiting():
+        return 0
+    ran = 0
+    while (audience := store.claim_resync(worker.clock.now())) is not None:
+        try:
+            sent = await resync_with(worker, audience)
+            result = f"done: Criteo emptied and refilled with {sent} identifier(s)"
+        except SegcritError as exc:
+            result = f"failed: {exc}"
+        except Exception:
+            log.exception("resync failed", extra={"audience": audience})
+            result = "failed: internal error (see the logs)"
+        store.resync_finished(audience, result, worker.clock.now())
+        log.info("resync finished", extra={"audience": audience, "result": result})
+        ran += 1
+    return ran

@@ -50,6 +50,7 @@ class FailedEvent:
     received_at: float
     failed_at: float
     error: str
+    message: dict[str, Any]  # as stored: sanitised at ingest
 
 
 # The keys of `dropped_counts()`: what retention dropped, ever (segcrit status shows them).
@@ -254,3 +255,130 @@ class LookupStats:
     last_success_at: float | None
     lookups: int
     requests: int
+
+
+# ---------------------------------------------------------------------------------------- admin
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceCounts:
+    """One audience's targets (identifiers) by state; the store keeps them by triggers on targets."""
+
+    name: str
+    segment_id: str | None
+    desired: int
+    acknowledged: int
+    pending_add: int
+    pending_remove: int
+    dead: int
+    last_sync_at: float | None
+    auto_create: bool = True
+    created_by_us: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CounterIncrement:
+    """Add `value` to a counter, or (gauge) keep the highest value seen in the minute."""
+
+    minute: int
+    series: str
+    labels: str  # JSON object, keys sorted
+    value: float
+    gauge: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    id: int
+    at: float
+    endpoint: str
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    segment_id: str | None
+    audience: str | None
+    summary: dict[str, Any]
+    answer: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewCall:
+    at: float
+    endpoint: str
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    segment_id: str | None
+    audience: str | None
+    summary: dict[str, Any]
+    answer: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRow:
+    id: int
+    at: float
+    source: str
+    accepted: bool
+    reason: str | None
+    type: str | None
+    event: str | None
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewSample:
+    at: float
+    source: str
+    accepted: bool
+    reason: str | None
+    type: str | None
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    email: str | None
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    id: int
+    kind: str  # contact_list | events | catalog
+    created_at: float
+    audience: str
+    operation: str
+    id_type: str
+    count: int
+    status: int | None
+    error: str
+    replayed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRow:
+    audience: str
+    requested_at: float
+    started_at: float | None
+    finished_at: float | None
+    result: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRecord:
+    """Everything the profile page shows of one profile, read by its primary key and indexes."""
+
+    profile_id: int
+    created_at: float
+    last_seen_at: float
+    consent: bool | None
+    consent_ts: float | None
+    traits: dict[str, Any]
+    identifiers: list[tuple[str, str, bool]]  # (kind, value, active)
+    memberships: list[tuple[str, bool, float]]  # (audience, member, ts)
+    targets: list[tuple[str, str, bool, bool, bool]]  # (audience, id_type, desired, acked, dead-lettered)
+    suppressions: list[tuple[str, float, float]]  # (flow key, since, until)
+    orders: int
+    revenue: float
+    queued_events: int

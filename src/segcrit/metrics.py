@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from segcrit.admin.activity import Activity
+
 # Held audiences listed by key in /metrics, the longest held first (the total is a gauge of its own):
 # keys come from traffic, so their number is bounded here rather than by whoever sends them.
 HELD_AUDIENCES_SHOWN = 20
@@ -101,6 +103,9 @@ class Metrics:
             "segcrit_lookup_source_up", "1 while the lookup's source answers, 0 while it fails", ["lookup"], registry=r
         )
         self.lookups_due = Gauge("segcrit_lookups_due", "Profiles due for a lookup", ["lookup"], registry=r)
+
+        # Not Prometheus: recent calls and ingest samples for the admin UI (segcrit.admin.activity).
+        self.activity = Activity()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

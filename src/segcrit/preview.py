@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,49 +62,113 @@ def preview_source(config: Config) -> str:
     return "preview"
 
 
+@dataclass(frozen=True, slots=True)
+class CriteoRequest:
+    """A request the event would cause: what `segcrit preview` prints as `criteo: METHOD URL` + body."""
+
+    method: str
+    url: str
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class MessagePreview:
+    index: int
+    type: str | None
+    event: str | None
+    skipped: str | None = None
+    profile_id: int | None = None
+    changes: list[tuple[str, bool, str]] = field(default_factory=list)  # (flow, enter?, audience)
+    notes: list[str] = field(default_factory=list)
+    products_changed: int = 0
+    events_queued: int = 0  # Events API events
+    requests: list[CriteoRequest] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        lines = [f"message {self.index}: {self.type} {self.event or ''}".rstrip()]
+        if self.skipped:
+            return [*lines, f"  skipped: {self.skipped}"]
+        lines.append(f"  profile: #{self.profile_id}")
+        if not self.changes and not self.events_queued and not self.products_changed:
+            lines.append("  flows: none matched (no audience change)")
+        lines += [f"  {flow}: {'enter' if member else 'exit'} {audience}" for flow, member, audience in self.changes]
+        lines += [f"  adjusted: {note}" for note in self.notes]
+        if self.products_changed:
+            lines.append(f"  catalog: {self.products_changed} product(s) changed, queued for the next batch")
+        if not any(r.method == "PATCH" for r in self.requests):
+            lines.append("  criteo: nothing to send")
+        for request in self.requests:
+            lines += [f"  criteo: {request.method} {request.url}", "    " + orjson.dumps(request.body).decode()]
+        return lines
+
+
+@dataclass(slots=True)
+class Preview:
+    """What the messages would do; `lines()` is what `segcrit preview` prints."""
+
+    messages: list[MessagePreview] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {"index", "reason"}
+
+    def lines(self) -> list[str]:
+        out = [f"rejected message {r['index']}: {r['reason']}" for r in self.rejected]
+        for message in self.messages:
+            out += message.lines()
+        return out
+
+
 def preview_event(config: Config, text: str) -> str:
-    now = time.time()
-    prepared = prepare_messages(
-        _messages(text), MessageRules(PREVIEW_TYPES, config.server.max_message_bytes), received_at=now
-    )
-    lines: list[str] = [f"rejected message {r['index']}: {r['reason']}" for r in prepared.rejected]
     store, scratch = _open_for_preview(config)
     try:
-        processor = Processor(store, config, SystemClock(), Metrics())
-        source = preview_source(config)
-        with store.dry_run() as tx:
-            for index, message in enumerate(prepared.messages):
-                outcome = processor.process(tx, InboxEvent(0, source, message, now), now)
-                lines.append(f"message {index}: {message.get('type')} {message.get('event') or ''}".rstrip())
-                if outcome.skipped:
-                    lines.append(f"  skipped: {outcome.skipped}")
-                    continue
-                lines.append(f"  profile: #{outcome.profile_id}")
-                if not outcome.memberships and not outcome.criteo_events and not outcome.products_changed:
-                    lines.append("  flows: none matched (no audience change)")
-                for audience, member in outcome.memberships:
-                    lines.append(f"  {_flow_of(config, audience)}: {'enter' if member else 'exit'} {audience}")
-                for note in outcome.notes:
-                    lines.append(f"  adjusted: {note}")
-                if outcome.products_changed:
-                    lines.append(f"  catalog: {outcome.products_changed} product(s) changed, queued for the next batch")
-                pending = tx.pending_of_profile(outcome.profile_id) if outcome.profile_id else []
-                lines.extend(_requests(config, store, pending))
-                lines.extend(_events(config, tx, outcome.profile_id) if outcome.criteo_events else [])
+        return "\n".join(preview_messages(config, store, _messages(text)).lines())
     finally:
         store.close()
         if scratch is not None:
             scratch.cleanup()
-    return "\n".join(lines)
 
 
-def _requests(config: Config, store: AudienceDeliveryStore, pending: list[tuple[TargetKey, bool]]) -> list[str]:
-    if not pending:
-        return ["  criteo: nothing to send"]
+def preview_messages(config: Config, store: Store, items: list[Any], now: float | None = None) -> Preview:
+    """Validate and sanitise `items` as ingest would, then preview the ones it would accept."""
+    now = time.time() if now is None else now
+    rules = MessageRules(PREVIEW_TYPES, config.server.max_message_bytes, phone_region=config.identity.phone_region)
+    prepared = prepare_messages(items, rules, received_at=now)
+    preview = preview_prepared(config, store, prepared.messages, now)
+    preview.rejected = prepared.rejected
+    return preview
+
+
+def preview_prepared(config: Config, store: Store, messages: list[dict[str, Any]], now: float) -> Preview:
+    """Preview messages as ingest stored them, in one transaction that is rolled back."""
+    preview = Preview()
+    processor = Processor(store, config, SystemClock(), Metrics())
+    source = preview_source(config)
+    with store.dry_run() as tx:
+        for index, message in enumerate(messages):
+            outcome = processor.process(tx, InboxEvent(0, source, message, now), now)
+            event = message.get("event")
+            entry = MessagePreview(index, message.get("type"), event if isinstance(event, str) else None)
+            preview.messages.append(entry)
+            if outcome.skipped:
+                entry.skipped = outcome.skipped
+                continue
+            entry.profile_id = outcome.profile_id
+            entry.changes = [(_flow_of(config, a), member, a) for a, member in outcome.memberships]
+            entry.notes = list(outcome.notes)
+            entry.products_changed = outcome.products_changed
+            entry.events_queued = len(outcome.criteo_events)
+            pending = tx.pending_of_profile(outcome.profile_id) if outcome.profile_id else []
+            entry.requests = _requests(config, store, pending)
+            if outcome.criteo_events:
+                entry.requests += _events(config, tx, outcome.profile_id)
+    return preview
+
+
+def _requests(
+    config: Config, store: AudienceDeliveryStore, pending: list[tuple[TargetKey, bool]]
+) -> list[CriteoRequest]:
     groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for key, add in pending:
         groups[(key.audience, "add" if add else "remove", key.id_type)].append(key.id_value)
-    lines = []
+    requests = []
     for (audience, operation, id_type), values in sorted(groups.items()):
         record = store.audience(audience)
         configured = config.audiences.get(audience)
@@ -113,9 +178,8 @@ def _requests(config: Config, store: AudienceDeliveryStore, pending: list[tuple[
         )
         gum = config.criteo.gum_caller_id if id_type == "gum" else None
         body = ContactlistAmendmentRequest.build(operation, id_type, sorted(values), gum_caller_id=gum)  # type: ignore[arg-type]
-        lines.append(f"  criteo: PATCH {config.criteo.api_url}{path}")
-        lines.append("    " + orjson.dumps(body.to_json()).decode())
-    return lines
+        requests.append(CriteoRequest("PATCH", f"{config.criteo.api_url}{path}", body.to_json()))
+    return requests
 
 
 def _flow_of(config: Config, audience: str) -> str:
@@ -127,10 +191,10 @@ def _flow_of(config: Config, audience: str) -> str:
     return "audience_sync"
 
 
-def _events(config: Config, tx: ProcessingTx, profile_id: int | None) -> list[str]:
+def _events(config: Config, tx: ProcessingTx, profile_id: int | None) -> list[CriteoRequest]:
     """The Events API document the queued events of this person would go out in."""
     queued = [e for e in tx.queued_events(str(profile_id))] if profile_id is not None else []
     if not queued:
         return []
     document = {**queued[-1][0], "version": DOCUMENT_VERSION, "events": [body for _, body in queued]}
-    return [f"  criteo: POST {config.criteo.events_url}", "    " + orjson.dumps(document).decode()]
+    return [CriteoRequest("POST", config.criteo.events_url, document)]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from segcrit.backfill import run_requested_resyncs
 from segcrit.clock import Clock, SystemClock
 from segcrit.config import Config
 from segcrit.criteo.catalog_client import CatalogClient
@@ -217,6 +218,7 @@ class Runtime:
         try:
             while not stop.is_set():
                 try:
+                    await run_requested_resyncs(workers.contacts)
                     await workers.drain_once()
                 except StoreUnavailable:
                     await asyncio.sleep(1.0)  # logged by the store; what was sent is sent again

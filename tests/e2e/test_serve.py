@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import random
 import threading
 import time
 from datetime import UTC, datetime
@@ -17,10 +19,25 @@ import pytest
 from segment.analytics.client import Client
 
 from tests.e2e.conftest import SECRET, WRITE_KEY, Emulator, Server, wait_until
+from tests.e2e.crash_traffic import (
+    EngageTraffic,
+    Expected,
+    Tally,
+    TrackingSender,
+    TrackingTraffic,
+    WebhookSender,
+    differences,
+    flatten,
+    run_stream,
+    transactions,
+)
 
 pytestmark = pytest.mark.e2e
 
 DELIVERY_DEADLINE_SECS = 20.0
+CRASH_REQUESTS = 24  # per stream
+CRASH_KILLS = 3
+SEND_DEADLINE_SECS = 40.0
 
 
 def sha(email: str) -> str:
@@ -125,78 +142,73 @@ def test_sdk_and_webhooks_end_in_exact_criteo_membership(server: Server, emulato
     assert calls.get("token") == 1  # one token for the whole run
 
 
-def _batch(index: int, t0: float, users: int, audiences: list[str]) -> list[dict[str, Any]]:
-    """Batch `index`: every user enters or leaves every audience, alternating; later wins."""
-    out = []
-    for u in range(users):
-        for a, audience in enumerate(audiences):
-            member = (index + u + a) % 3 != 0
-            out.append(
-                {
-                    "type": "track",
-                    "event": "Audience Entered" if member else "Audience Exited",
-                    "userId": f"user-{u}",
-                    "messageId": f"b{index}-u{u}-a{a}",
-                    "timestamp": iso(t0 + index),
-                    "properties": {"audience_key": audience, audience: member},
-                    "context": {"traits": {"email": f"user{u}@shop.example"}, **personas(audience)},
-                }
-            )
-    return out
-
-
-def test_sigkill_mid_traffic_loses_nothing(server: Server, emulator: Emulator) -> None:
-    audiences = ["a_one", "a_two", "a_three"]
+def test_sigkill_mid_traffic_loses_nothing(shop_server: Server, emulator: Emulator) -> None:
+    """Two streams — Tracking API batches through Segment's library, Engage webhook arrays — each
+    request retried until acknowledged, while segcrit is killed with SIGKILL at random points of the
+    traffic and restarted on the same store. Every request leaves a mark in the end state that no
+    later one overwrites (crash_traffic), so losing any acknowledged one fails the test."""
+    seed = int(os.environ.get("SEGCRIT_CRASH_SEED") or random.randrange(2**32))
+    rng = random.Random(seed)
+    about = f"(kill points from SEGCRIT_CRASH_SEED={seed})"
+    expected, tally, failures = Expected(), Tally(), []
+    deadline = time.monotonic() + SEND_DEADLINE_SECS
     t0 = time.time() - 3600
-    batches = [_batch(i, t0, users=20, audiences=audiences) for i in range(60)]
-    acked: set[int] = set()
-    auth = (WRITE_KEY, "")
-
-    def send(indexes: list[int], stop: threading.Event | None = None) -> None:
-        with httpx.Client(timeout=10) as http:
-            for i in indexes:
-                if stop is not None and stop.is_set():
-                    return
-                try:
-                    response = http.post(f"{server.url}/v1/batch", json={"batch": batches[i]}, auth=auth)
-                except httpx.HTTPError:
-                    return  # the server died under us: this batch is not acknowledged
-                if response.status_code == 200:
-                    acked.add(i)
-
-    server.start()
+    streams = [
+        (TrackingTraffic("t", t0), TrackingSender(shop_server.url, WRITE_KEY, tally, deadline, max_retries=3)),
+        (EngageTraffic("w", t0), WebhookSender(f"{shop_server.url}/webhooks/engage", SECRET, tally, deadline, rng)),
+    ]
+    shop_server.start()
     stop = threading.Event()
-    sender = threading.Thread(target=send, args=(list(range(len(batches))), stop))
-    sender.start()
-    wait_until(lambda: len(acked) >= 25, 30, "25 acknowledged batches")
-    server.kill()
-    stop.set()
-    sender.join(10)
-    assert 25 <= len(acked) < len(batches)
-
-    server.start()
-    # Like a Segment client: resend what was not acknowledged; resend one acknowledged batch too.
-    send([i for i in range(len(batches)) if i not in acked] + [min(acked)])
-    assert len(acked) == len(batches)
-
-    expected: dict[str, dict[str, set[str]]] = {}
-    for u in range(20):
-        for a, audience in enumerate(audiences):
-            if (len(batches) - 1 + u + a) % 3 != 0:
-                expected.setdefault(audience, {"email": set()})["email"].add(sha(f"user{u}@shop.example"))
-    for audience in audiences:
-        expected.setdefault(audience, {})
+    threads = [
+        threading.Thread(
+            target=run_stream,
+            args=(traffic, sender, expected),
+            kwargs={"stop": stop, "requests": CRASH_REQUESTS, "failures": failures},
+        )
+        for traffic, sender in streams
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for point in sorted(rng.sample(range(2, len(streams) * CRASH_REQUESTS - 4), CRASH_KILLS)):
+            wait_until(lambda p=point: expected.requests >= p or bool(failures), SEND_DEADLINE_SECS, f"{point} acks")
+            time.sleep(rng.uniform(0, 0.05))  # picks the moment of the kill; nothing waits on it
+            shop_server.kill()
+            shop_server.start()
+    except BaseException:
+        stop.set()  # the senders need not wait for a server that will not come back
+        raise
+    finally:
+        for thread in threads:
+            thread.join(SEND_DEADLINE_SECS)
+        for _, sender in streams:
+            sender.close()
+    assert not failures, f"{failures} {about}"
+    assert expected.requests == len(streams) * CRASH_REQUESTS
+    assert tally.retries > 0, "the kills never met a request"
 
     def converged() -> bool:
-        members = emulator.members()
-        return {k: {t: v for t, v in m.items() if v} for k, m in members.items()} == {
-            k: {t: v for t, v in m.items() if v} for k, m in expected.items()
-        }
+        state = emulator.state()
+        members = {s["name"]: {k: set(v) for k, v in s["members"].items()} for s in state["segments"]}
+        return flatten(members) == flatten(expected.members()) and set(transactions(state)) >= expected.orders
 
-    wait_until(converged, DELIVERY_DEADLINE_SECS, "Criteo to converge after the crash")
-    status = server.segcrit("status")
-    assert "dead letters: 0" in status.stdout
-    assert server.terminate() == 0
+    wait_until(
+        converged,
+        DELIVERY_DEADLINE_SECS,
+        f"Criteo to converge after {CRASH_KILLS} kills {about}",
+        lambda: differences(expected, emulator.members()),
+    )
+    assert shop_server.terminate() == 0
+    state = emulator.state()
+    assert differences(expected, emulator.members()) == [], about
+    sent = transactions(state)
+    assert set(sent) == expected.orders, about
+    # At-least-once (SPEC §7): a resend after a lost answer is the same event, never a second one.
+    resent = {order: [e for _, e in copies] for order, copies in sent.items() if len(copies) > 1}
+    assert all(all(e == events[0] for e in events) for events in resent.values()), resent
+    status = shop_server.segcrit("status")
+    assert status.returncode == 0, status.stderr
+    assert "dead letters: 0" in status.stdout and "set-aside events: 0" in status.stdout, status.stdout
 
 
 def test_a_second_owner_of_the_store_exits_at_once_and_operator_commands_keep_working(

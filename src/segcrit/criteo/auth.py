@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -90,6 +91,7 @@ class TokenProvider:
         }
         await self._limiter.acquire()
         self.fetches += 1
+        started = time.perf_counter()
         try:
             response = await self._http.post(
                 url,
@@ -99,13 +101,13 @@ class TokenProvider:
             )
         except httpx.TransportError as exc:
             # `exc` names the URL only; the form (with the secret) is not in its message.
-            self._count(NO_RESPONSE)
+            self._count(NO_RESPONSE, url, started)
             log.warning("criteo token call failed", extra={"error": type(exc).__name__})
             # A token call changes nothing that matters: whatever its fate, no call it stood for was sent.
             raise RetryableError(f"Criteo token call failed: {type(exc).__name__}", maybe_applied=False) from None
         now = self._clock.now()
         await self._limiter.observe(response.status_code, response.headers, now)
-        self._count(response.status_code)
+        self._count(response.status_code, url, started)
         body = _json(response)
         decision = classify(response.status_code, [])
         if decision is Decision.OK:
@@ -139,9 +141,12 @@ class TokenProvider:
         log.info("criteo token fetched", extra={"expires_in": lifetime})
         return parsed.access_token
 
-    def _count(self, status: int) -> None:
+    def _count(self, status: int, url: str, started: float) -> None:
         if self._metrics is not None:
             self._metrics.criteo_calls.labels(endpoint=TOKEN_ENDPOINT, status=str(status)).inc()
+            # For the admin's recent calls: status and time only, never the form or the answer
+            # (they hold the client secret and the token).
+            self._metrics.activity.call(TOKEN_ENDPOINT, "POST", url, status, time.perf_counter() - started)
 
 
 def _json(response: httpx.Response) -> Any:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,6 +96,7 @@ class EventsClient:
 
     async def _post(self, url: httpx.URL, body: bytes) -> httpx.Response:
         await self._limiter.acquire()
+        started = time.perf_counter()
         try:
             response = await self._http.post(
                 url,
@@ -105,10 +107,12 @@ class EventsClient:
             )
         except httpx.TransportError as exc:
             self._count(NO_RESPONSE)
+            self._record(url, NO_RESPONSE, started, body, None)
             log.warning("criteo events call failed", extra={"endpoint": EP_EVENTS, "error": type(exc).__name__})
             raise no_answer(f"Criteo {EP_EVENTS}", exc) from None
         await self._limiter.observe(response.status_code, response.headers, self._clock.now())
         self._count(response.status_code)
+        self._record(url, response.status_code, started, body, json_body(response))
         return response
 
     def _redirect_target(self, response: httpx.Response, url: httpx.URL, hop: int) -> httpx.URL:
@@ -145,6 +149,19 @@ class EventsClient:
     def _count(self, status: int) -> None:
         if self._metrics is not None:
             self._metrics.criteo_calls.labels(endpoint=EP_EVENTS, status=str(status)).inc()
+
+    def _record(self, url: httpx.URL, status: int, started: float, body: bytes, answer: Any) -> None:
+        """Keep the call for the admin UI's recent calls (masked there; nothing when it is off)."""
+        if self._metrics is not None and self._metrics.activity.enabled:
+            self._metrics.activity.call(
+                EP_EVENTS,
+                "POST",
+                str(url),
+                status,
+                time.perf_counter() - started,
+                request=orjson.loads(body),
+                answer=answer,
+            )
 
 
 def _check(document: Mapping[str, Any]) -> None:

@@ -12,6 +12,7 @@ sit on one `MarketingApi`, so all their calls share one token and one limiter (S
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -91,6 +92,7 @@ class MarketingApi:
         for attempt in (1, 2):
             token = await self.tokens.token()
             await self._limiter.acquire()
+            started = time.perf_counter()
             try:
                 response = await self._http.request(
                     method,
@@ -103,6 +105,7 @@ class MarketingApi:
             except httpx.TransportError as exc:
                 # Timeouts included. The exception is dropped (`from None`): its request holds the token.
                 self.count(endpoint, NO_RESPONSE)
+                self.record(endpoint, method, url, NO_RESPONSE, started, json, None, segment_id)
                 log.warning("criteo call failed", extra={"endpoint": endpoint, "error": type(exc).__name__})
                 raise no_answer(f"Criteo {endpoint}", exc) from None
             now = self.clock.now()
@@ -110,6 +113,7 @@ class MarketingApi:
             await self._limiter.observe(status, response.headers, now)
             self.count(endpoint, status)
             body = json_body(response)
+            self.record(endpoint, method, url, status, started, json, body, segment_id)
             decision = classify(status, error_codes(body))
             if decision is Decision.REFRESH_TOKEN:
                 self.tokens.invalidate(token)
@@ -122,6 +126,30 @@ class MarketingApi:
     def count(self, endpoint: str, status: int) -> None:
         if self.metrics is not None:
             self.metrics.criteo_calls.labels(endpoint=endpoint, status=str(status)).inc()
+
+    def record(
+        self,
+        endpoint: str,
+        method: str,
+        url: str,
+        status: int,
+        started: float,
+        request: Any,
+        answer: Any,
+        segment_id: str | None,
+    ) -> None:
+        """Keep the call for the admin UI's recent calls (masked there; nothing when it is off)."""
+        if self.metrics is not None:
+            self.metrics.activity.call(
+                endpoint,
+                method,
+                url,
+                status,
+                time.perf_counter() - started,
+                request=request,
+                answer=answer,
+                segment_id=segment_id,
+            )
 
 
 @dataclass(frozen=True, slots=True)

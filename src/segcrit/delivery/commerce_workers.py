@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 
 from segcrit.config import CatalogFlow
@@ -38,7 +38,51 @@ DOCUMENT_VERSION = "segcrit_1.0"
 REPORT_POLL_SECS = (5.0, 15.0, 60.0, 300.0)  # then every 5 min until final
 
 
+class AckCommitter:
+    """Commits the answered documents of a round together, off the event loop (group commit).
+
+    Between Criteo's answer and the commit that records it, a crash makes segcrit send the document
+    again (at-least-once, same event ids: SPEC §7). Committing each answer on the event loop, one
+    after the other, held every other answered document in that window for as many commits; here
+    the answers that arrive while one commit runs are recorded together by the next.
+    """
+
+    def __init__(self, commit: Callable[[list[int]], None]) -> None:
+        self._commit = commit
+        self._ids: list[int] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def record(self, ids: Sequence[int]) -> None:
+        """Return once `ids` are committed (raise what the commit raised)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ids += ids
+        self._waiters.append(waiter)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        await waiter
+
+    async def _flush(self) -> None:
+        while self._ids:
+            ids, waiters = self._ids, self._waiters
+            self._ids, self._waiters = [], []
+            try:
+                await asyncio.to_thread(self._commit, ids)
+            except Exception as error:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(error)
+                continue
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
 class EventsWorker(Worker[EventsQueue, EventsClient]):
+    @cached_property
+    def _acks(self) -> AckCommitter:
+        return AckCommitter(self.store.events_sent)
+
     async def drain_once(self, *, force: bool = False) -> int:
         """Send one document per person whose oldest event has waited long enough; returns calls."""
         now = self.clock.now()
@@ -94,8 +138,8 @@ class EventsWorker(Worker[EventsQueue, EventsClient]):
             delay = self.backoff.delay(error, max(e.attempts for e in events), now)
             self.store.defer_events(ids, now + delay, now)
             return
+        await self._acks.record(ids)
         now = self.clock.now()
-        self.store.events_sent(ids)
         for event in events:
             self.metrics.delivery_latency.observe(max(0.0, now - event.created_at))
 

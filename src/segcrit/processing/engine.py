@@ -71,6 +71,18 @@ def event_time(message: Mapping[str, Any], fallback: float) -> float:
     return float(ts) if in_time_range(ts) else fallback
 
 
+def person_keys(identifier: str) -> list[tuple[str, str]]:
+    """The identifiers a person given as userId, anonymousId or email is stored under (`forget`,
+    the admin's profile lookup): the email normalised and hashed, as ingest does."""
+    keys = [("user_id", identifier), ("anonymous_id", identifier)]
+    email = normalize_email(identifier)
+    if email:
+        keys.append(("email", email_hashes(email)[0]))
+        # An email used as userId/anonymousId is stored in its pseudonymous form.
+        keys += [("user_id", pseudonymous_id(email)), ("anonymous_id", pseudonymous_id(email))]
+    return keys
+
+
 class Processor:
     def __init__(self, store: ProcessingStore, config: Config, clock: Clock, metrics: Metrics) -> None:
         self.store = store
@@ -301,12 +313,7 @@ class Processor:
     def forget(self, identifier: str) -> int:
         """Erase everyone known by this userId, anonymousId or email, their events still waiting
         in the inbox or set aside included; returns profiles erased."""
-        keys = [("user_id", identifier), ("anonymous_id", identifier)]
-        email = normalize_email(identifier)
-        if email:
-            keys.append(("email", email_hashes(email)[0]))
-            # An email used as userId/anonymousId is stored in its pseudonymous form.
-            keys += [("user_id", pseudonymous_id(email)), ("anonymous_id", pseudonymous_id(email))]
+        keys = person_keys(identifier)
         now = self.clock.now()
         with self.store.transaction() as tx:
             profiles = set(tx.find_profiles(keys).values())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -91,6 +91,7 @@ def backlog_response(sink: IngestSink, max_backlog: int, metrics: Metrics, sourc
 def reject(metrics: Metrics, source: str, reason: str, response: Response) -> Response:
     """Count a refused request and return its answer."""
     metrics.events_rejected.labels(source=source, reason=reason).inc()
+    metrics.activity.refused(source, reason)
     return response
 
 
@@ -102,10 +103,14 @@ async def commit(
     sink: IngestSink,
     metrics: Metrics,
     single: bool,
+    items: Sequence[Any] = (),
 ) -> Response:
-    """Store the accepted messages, then answer (400 for a rejected single message)."""
+    """Store the accepted messages, then answer (400 for a rejected single message). `items`: the
+    messages as sent, for the admin's debugger to show the refused ones."""
     for rejection in prepared.rejected:
         metrics.events_rejected.labels(source=source, reason=_reason_label(rejection["reason"])).inc()
+        index = rejection["index"]
+        metrics.activity.refused(source, rejection["reason"], items[index] if index < len(items) else None)
     if single and prepared.rejected:
         return error_response(400, "invalid_message", prepared.rejected[0]["reason"])
     if prepared.messages:
@@ -119,6 +124,7 @@ async def commit(
             log.exception("ingest commit failed", extra={"source": source})
             return _store_unavailable(metrics, source)
         metrics.events_received.labels(source=source).inc(len(prepared.messages))
+        metrics.activity.accepted(source, prepared.messages)
         if result.duplicates:
             metrics.events_duplicate.labels(source=source).inc(result.duplicates)
     if not prepared.rejected:
@@ -170,5 +176,9 @@ class Receiver:
     def _bad_body(self, source: str, message: str) -> Response:
         return reject(self._metrics, source, "invalid_body", error_response(400, "invalid_body", message))
 
-    async def _commit(self, source: str, prepared: Prepared, received_at: float, *, single: bool) -> Response:
-        return await commit(source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single)
+    async def _commit(
+        self, source: str, prepared: Prepared, received_at: float, *, single: bool, items: Sequence[Any] = ()
+    ) -> Response:
+        return await commit(
+            source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single, items=items
+        )

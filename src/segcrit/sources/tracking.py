@@ -137,7 +137,7 @@ class TrackingApi(Receiver):
             # Segment infers the type from the path of a single-message call.
             message["type"] = kind
             prepared = prepare_messages([message], self._rules, received_at=received_at)
-            return await self._commit(source, prepared, received_at, single=True)
+            return await self._commit(source, prepared, received_at, single=True, items=[message])
 
         items = body.get("batch")
         context = body.get("context")
@@ -156,7 +156,7 @@ class TrackingApi(Receiver):
         prepared = prepare_messages(
             items, self._rules, received_at=received_at, context=context, integrations=integrations, sent_at=sent_at
         )
-        return await self._commit(source, prepared, received_at, single=False)
+        return await self._commit(source, prepared, received_at, single=False, items=items)
 
     def _source_for(self, key: str | None) -> str | None:
         """The source whose write key this is; every key is compared, in constant time each."""

@@ -150,7 +150,7 @@ class WebhookReceiver(Receiver):
 
         if isinstance(body, dict):
             prepared = prepare_messages([body], self._rules, received_at=received_at)
-            return await self._commit(name, prepared, received_at, single=True)
+            return await self._commit(name, prepared, received_at, single=True, items=[body])
         if not isinstance(body, list):
             return self._bad_body(name, "body must be a JSON object or array")
         if len(body) > self._max_batch:
@@ -159,7 +159,7 @@ class WebhookReceiver(Receiver):
             prepared = self._prepare_signed_deletes_only(body, received_at)
         else:
             prepared = prepare_messages(body, self._rules, received_at=received_at)
-        return await self._commit(name, prepared, received_at, single=False)
+        return await self._commit(name, prepared, received_at, single=False, items=body)
 
     def _prepare_signed_deletes_only(self, items: list[Any], received_at: float) -> Prepared:
         """prepare_messages, with every `delete` past element 0 rejected instead (SPEC §3.2)."""

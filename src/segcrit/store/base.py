@@ -9,14 +9,16 @@ role it uses (the records they exchange are in `segcrit.domain`):
       ChunkTx / ProcessingTx         that applies it; identity, memberships, targets, commerce,
                                      cohorts, tombstones, lookup marks (the unit of work)
     AudienceDeliveryStore          contact lists: claim due changes, ack, defer, dead letter;
-                                     audiences, held audiences, lookalikes
+                                     audiences, held audiences, lookalikes; ResyncQueue (the
+                                     resyncs asked for in the admin UI)
     EventsQueue / CatalogQueue     Events API documents, catalog products and batch polls
     RateBudget                     the Criteo call budget every process shares
     SchedulerStore                 jobs and their leases
     ScheduledFlowStore             the scheduled part of suppression, lifecycle, lookalike_seed
     HousekeepingStore              retention
     EnrichmentStore                the lookups queue
-    StatusReads / Replays          `segcrit status`, /metrics, the admin; `segcrit replay`
+    StatusReads / Replays          `segcrit status`, /metrics; `segcrit replay`
+    AdminStore                     the admin UI and API: bounded reads, its activity record
     StoreHealth                    close, ping, write failures
     SchemaStore                    versioned migrations (segcrit.store.migrations)
 
@@ -45,10 +47,14 @@ from typing import Any, Protocol
 from segcrit.clock import Clock
 from segcrit.domain import (
     AcceptResult,
+    AudienceCounts,
     AudienceRecord,
     AudienceStats,
+    CallRow,
     CatalogStats,
+    CounterIncrement,
     DeadLetter,
+    DeadLetterRow,
     DueLookup,
     FailedEvent,
     Identifier,
@@ -57,12 +63,17 @@ from segcrit.domain import (
     LookalikeRecord,
     LookupDone,
     LookupStats,
+    NewCall,
+    NewSample,
     OpenBatch,
     PendingChange,
     PendingEvent,
     PendingProduct,
     ProfileFacts,
+    ProfileRecord,
     ProfileState,
+    ResyncRow,
+    SampleRow,
     TargetKey,
     WaitingPlace,
 )
@@ -260,7 +271,18 @@ class ProcessingStore(Protocol):
 # ---------------------------------------------------------------------------------------- delivery
 
 
-class AudienceDeliveryStore(Protocol):
+class ResyncQueue(Protocol):
+    """Resyncs asked for in the admin UI, run by the delivery thread (the one place calling Criteo)."""
+
+    def resyncs_waiting(self) -> bool: ...
+    def claim_resync(self, now: float) -> str | None:
+        """The audience of the oldest resync nobody started yet, now marked started (claimed)."""
+        ...
+
+    def resync_finished(self, audience: str, result: str, now: float) -> None: ...
+
+
+class AudienceDeliveryStore(ResyncQueue, Protocol):
     """Contact-list delivery: pending changes per (audience, operation, identifier type), the
     audiences' Criteo segments and lookalikes (see docs/architecture.md, "Lost answers")."""
 
@@ -314,6 +336,11 @@ class AudienceDeliveryStore(Protocol):
         ...
 
     def audience_stats(self) -> list[AudienceStats]: ...
+    def audience_counts(self) -> list[AudienceCounts]:
+        """Every audience's targets by state (running totals: one row per audience)."""
+        ...
+
+    def audience_counts_of(self, name: str) -> AudienceCounts | None: ...
     def held_audience_count(self) -> int: ...
     def admit_held_audiences(self, day: int, allowance: int) -> list[str]:
         """Admit the longest-held audiences that `day`'s allowance still has room for; returns them."""
@@ -528,6 +555,55 @@ class SchemaStore(Protocol):
         ...
 
 
+class AdminStore(StatusReads, Protocol):
+    """What the admin UI and API read (each read bounded: a key, an index range, a capped table),
+    and what the admin writes: its activity record (recent Criteo calls, ingest samples, per-minute
+    counters, written by the recorder of every process) and resync requests."""
+
+    def audiences(self) -> list[AudienceRecord]: ...
+    def audience_counts(self) -> list[AudienceCounts]: ...
+    def audience_counts_of(self, name: str) -> AudienceCounts | None: ...
+    def pending_total(self) -> int: ...
+    def open_dead_letters(self) -> dict[str, int]:
+        """Audience (or `events`, `catalog:<merchant>`) -> dead letters not yet replayed."""
+        ...
+
+    def dead_letters_of(self, audience: str, limit: int = 50) -> list[DeadLetterRow]: ...
+    def recent_dead_letters(self, limit: int = 100, include_replayed: bool = False) -> list[DeadLetterRow]: ...
+    def open_batches(self, limit: int) -> list[OpenBatch]:
+        """Catalog batches whose report is not final yet, the oldest first (claims nothing)."""
+        ...
+
+    def request_resync(self, audience: str, now: float) -> None: ...
+    def resync_state(self, audience: str) -> ResyncRow | None: ...
+    def profiles_of(self, keys: Iterable[tuple[str, str]]) -> list[int]: ...
+    def profile_record(self, profile_id: int) -> ProfileRecord | None: ...
+    def record_activity(
+        self, counters: Sequence[CounterIncrement], calls: Sequence[NewCall], samples: Sequence[NewSample]
+    ) -> None: ...
+    def prune_counters(self, before_minute: int) -> int: ...
+    def counters_by_minute(self, minute: int, series: Sequence[str]) -> list[tuple[int, str, str, float]]: ...
+    def counter_labels(self, minute: int, series: str) -> list[tuple[dict[str, str], float]]: ...
+    def recent_calls(
+        self,
+        limit: int = 50,
+        *,
+        endpoint: str | None = None,
+        audience: str | None = None,
+        failed: bool | None = None,
+        before_id: int | None = None,
+    ) -> list[CallRow]: ...
+    def call_endpoints(self) -> list[str]: ...
+    def samples(
+        self, limit: int = 50, *, source: str | None = None, accepted: bool | None = None
+    ) -> list[SampleRow]: ...
+    def sample(self, sample_id: int) -> SampleRow | None: ...
+    def sample_sources(self) -> list[str]: ...
+    def samples_of(
+        self, user_ids: Sequence[str], anonymous_ids: Sequence[str], emails: Sequence[str], limit: int = 20
+    ) -> list[SampleRow]: ...
+
+
 class Replays(Protocol):
     def replay_dead_letters(self, audience: str | None, now: float) -> int:
         """Put open dead letters (of one audience) back on their queues; returns how many."""
@@ -546,7 +622,7 @@ class Store(
     ScheduledStore,
     DeliveryStore,
     EnrichmentStore,
-    StatusReads,
+    AdminStore,
     Replays,
     SchemaStore,
     Protocol,

@@ -58,6 +58,7 @@ from segcrit.errors import StoreError, StoreUnavailable
 from segcrit.ratelimit import RateLimiter, Sleep, SlidingWindowLimiter
 from segcrit.store import sqlite_path
 from segcrit.store.migrations import Migration, load_migrations, pending, run_migrations
+from segcrit.store.sqlite_admin import AdminStoreMixin
 from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
 from segcrit.store.sqlite_commerce import CommerceStoreMixin, CommerceTxMixin, MemoryClaims
 from segcrit.store.sqlite_enrichment import EnrichmentStoreMixin, EnrichmentTxMixin
@@ -68,6 +69,7 @@ log = logging.getLogger("segcrit.store")
 BUSY_TIMEOUT_MS = 30_000
 PROCESSOR_CACHE_KIB = 64 * 1024
 GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
+REPLAY_BATCH = 5_000  # dead-lettered rows put back per transaction
 # The longest the processor waits for ingest to have nothing to commit before it writes anyway.
 INGEST_FIRST_MAX_WAIT_SECS = 0.05
 # A processing transaction that ingest waits for commits and gives way once it has run this long
@@ -173,7 +175,7 @@ def _claim_ownership(path: str) -> int:
     return fd
 
 
-class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, EnrichmentStoreMixin):
+class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, EnrichmentStoreMixin, AdminStoreMixin):
     """The store on one SQLite file (see the module docstring for threads and transactions).
 
     `owner`: this process runs workers on the file; a second owner is refused (StoreError), and
@@ -542,13 +544,17 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
 
     @contextmanager
     def dry_run(self) -> Iterator[SqliteTx]:
-        """A transaction that is always rolled back (preview: decide everything, keep nothing)."""
+        """A transaction that is always rolled back (preview: decide everything, keep nothing).
+
+        It writes before rolling back, so it queues for the write lock like any writer: inside
+        `segcrit serve` (the admin's preview) it must not meet the other threads' transactions."""
         conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            yield SqliteTx(conn)
-        finally:
-            conn.execute("ROLLBACK")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTx(conn)
+            finally:
+                conn.execute("ROLLBACK")
 
     # ------------------------------------------------------------------ delivery
 
@@ -728,28 +734,37 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         return letter_id
 
     def replay_dead_letters(self, audience: str | None, now: float) -> int:
+        """Put the open dead letters (of one audience) back on the delivery queue; returns how many.
+
+        At most REPLAY_BATCH rows go back per transaction, ingest going first in between: the admin
+        UI's Replay button runs inside `segcrit serve`, where a letter of 50,000 identifiers must
+        not hold the write lock while acknowledgements wait. A crash part-way leaves a letter open
+        with fewer rows; replaying again releases the rest.
+        """
         where, params = ("AND audience = ?", (audience,)) if audience else ("", ())
-        with self._write() as conn:
-            ids = [r[0] for r in conn.execute(f"SELECT id FROM dead_letters WHERE replayed_at IS NULL {where}", params)]
-            for letter_id in ids:
-                # Neither wanted nor held any more (the person left while it was parked): nothing to send.
-                conn.execute(
-                    f"DELETE FROM targets WHERE dead_letter_id = ? AND desired = 0 AND acked = {NOT_HELD}",
-                    (letter_id,),
-                )
-                conn.execute(
-                    "UPDATE targets SET dead_letter_id = NULL, attempts = 0, next_at = 0, first_failure = NULL, "
-                    "since = ? WHERE dead_letter_id = ?",
-                    (now, letter_id),
-                )
-                for table in ("criteo_events", "products"):
-                    conn.execute(
-                        f"UPDATE {table} SET dead_letter_id = NULL, attempts = 0, next_at = 0, first_failure = NULL "
-                        "WHERE dead_letter_id = ?",
-                        (letter_id,),
-                    )
-                conn.execute("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", (now, letter_id))
+        ids = [
+            r[0] for r in self._conn().execute(f"SELECT id FROM dead_letters WHERE replayed_at IS NULL {where}", params)
+        ]
+        left = ids
+        while left:
+            left = self._release_dead_letters(left, now)
+            if left:
+                self.give_way_to_ingest()
         return len(ids)
+
+    def _release_dead_letters(self, ids: list[int], now: float) -> list[int]:
+        """Release up to REPLAY_BATCH rows of these letters, in order, in one transaction, marking the
+        letters emptied as replayed; returns the letters that may still hold rows."""
+        budget = REPLAY_BATCH
+        with self._write() as conn:
+            for index, letter_id in enumerate(ids):
+                for statement, resets_since in _RELEASE_STATEMENTS:
+                    params = (now, letter_id, budget) if resets_since else (letter_id, budget)
+                    budget -= conn.execute(statement, params).rowcount
+                    if budget == 0:
+                        return ids[index:]
+                conn.execute("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", (now, letter_id))
+        return []
 
     def dead_letters(self, limit: int = 100, include_replayed: bool = False) -> list[DeadLetter]:
         where = "" if include_replayed else "WHERE replayed_at IS NULL"
@@ -950,6 +965,32 @@ _END_CLAIM = (
 _WITHOUT_HELD_AUDIENCES = (
     "AND NOT EXISTS (SELECT 1 FROM audiences a WHERE a.name = targets.audience AND a.held_since IS NOT NULL) "
 )
+# A dead letter's rows back on the queue, `LIMIT ?` of them: ([now,] letter id, limit).
+_RELEASE_STATEMENTS = (
+    # Neither wanted nor held any more (the person left while it was parked): nothing to send.
+    (
+        f"DELETE FROM targets WHERE (audience, id_type, id_value) IN (SELECT audience, id_type, id_value "
+        f"FROM targets WHERE dead_letter_id = ? AND desired = 0 AND acked = {NOT_HELD} LIMIT ?)",
+        False,
+    ),
+    (
+        "UPDATE targets SET dead_letter_id = NULL, attempts = 0, next_at = 0, first_failure = NULL, since = ? "
+        "WHERE (audience, id_type, id_value) IN (SELECT audience, id_type, id_value FROM targets "
+        "WHERE dead_letter_id = ? LIMIT ?)",
+        True,
+    ),
+    (
+        "UPDATE criteo_events SET dead_letter_id = NULL, attempts = 0, next_at = 0, first_failure = NULL "
+        "WHERE id IN (SELECT id FROM criteo_events WHERE dead_letter_id = ? LIMIT ?)",
+        False,
+    ),
+    (
+        "UPDATE products SET dead_letter_id = NULL, attempts = 0, next_at = 0, first_failure = NULL "
+        "WHERE (merchant_id, product_id) IN (SELECT merchant_id, product_id FROM products "
+        "WHERE dead_letter_id = ? LIMIT ?)",
+        False,
+    ),
+)
 _SEEN_INSERT = "INSERT OR IGNORE INTO seen (source, message_id, seen_at) VALUES "
 _INBOX_INSERT = "INSERT INTO inbox (source, received_at, body) VALUES "
 
@@ -1007,6 +1048,16 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
         self._seen: dict[int, float] = {}  # profile -> latest event time, until flush_seen
 
     # ---- identity
+
+    def quarantine_event(self, event: InboxEvent, error: str, now: float) -> None:
+        """Move an event out of the inbox into `failed_events` with the reason (`ChunkTx.set_aside`;
+        tests put events there directly)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO failed_events (seq, source, received_at, body, error, failed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (event.seq, event.source, event.received_at, orjson.dumps(event.message), error[:2000], now),
+        )
+        self.conn.execute("DELETE FROM inbox WHERE seq = ?", (event.seq,))
 
     def find_profiles(self, idents: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         pairs = list(idents)
@@ -1300,12 +1351,7 @@ class SqliteChunk(SqliteTx):
         self.conn.executemany("DELETE FROM inbox WHERE seq = ?", [(s,) for s in seqs])
 
     def set_aside(self, event: InboxEvent, error: str, now: float) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO failed_events (seq, source, received_at, body, error, failed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (event.seq, event.source, event.received_at, orjson.dumps(event.message), error[:2000], now),
-        )
-        self.conn.execute("DELETE FROM inbox WHERE seq = ?", (event.seq,))
+        self.quarantine_event(event, error, now)
 
 
 def _inbox_event(row: Sequence[Any]) -> InboxEvent:

@@ -247,6 +247,13 @@ class CommerceStoreMixin:
             if r[0] in claimed
         ]
 
+    def open_batches(self, limit: int) -> list[OpenBatch]:
+        rows = self._conn().execute(
+            "SELECT token, merchant_id, created_at, products, polls FROM catalog_batches ORDER BY created_at LIMIT ?",
+            (limit,),
+        )
+        return [_open_batch(r) for r in rows.fetchall()]
+
     def batch_polled(self, token: str, next_poll: float) -> None:
         with self._write() as conn:
             conn.execute(

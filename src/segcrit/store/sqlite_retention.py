@@ -91,13 +91,13 @@ class RetentionStoreMixin:
         rows = (
             self._conn()
             .execute(
-                "SELECT seq, source, received_at, failed_at, error FROM failed_events "
+                "SELECT seq, source, received_at, failed_at, error, body FROM failed_events "
                 "ORDER BY failed_at DESC, seq DESC LIMIT ?",
                 (limit,),
             )
             .fetchall()
         )
-        return [FailedEvent(*row) for row in rows]
+        return [FailedEvent(r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5])) for r in rows]
 
     def replay_failed_events(self, batch: int = RETENTION_BATCH) -> int:
         """Put every set-aside event back at the end of the inbox, in its original order."""
