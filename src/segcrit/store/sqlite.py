@@ -668,7 +668,11 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
     def ack_changes(self, keys: Iterable[TargetKey], add: bool, now: float) -> None:
         """Criteo answered: it holds (add) or no longer holds (remove) these identifiers."""
         acked = int(add)
-        with self._write() as conn:
+        # Not fsynced (durable against a crash of the process, not of the machine): an
+        # acknowledgement lost to a power cut leaves the claim to expire, and the change is sent
+        # again, which Criteo takes as a no-op. The shorter the commit, the narrower the window in
+        # which a crash resends what Criteo already applied.
+        with self._write(durable=False) as conn:
             # An upsert: the row may have gone while the call was in flight (the audience was
             # re-resolved); Criteo holds the identifier all the same, so a new row makes it pending removal.
             conn.executemany(
