@@ -6,19 +6,20 @@ nothing else (no SQL, no implementation's own methods), so a new implementation 
 tests unchanged. Tests of one implementation's own behaviour (SQLite's group commit, its owner
 lock, its full disk) live in tests/integration.
 
-PostgreSQL joins here: add "postgresql" to STORES and its opener to OPENERS. The opener reads
-`SEGCRIT_TEST_POSTGRES_URL`, skips with that reason when it is not set (fails in CI, like
-tests/integration/test_enrichment_databases.py does), and gives each test an empty database
-(a schema of its own, dropped afterwards). Concurrency cases with several connections or
-processes on one database go beside these, for the stores that share one.
+The PostgreSQL store runs on the server `SEGCRIT_TEST_POSTGRES_URL` names, each test in an empty
+schema of its own (tests/postgres.py); without it its tests are skipped with that reason (and fail
+where CI is set). Concurrency cases with several connections or processes on one database are in
+test_concurrency.py, for the store that several processes share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+from tests.postgres import fresh_schema
 
 from segcrit.domain import Identifier
 from segcrit.store import open_store
@@ -27,22 +28,36 @@ from segcrit.store.base import ProcessingTx, Store
 T0 = 1_800_000_000.0
 
 
-def open_sqlite(tmp_path: Path) -> Store:
-    return open_store(f"sqlite:///{tmp_path / 'contract.db'}", owner=True)
+@contextmanager
+def open_sqlite(tmp_path: Path) -> Iterator[Store]:
+    store = open_store(f"sqlite:///{tmp_path / 'contract.db'}", owner=True)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
-# Phase B: "postgresql": open_postgresql (SEGCRIT_TEST_POSTGRES_URL, a schema per test).
-OPENERS: dict[str, Callable[[Path], Store]] = {"sqlite": open_sqlite}
+@contextmanager
+def open_postgresql(tmp_path: Path) -> Iterator[Store]:
+    with fresh_schema() as url:
+        store = open_store(url, owner=True)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+OPENERS: dict[str, Callable[[Path], AbstractContextManager[Store]]] = {
+    "sqlite": open_sqlite,
+    "postgresql": open_postgresql,
+}
 STORES = list(OPENERS)
 
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened = OPENERS[request.param](tmp_path)
-    try:
+    with OPENERS[request.param](tmp_path) as opened:
         yield opened
-    finally:
-        opened.close()
 
 
 # ------------------------------------------------------------------------------------ helpers

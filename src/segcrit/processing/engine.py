@@ -146,6 +146,7 @@ class Processor:
         """Process events in the chunk's transaction, stopping early when the store asks (unless
         `give_way` is off: then all of them), and mark those done."""
         outcomes: list[Outcome] = []
+        chunk.hold_identifiers(carried_identifiers(events))
         for event in events:
             outcomes.append(self.process(chunk, event, now))
             if give_way and chunk.should_commit_early():
@@ -316,6 +317,7 @@ class Processor:
         keys = person_keys(identifier)
         now = self.clock.now()
         with self.store.transaction() as tx:
+            tx.hold_identifiers(keys)
             profiles = set(tx.find_profiles(keys).values())
             for profile_id in profiles:
                 tx.erase_profile(profile_id, now, set(TOMBSTONE_KINDS))
@@ -345,6 +347,18 @@ class Processor:
                     after = page[-1].seq
             self.store.erasures_done(erasures)
         return erased
+
+
+def carried_identifiers(events: Sequence[InboxEvent]) -> list[tuple[str, str]]:
+    """Every (kind, value) processing these events may look up or attach (an alias's previousId
+    as either kind), for the store to lock before they are applied (`hold_identifiers`)."""
+    keys: list[tuple[str, str]] = []
+    for event in events:
+        ids = extract_identifiers(event.message)
+        keys += ids.pairs()
+        if ids.alias_previous:
+            keys += [("user_id", ids.alias_previous), ("anonymous_id", ids.alias_previous)]
+    return keys
 
 
 def _deleted(event: InboxEvent, erasures: Mapping[tuple[str, str], float]) -> bool:

@@ -18,7 +18,9 @@ _POSTGRESQL_PREFIXES = ("postgresql://", "postgres://")
 def open_store(url: str, *, owner: bool = False, migrate: bool = True) -> Store:
     """`owner`: this process runs workers (serve, import, resync): on SQLite a second one is refused.
     `migrate`: apply the pending schema migrations first (on SQLite, that is how a new file gets
-    its schema); every command does but `segcrit migrate --check`."""
+    its schema); every command does but `segcrit migrate --check`. On PostgreSQL, a database
+    several processes share, only an owner migrates: other commands refuse a schema that lacks a
+    migration rather than change it under the running processes."""
     if url.startswith("sqlite://"):
         # Imported here: a command that never opens a store does not load an implementation.
         from segcrit.store.sqlite import open_sqlite
@@ -30,8 +32,26 @@ def open_store(url: str, *, owner: bool = False, migrate: bool = True) -> Store:
         except Exception as exc:  # sqlite3.Error, OSError: report the place, not a traceback
             raise StoreError(f"cannot open store {url}: {exc}") from None
     if url.startswith(_POSTGRESQL_PREFIXES):
-        raise StoreError("store: PostgreSQL is not available in this version yet; use sqlite:///PATH")
+        return _open_postgres(url, owner=owner, migrate=migrate)
     raise StoreError(f"store: unsupported URL scheme in {url.split(':', 1)[0]!r}")
+
+
+def _open_postgres(url: str, *, owner: bool, migrate: bool) -> Store:
+    try:
+        from segcrit.store.postgres import open_postgres
+    except ImportError:
+        raise StoreError(
+            "store: PostgreSQL needs psycopg 3 and psycopg_pool: pip install 'segcrit[postgres]'"
+        ) from None
+    from segcrit.store.postgres_base import safe_url
+
+    try:
+        return open_postgres(url, owner=owner, migrate=migrate)
+    except StoreError:
+        raise  # says what is wrong already (a schema that lacks a migration, a server that does not answer)
+    except Exception as exc:  # psycopg.Error: report the place (without its password), not a traceback
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise StoreError(f"cannot open store {safe_url(url)}: {reason}") from None
 
 
 def pending_migrations(url: str) -> list[Migration]:

@@ -114,6 +114,14 @@ class ProcessingTx(Protocol):
     """
 
     # ---- identity
+    def hold_identifiers(self, idents: Iterable[tuple[str, str]]) -> None:
+        """Before events are applied: the (kind, value) identifiers they carry. A store several
+        processes share locks their profiles (and the identifiers nobody holds yet) here, all at
+        once and in one order, so that two processes never create one person twice nor change one
+        profile at the same time, and reads them ahead. An identifier not named here is locked
+        when first used; a store with one writer (SQLite) need do nothing."""
+        ...
+
     def find_profiles(self, idents: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """The profile of each (kind, value) that belongs to one."""
         ...

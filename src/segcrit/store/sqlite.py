@@ -1053,6 +1053,9 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
 
     # ---- identity
 
+    def hold_identifiers(self, idents: Iterable[tuple[str, str]]) -> None:
+        """Nothing to lock: one writer at a time (the write transaction holds the database)."""
+
     def quarantine_event(self, event: InboxEvent, error: str, now: float) -> None:
         """Move an event out of the inbox into `failed_events` with the reason (`ChunkTx.set_aside`;
         tests put events there directly)."""
