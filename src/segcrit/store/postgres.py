@@ -706,6 +706,43 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         )
         return [str(r[0]) for r in rows]
 
+    def record_audience(
+        self, name: str, auto_create: bool, *, now: float | None = None, day: int = 0, allowance: int = 0
+    ) -> bool:
+        """Record an audience (for the unit of work's `ensure_audience` and `ensure_new_audience`)
+        in a short transaction of its own, committed at once: a processing chunk never holds the
+        row of a new audience while it waits for something else, which could make two chunks
+        that name two new audiences in turn wait for each other. With `now` it is one that only
+        traffic names: admitted while `day` has used fewer than `allowance` admissions (counted
+        under a lock, so two processes never both take the last one), else held. True when new;
+        a chunk that then rolls back leaves the audience recorded, as its retry would."""
+
+        def record(conn: psycopg.Connection[Any]) -> bool:
+            if now is None:
+                inserted = conn.execute(
+                    "INSERT INTO audiences (name, auto_create) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                    (name, int(auto_create)),
+                ).rowcount
+                return inserted > 0
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key("audience admissions"),))
+            inserted = conn.execute(
+                "INSERT INTO audiences (name, auto_create, first_seen_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, int(auto_create), now),
+            ).rowcount
+            if not inserted:
+                return False
+            used = conn.execute("SELECT count(*) FROM audiences WHERE admitted_day = %s", (day,)).fetchone()
+            if used is not None and int(used[0]) < allowance:
+                conn.execute("UPDATE audiences SET admitted_day = %s WHERE name = %s", (day, name))
+            else:
+                conn.execute("UPDATE audiences SET held_since = %s WHERE name = %s", (now, name))
+            return True
+
+        new = self._retrying(record)
+        self.known_audiences.add(name)
+        return new
+
     def save_audience(self, record: AudienceRecord) -> None:
         self._retrying(
             lambda conn: conn.execute(

@@ -12,9 +12,9 @@ Every part of the PostgreSQL store (`postgres*.py`) reaches the database through
   for conflicts between transactions, which are routine when several processes share the work.
 - Times that several processes compare (claims, leases, the call budget) are on the database's
   clock: `db_time(now)` moves the caller's time by the offset between this machine's clock and
-  the database's, measured at open and again every minute. A test's FakeClock keeps working (the
-  offset is that of the real clocks), and two machines whose clocks disagree still agree on when
-  a lease ends.
+  the database's, measured at open and again every minute (ignored under CLOCK_TOLERANCE_SECS).
+  A test's FakeClock keeps working (the offset is that of the real clocks), and two machines
+  whose clocks disagree still agree on when a lease ends.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ SESSION_SETTINGS: Final = (
 )
 # SQLSTATEs of a transaction aborted because of another one: run it again.
 _CONFLICTS: Final = frozenset({"40001", "40P01", "55P03"})
-OFFSET_STEP_SECS = 0.25  # a new measure of the clock offset replaces the old one past this
+CLOCK_TOLERANCE_SECS = 0.25  # clocks closer than this to the database's count as the database's
 
 # Each audience's running totals: its row plus the deltas not folded in yet.
 AUDIENCE_TOTALS = (
@@ -143,16 +143,20 @@ class PgBase:
         return now + self._offset
 
     def measure_offset(self) -> float:
-        """Measure the offset between the database's clock and ours; keep it if it moved by more
-        than OFFSET_STEP_SECS (a clock that was set), so that equal times stay equal otherwise."""
+        """Measure how far the database's clock is from ours. Within CLOCK_TOLERANCE_SECS the
+        clocks count as one (the offset stays 0, so that processes on one machine compare equal
+        times equal, and a lease or a call budget is off by at most that much, well inside the
+        budget's 1 s margin); beyond it, the measured offset is applied, and replaced when a new
+        measure moves by more than the tolerance (a clock that was set)."""
         with self._connection() as conn:
             sent = time.time()
             row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
             received = time.time()
         assert row is not None
-        offset = float(row[0]) - (sent + received) / 2
-        if abs(offset - self._offset) > OFFSET_STEP_SECS or self._offset == 0.0:
-            if abs(offset) > 1.0:
+        measured = float(row[0]) - (sent + received) / 2
+        offset = measured if abs(measured) > CLOCK_TOLERANCE_SECS else 0.0
+        if abs(offset - self._offset) > CLOCK_TOLERANCE_SECS or (offset == 0.0) != (self._offset == 0.0):
+            if offset:
                 log.warning("this machine's clock differs from the database's", extra={"offset_secs": round(offset, 3)})
             self._offset = offset
         return self._offset

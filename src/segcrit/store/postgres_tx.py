@@ -418,36 +418,13 @@ class PgTx:
         return [(TargetKey(r[0], r[1], r[2]), bool(r[3])) for r in rows]
 
     def ensure_audience(self, name: str, auto_create: bool) -> None:
-        if name in self.store.known_audiences:
-            return
-        inserted = self.conn.execute(
-            "INSERT INTO audiences (name, auto_create) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-            (name, int(auto_create)),
-        ).rowcount
-        if not inserted:  # committed by someone already: it stays
-            self.store.known_audiences.add(name)
+        if name not in self.store.known_audiences:
+            self.store.record_audience(name, auto_create)
 
     def ensure_new_audience(self, name: str, auto_create: bool, now: float, day: int, allowance: int) -> bool:
-        """Record an audience that traffic names the first time it is seen: admitted while `day`
-        has used fewer than `allowance` admissions (counted under a lock: two processes never both
-        take the last one), else held. True when it was new."""
         if name in self.store.known_audiences:
             return False
-        inserted = self.conn.execute(
-            "INSERT INTO audiences (name, auto_create, first_seen_at) VALUES (%s, %s, %s) "
-            "ON CONFLICT (name) DO NOTHING",
-            (name, int(auto_create), now),
-        ).rowcount
-        if not inserted:
-            self.store.known_audiences.add(name)
-            return False
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.store.lock_key("audience admissions"),))
-        used = self.conn.execute("SELECT count(*) FROM audiences WHERE admitted_day = %s", (day,)).fetchone()
-        if used is not None and int(used[0]) < allowance:
-            self.conn.execute("UPDATE audiences SET admitted_day = %s WHERE name = %s", (day, name))
-        else:
-            self.conn.execute("UPDATE audiences SET held_since = %s WHERE name = %s", (now, name))
-        return True
+        return self.store.record_audience(name, auto_create, now=now, day=day, allowance=allowance)
 
     def add_to_counter(self, name: str, amount: int = 1) -> None:
         self._counter_deltas[name] = self._counter_deltas.get(name, 0) + amount
