@@ -8,6 +8,7 @@ import pytest
 
 from segcrit.clock import FakeClock
 from segcrit.emulator import EmulatorState, running_emulator
+from tests.postgres import fresh_schema
 
 
 @pytest.fixture
@@ -39,3 +40,14 @@ def emulator_url(emulator_state: EmulatorState) -> Iterator[str]:
     """
     with running_emulator(emulator_state, stop_timeout_secs=0) as base_url:
         yield base_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def harness_store(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The store of tests/flow_harness.py's processes: None for the config's SQLite file, else the
+    URL of an empty PostgreSQL schema (skipped without SEGCRIT_TEST_POSTGRES_URL, failed in CI)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with fresh_schema() as url:
+        yield url

@@ -4,6 +4,10 @@ workers (contact lists, Events API, catalog) on one FakeClock shared with the em
 Nothing runs on its own: `send()` ingests and processes, `run_jobs()` runs the scheduler's due
 jobs, `deliver()` lets batch windows pass and drains the workers. Starting a second Process on the
 same database file stands for a restart (or for another process on the same store).
+
+The store is the config's SQLite file, or, when `Processes` is given a PostgreSQL URL (the
+`harness_store` fixture of tests/conftest.py: a schema of its own per test), that database: the
+same scenarios then run on the store several processes share.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from segcrit.metrics import Metrics
 from segcrit.processing.engine import Processor
 from segcrit.runtime import Workers, build_workers
 from segcrit.scheduler import Scheduler
+from segcrit.store.postgres import PostgresStore
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import advancing, email_of, iso, put
 
@@ -46,7 +51,7 @@ def identify(user: str, ts: float, **traits: Any) -> dict[str, Any]:
 
 @dataclass
 class Process:
-    store: SqliteStore
+    store: SqliteStore | PostgresStore
     config: Config
     clock: FakeClock
     loop: asyncio.AbstractEventLoop
@@ -99,15 +104,20 @@ class Start(Protocol):
 class Processes:
     """Starts Processes on the emulator's clock; `close()` stops them all (a test module's fixture)."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: FakeClock, store_url: str | None = None) -> None:
         self.clock = clock
+        self.store_url = store_url
         self.loop = asyncio.new_event_loop()
         self.running: list[Process] = []
 
     def start(self, config: Config, *, holder: str = "test-process") -> Process:
-        """A process on the config's store; call again on the same file for a restart."""
-        store = SqliteStore(config.store.removeprefix("sqlite:///"))
-        store.release_claims()  # the takeover an owner's open does (`segcrit serve`), of a file not owned here
+        """A process on the config's store (or the PostgreSQL one); call again for a restart."""
+        store: SqliteStore | PostgresStore
+        if self.store_url is not None:
+            store = PostgresStore(self.store_url, owner=True)
+        else:
+            store = SqliteStore(config.store.removeprefix("sqlite:///"))
+            store.release_claims()  # the takeover an owner's open does (`segcrit serve`), of a file not owned here
         metrics = Metrics()
         processor = Processor(store, config, self.clock, metrics)
         scheduler = Scheduler(store, config, processor, self.clock, holder=holder)

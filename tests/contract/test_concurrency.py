@@ -59,6 +59,9 @@ class Database:
         self.stores.append(store)
         return store
 
+    def open_two(self) -> tuple[PostgresStore, PostgresStore]:
+        return self.open(), self.open()
+
     def sql(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url, autocommit=True) as conn:
             return conn.execute(statement, params).fetchall()
@@ -434,45 +437,51 @@ def test_products_and_batch_polls_of_a_killed_process_are_taken_over(database: D
 # ------------------------------------------------------------------------------------ budget, leases, ingest
 
 
-class Tap:
-    """One process's view of a shared FakeClock, remembering the time it last read (the time of
-    the call its limiter took last)."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.last = clock.now()
-
-    def now(self) -> float:
-        self.last = self.clock.now()
-        return self.last
-
-    def monotonic(self) -> float:
-        return self.clock.monotonic()
-
-
 def test_every_process_spends_one_call_budget(database: Database) -> None:
     """Two processes, six calls each, a budget of four a minute: all twelve calls together keep to
     four in any 61 seconds (a minute and the margin)."""
     clock = FakeClock(T0)
-    taps = [Tap(clock), Tap(clock)]
-    stores = [database.open(), database.open()]
-    limiters = [
-        store.rate_limiter(CRITEO_API_BUDGET, 4, tap, advancing(clock)) for store, tap in zip(stores, taps, strict=True)
-    ]
+    one, two = (store.rate_limiter(CRITEO_API_BUDGET, 4, clock, advancing(clock)) for store in database.open_two())
     granted: list[float] = []
 
-    async def six(limiter: Any, tap: Tap) -> None:
-        for _ in range(6):
-            await limiter.acquire()
-            granted.append(tap.last)
-
     async def calls() -> None:
-        await asyncio.gather(*(six(limiter, tap) for limiter, tap in zip(limiters, taps, strict=True)))
+        for _ in range(6):
+            for limiter in (one, two):
+                await limiter.acquire()
+                granted.append(clock.now())
 
     asyncio.run(calls())
-    granted.sort()
     assert len(granted) == 12
+    assert granted[:4] == [T0] * 4
     assert all(later - earlier >= 61 for earlier, later in zip(granted, granted[4:], strict=False))
+
+
+class WouldWait(Exception):
+    pass
+
+
+async def refuse(seconds: float) -> None:
+    raise WouldWait(seconds)
+
+
+def test_processes_asking_at_once_get_the_budget_once(database: Database) -> None:
+    """Twenty calls asked at the same moment from two processes (on threads of their own), with a
+    budget of seven: seven are let through, the thirteen others are told to wait."""
+    clock = FakeClock(T0)
+    stores = database.open_two()
+    limiters = [stores[n % 2].rate_limiter(CRITEO_API_BUDGET, 7, clock, refuse) for n in range(20)]
+
+    async def ask(limiter: Any) -> bool:
+        try:
+            await limiter.acquire()
+        except WouldWait:
+            return False
+        return True
+
+    async def everyone() -> list[bool]:
+        return list(await asyncio.gather(*(ask(limiter) for limiter in limiters)))
+
+    assert sorted(asyncio.run(everyone())) == [False] * 13 + [True] * 7
 
 
 def test_a_rate_limit_reset_seen_by_one_process_holds_every_process(database: Database) -> None:

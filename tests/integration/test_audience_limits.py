@@ -50,9 +50,9 @@ def write(tmp_path: Path, text: str) -> tuple[Config, Path]:
 
 
 @pytest.fixture
-def start(emulator_clock: FakeClock, emulator_url: str) -> Iterator[Start]:
+def start(emulator_clock: FakeClock, emulator_url: str, harness_store: str | None) -> Iterator[Start]:
     emulator_clock.advance(MIDNIGHT - emulator_clock.now())
-    processes = Processes(emulator_clock)
+    processes = Processes(emulator_clock, harness_store)
     yield processes.start
     processes.close()
 
@@ -139,9 +139,12 @@ def test_without_sources_every_source_still_changes_audiences(tmp_path: Path) ->
 
 
 def test_the_51st_new_audience_key_of_a_day_gets_no_segment_until_the_next_day(
-    start: Start, tmp_path: Path, emulator_url: str, emulator_state: EmulatorState
+    start: Start, tmp_path: Path, emulator_url: str, emulator_state: EmulatorState, harness_store: str | None
 ) -> None:
-    config, path = write(tmp_path, config_text(tmp_path / "s.db", emulator_url))
+    text = config_text(tmp_path / "s.db", emulator_url)
+    if harness_store is not None:  # `segcrit status` reads the PostgreSQL store the processes share
+        text = text.replace(f"store: sqlite:///{tmp_path / 's.db'}", f"store: {harness_store}")
+    config, path = write(tmp_path, text)
     assert config.flows[0].max_new_audiences_per_day == 50  # the default
     p = start(config)
     keys = [f"engage_key_{n:02}" for n in range(1, 52)]

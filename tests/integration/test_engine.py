@@ -1,10 +1,12 @@
-"""Processor + real SQLite: identity, consent, deletion and membership end in the right targets."""
+"""Processor + a real store (SQLite, and PostgreSQL with SEGCRIT_TEST_POSTGRES_URL): identity,
+consent, deletion and membership end in the right targets."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from segcrit.clock import FakeClock
@@ -12,6 +14,7 @@ from segcrit.domain import TargetKey
 from segcrit.identity.normalize import email_hashes
 from segcrit.metrics import Metrics
 from segcrit.processing.engine import Processor
+from segcrit.store.postgres import PostgresStore
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import audience_event, iso, make_config, put
 
@@ -21,8 +24,8 @@ EMAIL_SHA = email_hashes("jane.doe@example.com")[0]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "t.db"))
+def store(tmp_path: Path, harness_store: str | None) -> Iterator[SqliteStore | PostgresStore]:
+    s = SqliteStore(str(tmp_path / "t.db")) if harness_store is None else PostgresStore(harness_store, owner=True)
     yield s
     s.close()
 
@@ -47,11 +50,22 @@ def test_entered_audience_targets_every_identifier(store: SqliteStore, processor
     assert store.backlog() == 0
 
 
-def test_raw_email_never_reaches_the_database(store: SqliteStore, processor: Processor, tmp_path: Path) -> None:
+def test_raw_email_never_reaches_the_database(
+    store: SqliteStore, processor: Processor, tmp_path: Path, harness_store: str | None
+) -> None:
     run(store, processor, audience_event("u1", "vip", True, T0, email=EMAIL))
     store.close()
-    for path in tmp_path.iterdir():
-        assert b"jane.doe" not in path.read_bytes().lower()
+    if harness_store is None:
+        for path in tmp_path.iterdir():
+            assert b"jane.doe" not in path.read_bytes().lower()
+        return
+    with psycopg.connect(harness_store) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+        for table in tables:
+            for row in conn.execute(f"SELECT * FROM {table}"):
+                for value in row:
+                    text = value.lower() if isinstance(value, bytes) else str(value).lower().encode()
+                    assert b"jane.doe" not in text, table
 
 
 def test_add_then_remove_before_delivery_cancels(store: SqliteStore, processor: Processor) -> None:

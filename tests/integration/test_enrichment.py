@@ -127,9 +127,14 @@ def api_url(emulator_state: EmulatorState, profiles: ProfileApiState) -> Iterato
 
 @pytest.fixture
 def start(
-    tmp_path: Path, emulator_clock: FakeClock, emulator_state: EmulatorState, profiles: ProfileApiState, api_url: str
+    tmp_path: Path,
+    emulator_clock: FakeClock,
+    emulator_state: EmulatorState,
+    profiles: ProfileApiState,
+    api_url: str,
+    harness_store: str | None,
 ) -> Iterator[Start]:
-    processes = Processes(emulator_clock)
+    processes = Processes(emulator_clock, harness_store)
     workers: list[EnrichmentWorker] = []
     crm = tmp_path / "crm.db"
     write_crm(crm)

@@ -31,8 +31,8 @@ class Crash(Exception):
 
 
 @pytest.fixture
-def start(emulator_clock: FakeClock, emulator_url: str) -> Iterator[Start]:
-    processes = Processes(emulator_clock)
+def start(emulator_clock: FakeClock, emulator_url: str, harness_store: str | None) -> Iterator[Start]:
+    processes = Processes(emulator_clock, harness_store)
     yield processes.start
     processes.close()
 

@@ -27,8 +27,8 @@ DAY = 86_400.0
 
 
 @pytest.fixture
-def start(emulator_clock: FakeClock, emulator_url: str) -> Iterator[Start]:
-    processes = Processes(emulator_clock)
+def start(emulator_clock: FakeClock, emulator_url: str, harness_store: str | None) -> Iterator[Start]:
+    processes = Processes(emulator_clock, harness_store)
     yield processes.start
     processes.close()
 

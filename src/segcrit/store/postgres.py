@@ -71,6 +71,7 @@ log = logging.getLogger("segcrit.store")
 GROUP_COMMIT_MAX = 256  # ingest requests folded into one transaction at most
 REPLAY_BATCH = 5_000  # dead-lettered rows put back per transaction
 HOLDER_LEASE_SECS: Final = 20.0  # a holder that has not renewed its row for this long is dead
+OUTSTANDING_MAX: Final = 1_000_000  # claimed changes remembered, at most (a few calls' worth)
 MAINTENANCE_TICK_SECS: Final = 1.0  # folds of the running totals; heartbeats every lease / 4
 OFFSET_EVERY_SECS: Final = 60.0
 
@@ -84,6 +85,21 @@ CLAIMED_BY_OTHER = (
 UNCLAIMED = (
     "({t}.claim_until IS NULL OR {t}.claim_until <= %(dbnow)s OR NOT EXISTS (SELECT 1 FROM claim_holders h "
     "WHERE h.id = {t}.claim_holder AND h.alive_until > extract(epoch FROM statement_timestamp())))"
+)
+# How a failed call settles `acked` (see `_settle` for `l.how`): this store's claim goes back to
+# what Criteo held before it unless the call may have been applied; any other row becomes unknown
+# if the call may have been applied (it may have landed after another process's call), else stays.
+_SETTLED_ACKED = (
+    "acked = CASE WHEN l.how = 'mine' AND NOT %(applied)s THEN coalesce(t.acked_before, t.acked) "
+    "WHEN l.how IN ('late', 'direct') AND %(applied)s THEN 2 ELSE t.acked END"
+)
+_SETTLED_ACKED_BEFORE = (
+    "acked_before = CASE WHEN l.how = 'other' THEN (CASE WHEN %(applied)s THEN 2 ELSE t.acked_before END) "
+    "WHEN l.how = 'late' THEN t.acked_before ELSE NULL END"
+)
+_ENDS_CLAIM = (
+    "claim_until = CASE WHEN l.how IN ('mine', 'direct') THEN NULL ELSE t.claim_until END, "
+    "claim_holder = CASE WHEN l.how IN ('mine', 'direct') THEN NULL ELSE t.claim_holder END"
 )
 _WITHOUT_HELD_AUDIENCES = (
     "AND NOT EXISTS (SELECT 1 FROM audiences a WHERE a.name = t.audience AND a.held_since IS NOT NULL) "
@@ -125,6 +141,10 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.holder_lease_secs = holder_lease_secs
         self.known_audiences: set[str] = set()
+        # Contact-list changes this store claimed and has not settled: a settle of one whose
+        # claim another process took over since is a late answer (see `_settle`).
+        self._outstanding: set[TargetKey] = set()
+        self._claims_lock = threading.Lock()
         self._holder_registered = False
         self._closed = False
         self._writer_queue: queue.SimpleQueue[_AcceptRequest | None] = queue.SimpleQueue()
@@ -458,7 +478,12 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
                 claimed += [TargetKey(audience, id_type, row[0]) for row in rows]
             return claimed
 
-        return self._retrying(claim)
+        taken = self._retrying(claim)
+        with self._claims_lock:
+            if len(self._outstanding) > OUTSTANDING_MAX:  # calls that never settled (crashed rounds)
+                self._outstanding.clear()
+            self._outstanding.update(taken)
+        return taken
 
     def _settle(
         self,
@@ -466,26 +491,38 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         assignments: str,
         params: dict[str, Any],
         prepare: Callable[[psycopg.Connection[Any]], dict[str, Any]] | None = None,
-    ) -> dict[TargetKey, bool]:
-        """One UPDATE per (audience, identifier type) over these keys, locked in key order, with
-        `l.mine` (this holder's claim) and `l.other` (another live holder's claim) to decide by,
-        in one transaction (after `prepare`, whose result adds parameters); returns the rows
-        updated, and whether each was this holder's."""
+    ) -> dict[TargetKey, str]:
+        """One UPDATE per (audience, identifier type) over these keys, in one transaction (after
+        `prepare`, whose result adds parameters), the rows locked in key order. `assignments`
+        decide by what each row is to this store (`l.how`):
+
+        - `mine`: this holder's claim (live or expired, as long as nobody took it over);
+        - `late`: this holder claimed it, and another process has taken the claim over since
+          (and may have settled it): our answer may land before or after theirs at Criteo;
+        - `other`: another process's live claim, which this store never had;
+        - `direct`: nobody alive claims it and this store did not: a settle without a claim.
+
+        Returns each row updated with its case."""
         groups = _group(keys)
         now = params["now"]
+        with self._claims_lock:
+            outstanding = set(self._outstanding)
+            self._outstanding.difference_update(keys if isinstance(keys, list) else list(keys))
 
-        def settle(conn: psycopg.Connection[Any]) -> dict[TargetKey, bool]:
+        def settle(conn: psycopg.Connection[Any]) -> dict[TargetKey, str]:
             extra = prepare(conn) if prepare is not None else {}
-            done: dict[TargetKey, bool] = {}
+            done: dict[TargetKey, str] = {}
             for (audience, id_type), values in groups.items():
+                claimed = [v for v in values if TargetKey(audience, id_type, v) in outstanding]
                 rows = conn.execute(
-                    f"UPDATE targets t SET {assignments} FROM (SELECT audience, id_type, id_value, "
-                    "coalesce(claim_holder = %(me)s, false) AS mine, "
-                    f"{CLAIMED_BY_OTHER.format(t='targets')} AS other FROM targets "
-                    "WHERE audience = %(audience)s AND id_type = %(id_type)s AND id_value = ANY(%(values)s) "
-                    "ORDER BY id_value FOR UPDATE) l "
+                    f"UPDATE targets t SET {assignments} FROM (SELECT audience, id_type, id_value, CASE "
+                    "WHEN mine THEN 'mine' WHEN other THEN 'other' WHEN ours THEN 'late' ELSE 'direct' END AS how "
+                    "FROM (SELECT audience, id_type, id_value, coalesce(claim_holder = %(me)s, false) AS mine, "
+                    f"{CLAIMED_BY_OTHER.format(t='targets')} AS other, id_value = ANY(%(claimed)s) AS ours "
+                    "FROM targets WHERE audience = %(audience)s AND id_type = %(id_type)s "
+                    "AND id_value = ANY(%(values)s) ORDER BY id_value FOR UPDATE) c) l "
                     "WHERE t.audience = l.audience AND t.id_type = l.id_type AND t.id_value = l.id_value "
-                    "RETURNING t.id_value, l.mine",
+                    "RETURNING t.id_value, l.how",
                     {
                         **params,
                         **extra,
@@ -494,37 +531,38 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
                         "audience": audience,
                         "id_type": id_type,
                         "values": values,
+                        "claimed": claimed,
                     },
                 ).fetchall()
-                done.update((TargetKey(audience, id_type, str(r[0])), bool(r[1])) for r in rows)
+                done.update((TargetKey(audience, id_type, str(r[0])), str(r[1])) for r in rows)
             return done
 
         return self._retrying(settle)
 
     def ack_changes(self, keys: Iterable[TargetKey], add: bool, now: float) -> None:
-        """Criteo answered. Rows this holder claimed are settled; a row whose claim another
-        process took over (ours expired) learns that what Criteo holds is unknown: our answer may
-        have been applied before or after that process's call."""
+        """Criteo answered. Rows this holder claimed are settled (as are rows nobody claims); a row
+        whose claim another process took over (ours expired) learns that what Criteo holds is
+        unknown: our answer may have been applied before or after that process's call."""
         keys = list(keys)
-        acked = int(add)
         settled = self._settle(
             keys,
-            "acked = CASE WHEN l.mine THEN %(acked)s WHEN l.other THEN t.acked ELSE 2 END, "
-            "acked_before = CASE WHEN l.mine THEN NULL WHEN l.other THEN 2 ELSE t.acked_before END, "
-            "claim_until = CASE WHEN l.mine THEN NULL ELSE t.claim_until END, "
-            "claim_holder = CASE WHEN l.mine THEN NULL ELSE t.claim_holder END, "
-            "attempts = CASE WHEN l.mine THEN 0 ELSE t.attempts END, "
-            "next_at = CASE WHEN l.mine THEN 0 ELSE t.next_at END, "
-            "first_failure = CASE WHEN l.mine THEN NULL ELSE t.first_failure END, "
-            "since = CASE WHEN l.mine AND t.desired != %(acked)s THEN %(now)s ELSE t.since END",
-            {"acked": acked, "now": now},
+            "acked = CASE WHEN l.how IN ('mine', 'direct') THEN %(acked)s WHEN l.how = 'late' THEN 2 "
+            "ELSE t.acked END, "
+            "acked_before = CASE WHEN l.how IN ('mine', 'direct') THEN NULL WHEN l.how = 'other' THEN 2 "
+            "ELSE t.acked_before END, "
+            f"{_ENDS_CLAIM}, "
+            "attempts = CASE WHEN l.how IN ('mine', 'direct') THEN 0 ELSE t.attempts END, "
+            "next_at = CASE WHEN l.how IN ('mine', 'direct') THEN 0 ELSE t.next_at END, "
+            "first_failure = CASE WHEN l.how IN ('mine', 'direct') THEN NULL ELSE t.first_failure END, "
+            "since = CASE WHEN l.how IN ('mine', 'direct') AND t.desired != %(acked)s THEN %(now)s ELSE t.since END",
+            {"acked": int(add), "now": now},
         )
-        late = sum(1 for mine in settled.values() if not mine)
+        late = sum(1 for how in settled.values() if how in ("late", "other"))
         if late:
             log.info("answers to claims taken over by another process: counted as unknown", extra={"changes": late})
-        mine = [key for key, ours in settled.items() if ours]
+        acked = [key for key, how in settled.items() if how in ("mine", "direct")]
         gone = [key for key in keys if key not in settled]
-        if (add and not gone) or (not add and not mine):
+        if (add and not gone) or (not add and not acked):
             return
         with self._write() as conn:
             if add and gone:
@@ -538,7 +576,7 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
                     )
             if not add:
                 # Neither wanted nor held: the rows carry no information any more.
-                for (audience, id_type), values in _group(mine).items():
+                for (audience, id_type), values in _group(acked).items():
                     conn.execute(
                         "DELETE FROM targets WHERE audience = %s AND id_type = %s AND id_value = ANY(%s) "
                         "AND desired = 0 AND acked = 0 AND claim_until IS NULL",
@@ -546,19 +584,17 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
                     )
 
     def defer_changes(self, keys: Iterable[TargetKey], next_at: float, now: float, *, maybe_applied: bool) -> None:
-        """The call failed: this holder's rows are due again at `next_at`, their claim ended
-        (Criteo holds what it held before, unless the call `maybe_applied`). Rows another process
-        claimed meanwhile are theirs; a call that may have been applied makes them unknown."""
+        """The call failed: this store's rows are due again at `next_at`, their claim ended, and
+        Criteo holds what it held before (unless the call `maybe_applied`: then it is unknown).
+        Rows another process claims meanwhile are theirs; a call that may have been applied only
+        makes what Criteo holds of them unknown."""
         self._settle(
             keys,
-            "attempts = CASE WHEN l.mine THEN t.attempts + 1 ELSE t.attempts END, "
-            "next_at = CASE WHEN l.mine THEN %(next_at)s ELSE t.next_at END, "
-            "first_failure = CASE WHEN l.mine THEN coalesce(t.first_failure, %(now)s) ELSE t.first_failure END, "
-            "acked = CASE WHEN l.mine AND NOT %(applied)s THEN coalesce(t.acked_before, t.acked) "
-            "WHEN NOT l.mine AND NOT l.other AND %(applied)s THEN 2 ELSE t.acked END, "
-            "acked_before = CASE WHEN l.mine THEN NULL WHEN l.other AND %(applied)s THEN 2 ELSE t.acked_before END, "
-            "claim_until = CASE WHEN l.mine THEN NULL ELSE t.claim_until END, "
-            "claim_holder = CASE WHEN l.mine THEN NULL ELSE t.claim_holder END",
+            "attempts = CASE WHEN l.how IN ('mine', 'direct') THEN t.attempts + 1 ELSE t.attempts END, "
+            "next_at = CASE WHEN l.how IN ('mine', 'direct') THEN %(next_at)s ELSE t.next_at END, "
+            "first_failure = CASE WHEN l.how IN ('mine', 'direct') THEN coalesce(t.first_failure, %(now)s) "
+            "ELSE t.first_failure END, "
+            f"{_SETTLED_ACKED}, {_SETTLED_ACKED_BEFORE}, {_ENDS_CLAIM}",
             {"next_at": next_at, "now": now, "applied": maybe_applied},
         )
 
@@ -572,7 +608,7 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         *,
         maybe_applied: bool = False,
     ) -> int:
-        """Park these changes under a new dead letter: this holder's claimed rows and rows nobody
+        """Park these changes under a new dead letter: this store's claimed rows and rows nobody
         alive claims (their claim ends as in `defer_changes`); another process's claims stay."""
         if not keys:
             raise ValueError("a dead letter needs at least one change")
@@ -589,14 +625,8 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
 
         self._settle(
             keys,
-            "dead_letter_id = CASE WHEN l.other THEN t.dead_letter_id ELSE %(letter)s END, "
-            "acked = CASE WHEN l.other THEN t.acked "
-            "WHEN l.mine AND NOT %(applied)s THEN coalesce(t.acked_before, t.acked) "
-            "WHEN NOT l.mine AND %(applied)s THEN 2 ELSE t.acked END, "
-            "acked_before = CASE WHEN l.other THEN (CASE WHEN %(applied)s THEN 2 ELSE t.acked_before END) "
-            "ELSE NULL END, "
-            "claim_until = CASE WHEN l.other THEN t.claim_until ELSE NULL END, "
-            "claim_holder = CASE WHEN l.other THEN t.claim_holder ELSE NULL END",
+            "dead_letter_id = CASE WHEN l.how IN ('mine', 'direct') THEN %(letter)s ELSE t.dead_letter_id END, "
+            f"{_SETTLED_ACKED}, {_SETTLED_ACKED_BEFORE}, {_ENDS_CLAIM}",
             {"applied": maybe_applied, "now": now},
             new_letter,
         )

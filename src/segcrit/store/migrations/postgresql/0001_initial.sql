@@ -398,7 +398,9 @@ BEGIN
     IF v_hold > p_now THEN
         RETURN v_hold - p_now;
     END IF;
-    DELETE FROM rate_calls WHERE budget = p_budget AND second < v_first;
+    -- Seconds long gone (a minute more than the window: a caller whose clock read is a little
+    -- older than another's still counts every call of its window).
+    DELETE FROM rate_calls WHERE budget = p_budget AND second < v_first - 60;
     SELECT coalesce(sum(calls), 0) INTO v_used FROM rate_calls WHERE budget = p_budget AND second >= v_first;
     IF v_used < p_limit THEN
         INSERT INTO rate_calls (budget, second, calls) VALUES (p_budget, floor(p_now)::bigint, 1)
