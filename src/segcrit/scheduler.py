@@ -20,7 +20,9 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from segcrit.clock import DAY_SECS, Clock
@@ -35,7 +37,11 @@ from segcrit.store.base import ScheduledStore
 log = logging.getLogger("segcrit.scheduler")
 
 HOUSEKEEPING_EVERY_SECS = 600.0
-LEASE_SECS = 900.0  # longer than any job; renewed when a job finishes
+# A job's lease lasts this long and is renewed every RENEW_EVERY_SECS while the job runs: a long
+# job (a cohort over millions of profiles) keeps it, and when the process running a job dies,
+# another takes the job over within LEASE_SECS.
+LEASE_SECS = 120.0
+RENEW_EVERY_SECS = LEASE_SECS / 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +57,21 @@ def default_holder() -> str:
 
 class Scheduler:
     def __init__(
-        self, store: ScheduledStore, config: Config, processor: Processor, clock: Clock, holder: str | None = None
+        self,
+        store: ScheduledStore,
+        config: Config,
+        processor: Processor,
+        clock: Clock,
+        holder: str | None = None,
+        *,
+        renew_every_secs: float = RENEW_EVERY_SECS,
     ) -> None:
         self.store = store
         self.config = config
         self.processor = processor
         self.clock = clock
         self.holder = holder or default_holder()
+        self.renew_every_secs = renew_every_secs
         self.jobs = self._jobs()
 
     # ------------------------------------------------------------------ control
@@ -75,10 +89,12 @@ class Scheduler:
             record = self.store.job(job.name)
             if record is not None and record.next_run_at > now:
                 continue
-            if not self.store.try_lease(f"job:{job.name}", self.holder, now, LEASE_SECS):
+            lease = f"job:{job.name}"
+            if not self.store.try_lease(lease, self.holder, now, LEASE_SECS):
                 continue  # another process runs it
             try:
-                result = job.run(now)
+                with self._keeping(lease):
+                    result = job.run(now)
             except StoreUnavailable:
                 raise  # not the job's fault: it stays due and runs again once the store writes
             except Exception as error:
@@ -89,6 +105,30 @@ class Scheduler:
             self.store.try_lease(f"job:{job.name}", self.holder, finished, 0)  # release
             ran.append(job.name)
         return ran
+
+    @contextmanager
+    def _keeping(self, lease: str) -> Iterator[None]:
+        """Renew the lease every `renew_every_secs` while the block runs (on a thread: the job
+        runs on this one)."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.renew_every_secs):
+                try:
+                    if not self.store.try_lease(lease, self.holder, self.clock.now(), LEASE_SECS):
+                        log.warning("job lease lost to another process", extra={"lease": lease})
+                except StoreUnavailable:
+                    pass  # logged by the store; renewed at the next turn if it writes again
+                except Exception:
+                    log.exception("job lease renewal failed", extra={"lease": lease})
+
+        keeper = threading.Thread(target=renew, name="segcrit-lease-keeper", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
 
     def _jobs(self) -> list[Job]:
         """Housekeeping, and the scheduled part of each flow that has one (segcrit.flows)."""

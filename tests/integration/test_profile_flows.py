@@ -8,6 +8,8 @@ PATCH calls that put them there, and the lookalike segments.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +22,7 @@ from segcrit.emulator import EmulatorState
 from segcrit.flows.lookalike_seed import Cohort
 from segcrit.flows.suppression import suppression_key
 from segcrit.scheduler import LEASE_SECS
+from tests.e2e.conftest import wait_until
 from tests.flow_harness import Process, Processes, Start, identify, order, track
 from tests.helpers import audience_event, email_of, make_config, members, shas
 
@@ -436,3 +439,33 @@ def test_two_processes_on_one_store_run_each_job_once(start: Start, config_with:
     a.clock.advance(3600)
     assert sorted(b.run_jobs()) == ["cohort:high_value", "housekeeping", "suppression_expiry"]
     assert a.run_jobs() == []
+
+
+def test_a_job_that_runs_longer_than_its_lease_keeps_it_renewed(start: Start, config_with: ConfigWith) -> None:
+    config = config_with(SEED)
+    a = start(config, holder="host-a:1")
+    b = start(config, holder="host-b:2")
+    running, finish = threading.Event(), threading.Event()
+
+    def slow_cohort(now: float) -> str:
+        running.set()
+        assert finish.wait(30)
+        return "done"
+
+    a.scheduler.renew_every_secs = 0.01
+    a.scheduler.jobs = [
+        dataclasses.replace(j, run=slow_cohort) for j in a.scheduler.jobs if j.name.startswith("cohort")
+    ]
+    job = threading.Thread(target=a.scheduler.run_due, args=(a.now(),))
+    job.start()
+    try:
+        assert running.wait(30)
+        a.clock.advance(2 * LEASE_SECS)  # the cohort is still being computed two leases later
+        wait_until(
+            lambda: a.store.lease_holder("job:cohort:high_value", a.now()) == "host-a:1", 30, "the lease renewed"
+        )
+        assert "cohort:high_value" not in b.run_jobs()
+    finally:
+        finish.set()
+        job.join(timeout=30)
+    assert a.store.lease_holder("job:cohort:high_value", a.now()) is None  # released when the job ended

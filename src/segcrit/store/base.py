@@ -440,6 +440,10 @@ class SchedulerStore(Protocol):
         """Take or renew a named lease; True when `holder` holds it until now + ttl (ttl 0 releases it)."""
         ...
 
+    def lease_holder(self, name: str, now: float) -> str | None:
+        """Who holds the named lease at `now` (None: nobody, or it expired)."""
+        ...
+
 
 class ScheduledFlowStore(ProcessingStore, Protocol):
     """The scheduled part of suppression, lifecycle and lookalike_seed: reads that find the work,

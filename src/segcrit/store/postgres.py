@@ -841,6 +841,10 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
 
     # ------------------------------------------------------------------ leases
 
+    def lease_holder(self, name: str, now: float) -> str | None:
+        value = self._value("SELECT holder FROM leases WHERE name = %s AND expires_at > %s", (name, self.db_time(now)))
+        return None if value is None else str(value)
+
     def try_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
         """Take or renew a named lease in one conditional upsert, on the database's clock; ttl 0
         releases it (only its holder can)."""

@@ -941,6 +941,12 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
 
     # ------------------------------------------------------------------ leases
 
+    def lease_holder(self, name: str, now: float) -> str | None:
+        row = (
+            self._conn().execute("SELECT holder FROM leases WHERE name = ? AND expires_at > ?", (name, now)).fetchone()
+        )
+        return None if row is None else str(row[0])
+
     def try_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
         """Take or renew a named lease; True when `holder` holds it until now + ttl."""
         with self._write() as conn:
