@@ -19,7 +19,7 @@ module only moves data between them and the store.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from segcrit.domain import WAITING_PLACES, Identifier, InboxEvent
 from segcrit.enrichment.schedule import LookupMarks
 from segcrit.errors import StoreError
 from segcrit.flows.audience_sync import accepts_source, membership_changes, new_audience_allowance, utc_day
-from segcrit.identity.graph import TOMBSTONE_KINDS, extract_identifiers, plan_resolution
+from segcrit.identity.graph import TOMBSTONE_KINDS, EventIdentifiers, extract_identifiers, plan_resolution
 from segcrit.identity.normalize import email_hashes, normalize_email, pseudonymous_id
 from segcrit.membership import desired_targets
 from segcrit.metrics import Metrics
@@ -96,6 +96,7 @@ class Processor:
         self.commerce = CommerceStep(config)
         self.profile_flows = ProfileFlowsStep(config)
         self.lookups = LookupMarks(config)
+        self._extracted: dict[int, EventIdentifiers] = {}  # the identifiers of the chunk being applied
 
     def drain_once(self, limit: int = CHUNK_EVENTS) -> int:
         """Process up to `limit` waiting events; returns how many.
@@ -146,11 +147,16 @@ class Processor:
         """Process events in the chunk's transaction, stopping early when the store asks (unless
         `give_way` is off: then all of them), and mark those done."""
         outcomes: list[Outcome] = []
-        chunk.hold_identifiers(carried_identifiers(events))
-        for event in events:
-            outcomes.append(self.process(chunk, event, now))
-            if give_way and chunk.should_commit_early():
-                break
+        # Read once, for the store to lock them all before the events are applied, and for `process`.
+        self._extracted = {event.seq: extract_identifiers(event.message) for event in events}
+        try:
+            chunk.hold_identifiers(carried_identifiers(self._extracted.values()))
+            for event in events:
+                outcomes.append(self.process(chunk, event, now))
+                if give_way and chunk.should_commit_early():
+                    break
+        finally:
+            self._extracted = {}
         chunk.done(events[: len(outcomes)])
         return outcomes
 
@@ -200,7 +206,7 @@ class Processor:
         ts = event_time(message, event.received_at)
         if message.get("type") == "delete":
             return self._delete(tx, message, ts, now)
-        ids = extract_identifiers(message)
+        ids = self._extracted.pop(event.seq, None) or extract_identifiers(message)
         if ids.alias_previous:
             # previousId is a known userId, or else the anonymous id the person had before.
             previous = ("user_id", ids.alias_previous)
@@ -349,12 +355,11 @@ class Processor:
         return erased
 
 
-def carried_identifiers(events: Sequence[InboxEvent]) -> list[tuple[str, str]]:
-    """Every (kind, value) processing these events may look up or attach (an alias's previousId
-    as either kind), for the store to lock before they are applied (`hold_identifiers`)."""
+def carried_identifiers(extracted: Iterable[EventIdentifiers]) -> list[tuple[str, str]]:
+    """Every (kind, value) processing events with these identifiers may look up or attach (an
+    alias's previousId as either kind), for the store to lock before they are applied."""
     keys: list[tuple[str, str]] = []
-    for event in events:
-        ids = extract_identifiers(event.message)
+    for ids in extracted:
         keys += ids.pairs()
         if ids.alias_previous:
             keys += [("user_id", ids.alias_previous), ("anonymous_id", ids.alias_previous)]

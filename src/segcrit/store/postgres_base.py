@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.adapt import Buffer, Dumper, PyFormat, RecursiveDumper
+from psycopg.types.array import ListDumper
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from segcrit.errors import StoreError, StoreUnavailable
@@ -272,6 +274,42 @@ def new_dead_letter(
 def _configure(conn: psycopg.Connection[Any]) -> None:
     for statement in SESSION_SETTINGS:
         conn.execute(statement)
+    conn.adapters.register_dumper(list, FastListDumper)
+
+
+def _kind(values: list[Any]) -> type | None:
+    """The one type of the list's values (str, int or float; None ignored), else None."""
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if kinds == {str}:
+        return str
+    if kinds and kinds <= {int, float}:
+        return float if float in kinds else int
+    return None
+
+
+class FastListDumper(RecursiveDumper):
+    """Lists of text or numbers (the keys, ids and times the store sends by the thousand) as one
+    array literal built with a few string operations: psycopg's own list dumper works element by
+    element in Python, which cost a processing chunk more time than its SQL. The literal goes as
+    "unknown", so the statement's cast (`%s::text[]`) or context (`= ANY(%s)`) types it. Any other
+    list (bytes, nested, empty) goes to psycopg's dumper."""
+
+    def get_key(self, obj: list[Any], format: PyFormat) -> Any:
+        kind = _kind(obj)
+        return (list, kind) if kind is not None else ListDumper(list, self._tx).get_key(obj, format)
+
+    def upgrade(self, obj: list[Any], format: PyFormat) -> Dumper:
+        if _kind(obj) is None:
+            return ListDumper(list, self._tx).upgrade(obj, format)
+        return self
+
+    def dump(self, obj: list[Any]) -> Buffer:
+        if _kind(obj) is str:
+            items = ["NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in obj]
+        else:
+            items = ["NULL" if v is None else repr(v) for v in obj]
+        return ("{" + ",".join(items) + "}").encode()
 
 
 @contextmanager

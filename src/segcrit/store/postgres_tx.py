@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 Key = tuple[str, str]
 NOT_HELD, HELD, UNKNOWN = 0, 1, 2
-ID_BLOCK: Final = 64  # profile ids taken from the sequence at a time
+ID_BLOCK: Final = 1000  # profile ids reserved at a time (the sequence's increment, 0001_initial.sql)
 _RESOLVE_ROUNDS: Final = 10
 
 
@@ -117,17 +117,18 @@ class PgTx:
     def _resolve(self, keys: Sequence[Key]) -> None:
         """Make every key's owner known and locked (or the key itself locked, when it has none)."""
         todo = [k for k in dict.fromkeys(keys) if k not in self._owners]
+        lock: list[Key] = []
         for _ in range(_RESOLVE_ROUNDS):
             if not todo:
                 return
-            found = self._query_owners(todo)
+            found = self._query_owners(todo, lock_first=lock)
+            self._locked_keys.update(lock)
             self._load(sorted({pid for pid in found.values() if pid not in self._profiles}))
             unowned = [k for k in todo if k not in found]
-            fresh = [k for k in unowned if k not in self._locked_keys]
-            if fresh:
-                self._lock_keys(fresh)
-                # Someone may have given them an owner before we got their lock: look again.
-                todo = fresh + [k for k in found if k not in self._owners]
+            lock = [k for k in unowned if k not in self._locked_keys]
+            if lock:
+                # Lock them, then look again: someone may give them an owner before we get the lock.
+                todo = lock + [k for k in found if k not in self._owners]
                 continue
             for key in unowned:
                 self._owners.setdefault(key, None)
@@ -136,20 +137,23 @@ class PgTx:
             todo = [k for k in found if k not in self._owners]
         raise StoreUnavailable("store conflict: identifiers kept moving while they were locked")
 
-    def _query_owners(self, keys: Sequence[Key]) -> dict[Key, int]:
-        rows = self.conn.execute(
-            "SELECT i.kind, i.value, i.profile_id FROM identifiers i "
-            "JOIN unnest(%s::text[], %s::text[]) AS k(kind, value) ON i.kind = k.kind AND i.value = k.value",
-            ([k[0] for k in keys], [k[1] for k in keys]),
-        ).fetchall()
-        return {(r[0], r[1]): int(r[2]) for r in rows}
-
-    def _lock_keys(self, keys: Sequence[Key]) -> None:
-        names = [f"identifier\x1f{kind}\x1f{value}" for kind, value in keys]
-        self.conn.execute(
-            "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::int8[]) AS k", (lock_keys(self.store.namespace, names),)
-        ).fetchall()
-        self._locked_keys.update(keys)
+    def _query_owners(self, keys: Sequence[Key], *, lock_first: Sequence[Key] = ()) -> dict[Key, int]:
+        """The owners of these keys, after taking the advisory locks of `lock_first` (in key
+        order); one round trip, the query a statement of its own so that it sees what was
+        committed while the locks were awaited."""
+        with self.conn.pipeline():
+            if lock_first:
+                names = [f"identifier\x1f{kind}\x1f{value}" for kind, value in lock_first]
+                self.conn.execute(
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::int8[]) AS k",
+                    (lock_keys(self.store.namespace, names),),
+                )
+            cursor = self.conn.execute(
+                "SELECT i.kind, i.value, i.profile_id FROM identifiers i "
+                "JOIN unnest(%s::text[], %s::text[]) AS k(kind, value) ON i.kind = k.kind AND i.value = k.value",
+                ([k[0] for k in keys], [k[1] for k in keys]),
+            )
+        return {(r[0], r[1]): int(r[2]) for r in cursor.fetchall()}
 
     def _load(self, ids: Sequence[int]) -> None:
         """Lock these profiles (in id order) and read everything of them, in one round trip."""
@@ -244,10 +248,11 @@ class PgTx:
 
     def create_profile(self, now: float) -> int:
         if not self._free_ids:
-            rows = self.conn.execute(
-                "SELECT nextval(pg_get_serial_sequence('profiles', 'id')) FROM generate_series(1, %s)", (ID_BLOCK,)
-            ).fetchall()
-            self._free_ids = [int(r[0]) for r in reversed(rows)]
+            # The sequence counts in blocks (INCREMENT BY ID_BLOCK): one call reserves ID_BLOCK ids.
+            row = self.conn.execute("SELECT nextval(pg_get_serial_sequence('profiles', 'id'))").fetchone()
+            assert row is not None
+            first = int(row[0])
+            self._free_ids = list(range(first + ID_BLOCK - 1, first - 1, -1))
         profile_id = self._free_ids.pop()
         self._profiles[profile_id] = _Profile(profile_id, now, now, None, None, None, None, new=True, dirty=True)
         return profile_id

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS profiles (
     traits_ts    double precision
 );
 CREATE INDEX IF NOT EXISTS profiles_by_last_seen ON profiles (last_seen_at, id);
+-- A unit of work reserves ids 1000 at a time (one nextval; segcrit.store.postgres_tx.ID_BLOCK).
+ALTER SEQUENCE profiles_id_seq INCREMENT BY 1000;
 
 CREATE TABLE IF NOT EXISTS identifiers (
     kind       text NOT NULL,
