@@ -181,8 +181,12 @@ def test_an_event_set_aside_leaves_the_inbox_with_its_reason_until_replayed(stor
 
 def test_a_dry_run_keeps_nothing(store: Store) -> None:
     with store.dry_run() as tx:
-        new_profile(tx, "u1")
+        profile_id = new_profile(tx, "u1")
         assert tx.find_profiles([("user_id", "u1")]) != {}
+        assert tx.ensure_new_audience("seen-in-a-preview", True, T0, 0, 50)
+        tx.ensure_audience("named-in-a-preview", True)
+        tx.set_membership(profile_id, "seen-in-a-preview", True, T0)
 
     with store.transaction() as tx:
         assert tx.find_profiles([("user_id", "u1")]) == {}
+    assert store.audience("seen-in-a-preview") is None and store.audience("named-in-a-preview") is None

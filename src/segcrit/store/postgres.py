@@ -312,7 +312,9 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
     def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
         rows = _inbox_rows(messages)
         with self._write() as conn:
-            return _insert_messages(conn, [(source, rows, received_at)])[0]
+            result = _insert_messages(conn, [(source, rows, received_at)])[0]
+        self.inbox_changed(result.stored)
+        return result
 
     def _start_writer(self) -> None:
         with self._writer_lock:
@@ -351,13 +353,9 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
             for request in batch:
                 request.loop.call_soon_threadsafe(_set_exception, request.future, error)
             return
+        self.inbox_changed(sum(result.stored for result in results))
         for request, result in zip(batch, results, strict=True):
             request.loop.call_soon_threadsafe(_set_result, request.future, result)
-
-    def backlog(self) -> int:
-        """Events accepted and not processed: the `inbox` running total (exact, whatever order
-        chunks finish in; a few rows read)."""
-        return self.counter("inbox")
 
     # ------------------------------------------------------------------ processing
 
@@ -378,6 +376,7 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
             chunk = PgChunk(self, conn, [_inbox_event(row) for row in rows])
             yield chunk
             chunk.finish()
+        self.inbox_changed(-chunk.left_inbox)
 
     @contextmanager
     def transaction(self) -> Iterator[PgTx]:
@@ -391,7 +390,7 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         with self._connection() as conn:
             conn.execute("BEGIN")
             try:
-                yield PgTx(self, conn)
+                yield PgTx(self, conn, dry=True)
             finally:
                 conn.execute("ROLLBACK")
 
@@ -737,7 +736,14 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         return [str(r[0]) for r in rows]
 
     def record_audience(
-        self, name: str, auto_create: bool, *, now: float | None = None, day: int = 0, allowance: int = 0
+        self,
+        name: str,
+        auto_create: bool,
+        *,
+        now: float | None = None,
+        day: int = 0,
+        allowance: int = 0,
+        conn: psycopg.Connection[Any] | None = None,
     ) -> bool:
         """Record an audience (for the unit of work's `ensure_audience` and `ensure_new_audience`)
         in a short transaction of its own, committed at once: a processing chunk never holds the
@@ -745,7 +751,8 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         that name two new audiences in turn wait for each other. With `now` it is one that only
         traffic names: admitted while `day` has used fewer than `allowance` admissions (counted
         under a lock, so two processes never both take the last one), else held. True when new;
-        a chunk that then rolls back leaves the audience recorded, as its retry would."""
+        a chunk that then rolls back leaves the audience recorded, as its retry would. With
+        `conn`, in that connection's transaction instead (a dry run, rolled back)."""
 
         def record(conn: psycopg.Connection[Any]) -> bool:
             if now is None:
@@ -769,6 +776,8 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
                 conn.execute("UPDATE audiences SET held_since = %s WHERE name = %s", (now, name))
             return True
 
+        if conn is not None:
+            return record(conn)
         new = self._retrying(record)
         self.known_audiences.add(name)
         return new

@@ -54,6 +54,7 @@ SESSION_SETTINGS: Final = (
 )
 # SQLSTATEs of a transaction aborted because of another one: run it again.
 _CONFLICTS: Final = frozenset({"40001", "40P01", "55P03"})
+BACKLOG_FRESH_SECS = 0.1
 CLOCK_TOLERANCE_SECS = 0.25  # clocks closer than this to the database's count as the database's
 
 # Each audience's running totals: its row plus the deltas not folded in yet.
@@ -112,6 +113,7 @@ class PgBase:
 
     def _open_pool(self, url: str, max_size: int) -> None:
         self.url = url
+        self._backlog: tuple[float, int] | None = None  # (when read, value): see `inbox_changed`
         self._write_failure = None
         self._offset = 0.0
         self._failure_lock = threading.Lock()
@@ -209,6 +211,31 @@ class PgBase:
                     raise
                 time.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ the backlog
+
+    def backlog(self) -> int:
+        """Events accepted and not processed: the `inbox` running total, read again when the last
+        read is BACKLOG_FRESH_SECS old and kept up to date meanwhile with this process's own inbox
+        writes. Ingest asks on every request (its 429), on the event loop: a database round trip
+        each time would hold the loop; other processes' writes show within BACKLOG_FRESH_SECS."""
+        cached = self._backlog
+        if cached is not None and time.monotonic() - cached[0] < BACKLOG_FRESH_SECS:
+            return cached[1]
+        value = int(
+            self._value(
+                "SELECT coalesce((SELECT value FROM counters WHERE name = 'inbox'), 0) "
+                "+ coalesce((SELECT sum(delta) FROM counter_deltas WHERE name = 'inbox'), 0)"
+            )
+        )
+        self._backlog = (time.monotonic(), value)
+        return value
+
+    def inbox_changed(self, delta: int) -> None:
+        """This process committed a change of `delta` events to the inbox."""
+        cached = self._backlog
+        if cached is not None and delta:
+            self._backlog = (cached[0], max(0, cached[1] + delta))
 
     # ------------------------------------------------------------------ failures
 

@@ -89,6 +89,7 @@ class EnrichmentStoreMixin(PgBase):
             )
 
         self._retrying(record)
+        self.inbox_changed(len(messages))
 
     def lookup_failed(self, lookup: str, error: str, now: float, next_try_at: float) -> None:
         self._retrying(

@@ -87,6 +87,7 @@ class RetentionStoreMixin(PgBase):
                     (batch,),
                 ).rowcount
             moved += count
+            self.inbox_changed(count)
             if count < batch:
                 return moved
 
@@ -166,7 +167,9 @@ class RetentionStoreMixin(PgBase):
     def delete_waiting_events(self, place: WaitingPlace, seqs: Sequence[int]) -> None:
         # An inbox event a chunk is applying right now is locked: waiting for it is fine (short).
         with self._write() as conn:
-            conn.execute(f"DELETE FROM {_waiting(place)} WHERE seq = ANY(%s)", (sorted(seqs),))
+            gone = conn.execute(f"DELETE FROM {_waiting(place)} WHERE seq = ANY(%s)", (sorted(seqs),)).rowcount
+        if place == "inbox":
+            self.inbox_changed(-gone)
 
 
 def _waiting(place: WaitingPlace) -> str:

@@ -26,7 +26,6 @@ lookups, counters (deltas). Those rows are written in key order, as delivery wri
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -78,9 +77,10 @@ class PgTx:
     """The unit of work of the processor and the scheduled jobs, on one connection inside one
     transaction (see the module docstring)."""
 
-    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any], *, dry: bool = False) -> None:
         self.store = store
         self.conn = conn
+        self.dry = dry  # always rolled back (preview): every write stays in its transaction
         self._owners: dict[Key, int | None] = {}  # None: nobody holds it (and we hold its lock)
         self._idents: dict[Key, _Ident] = {}
         self._profiles: dict[int, _Profile] = {}
@@ -424,12 +424,14 @@ class PgTx:
 
     def ensure_audience(self, name: str, auto_create: bool) -> None:
         if name not in self.store.known_audiences:
-            self.store.record_audience(name, auto_create)
+            self.store.record_audience(name, auto_create, conn=self.conn if self.dry else None)
 
     def ensure_new_audience(self, name: str, auto_create: bool, now: float, day: int, allowance: int) -> bool:
         if name in self.store.known_audiences:
             return False
-        return self.store.record_audience(name, auto_create, now=now, day=day, allowance=allowance)
+        return self.store.record_audience(
+            name, auto_create, now=now, day=day, allowance=allowance, conn=self.conn if self.dry else None
+        )
 
     def add_to_counter(self, name: str, amount: int = 1) -> None:
         self._counter_deltas[name] = self._counter_deltas.get(name, 0) + amount
@@ -893,7 +895,7 @@ class PgChunk(PgTx):
         super().__init__(store, conn)
         self._events_claimed = events
         self._done: list[int] = []
-        self._started = time.monotonic()
+        self.left_inbox = 0  # events this chunk took out of the inbox (done or set aside)
 
     @property
     def events(self) -> list[InboxEvent]:
@@ -907,12 +909,13 @@ class PgChunk(PgTx):
 
     def set_aside(self, event: InboxEvent, error: str, now: float) -> None:
         self.quarantine_event(event, error, now)
+        self.left_inbox += 1
 
     def finish(self) -> None:
         """Before the commit: the effects, then the done events leave the inbox."""
         self.flush()
         if self._done:
-            self.conn.execute("DELETE FROM inbox WHERE seq = ANY(%s)", (self._done,))
+            self.left_inbox += self.conn.execute("DELETE FROM inbox WHERE seq = ANY(%s)", (self._done,)).rowcount
 
 
 def _columns(profiles: Sequence[_Profile]) -> tuple[list[Any], ...]:
