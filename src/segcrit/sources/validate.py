@@ -53,6 +53,10 @@ _ISO_8601 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?([Zz]|[+-]\d\d(?::?\d\d)?)?",
     re.ASCII,
 )
+# What Segment's libraries send (`2026-11-30T12:34:56.789Z`, `+02:00`): read by datetime's C parser.
+_COMMON_ISO_8601 = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII
+)
 _OBJECT_FIELDS: Final = ("context", "traits", "properties", "integrations")
 # The instants a datetime can hold: 0001-01-01T00:00:00Z and 10000-01-01T00:00:00Z. Every stored
 # event time lies between them, so formatting one as a date never raises.
@@ -295,6 +299,19 @@ def read_timestamp(value: object) -> float | str:
     """
     if not isinstance(value, str):
         return "must be an ISO-8601 string"
+    if _COMMON_ISO_8601.fullmatch(value):
+        # The common form, a third of the cost; anything it refuses gets the general path's reason.
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            try:
+                epoch = moment.timestamp()
+            except (OverflowError, ValueError):
+                epoch = MAX_EPOCH + 1
+            # The offset may take it out of the years 0001-9999.
+            return epoch if MIN_EPOCH <= epoch <= MAX_EPOCH else "is out of range (years 0001 to 9999)"
     match = _ISO_8601.fullmatch(value)
     if match is None:
         return "is not ISO-8601"
