@@ -502,11 +502,12 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         - `direct`: nobody alive claims it and this store did not: a settle without a claim.
 
         Returns each row updated with its case."""
+        keys = list(keys)
         groups = _group(keys)
         now = params["now"]
         with self._claims_lock:
-            outstanding = set(self._outstanding)
-            self._outstanding.difference_update(keys if isinstance(keys, list) else list(keys))
+            outstanding = {key for key in keys if key in self._outstanding}
+            self._outstanding.difference_update(keys)
 
         def settle(conn: psycopg.Connection[Any]) -> dict[TargetKey, str]:
             extra = prepare(conn) if prepare is not None else {}

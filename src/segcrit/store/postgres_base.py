@@ -19,7 +19,6 @@ Every part of the PostgreSQL store (`postgres*.py`) reaches the database through
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import threading
@@ -337,9 +336,3 @@ class FastListDumper(RecursiveDumper):
         else:
             items = ["NULL" if v is None else repr(v) for v in obj]
         return ("{" + ",".join(items) + "}").encode()
-
-
-@contextmanager
-def suppress_closed() -> Iterator[None]:
-    with contextlib.suppress(psycopg.Error, StoreError):
-        yield
