@@ -35,6 +35,7 @@ from tests.postgres import fresh_schema
 from segcrit.clock import FakeClock
 from segcrit.criteo.constants import HEADER_RATELIMIT_RESET
 from segcrit.domain import TargetKey
+from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
 from segcrit.processing.engine import Processor
 from segcrit.ratelimit import CRITEO_API_BUDGET
@@ -551,3 +552,28 @@ def test_audience_counts_stay_exact_under_concurrent_writers(database: Database)
     )
     assert counted == {r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
     assert stores[1].pending_count() == sum(r[3] + r[4] for r in rows)
+
+
+def test_connections_the_server_ends_fail_as_unavailable_and_the_store_carries_on(database: Database) -> None:
+    """The server ends the store's connections (a restart, a failover, an operator): the calls that
+    meet one fail with StoreUnavailable (ingest answers 503, processing retries), reported by
+    `write_failure` until a write succeeds on a new connection; nothing is half-stored."""
+    store = database.open()
+    store.accept_sync("web", [message("u1")], T0)
+    [(ended,)] = database.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+        (f"segcrit {store.holder}"[:63],),
+    )
+    assert ended >= 1
+
+    failures = 0
+    while True:
+        try:
+            store.accept_sync("web", [message("u2")], T0)
+            break
+        except StoreUnavailable:
+            failures += 1
+            assert store.write_failure() is not None
+            assert failures <= 20, "the store never got a working connection back"
+    assert failures >= 1 and store.write_failure() is None
+    assert store.backlog() == 2

@@ -137,8 +137,8 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         holder_lease_secs: float = HOLDER_LEASE_SECS,
         pool_max: int = POOL_MAX,
     ) -> None:
-        self._open_pool(url, pool_max)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._open_pool(url, pool_max, f"segcrit {self.holder}")
         self.holder_lease_secs = holder_lease_secs
         self.known_audiences: set[str] = set()
         # Contact-list changes this store claimed and has not settled: a settle of one whose

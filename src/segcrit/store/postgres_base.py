@@ -19,6 +19,7 @@ Every part of the PostgreSQL store (`postgres*.py`) reaches the database through
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -49,7 +50,6 @@ CONFLICT_RETRIES = 5
 SESSION_SETTINGS: Final = (
     "SET idle_in_transaction_session_timeout = '60s'",
     "SET lock_timeout = '30s'",
-    "SET application_name = 'segcrit'",
 )
 # SQLSTATEs of a transaction aborted because of another one: run it again.
 _CONFLICTS: Final = frozenset({"40001", "40P01", "55P03"})
@@ -110,7 +110,8 @@ class PgBase:
     _write_failure: str | None
     _offset: float  # the database's clock minus this machine's
 
-    def _open_pool(self, url: str, max_size: int) -> None:
+    def _open_pool(self, url: str, max_size: int, name: str) -> None:
+        """`name`: the connections' application_name (pg_stat_activity tells the processes apart)."""
         self.url = url
         self._backlog: tuple[float, int] | None = None  # (when read, value): see `inbox_changed`
         self._write_failure = None
@@ -121,7 +122,7 @@ class PgBase:
             min_size=1,
             max_size=max_size,
             kwargs={"autocommit": True},
-            configure=_configure,
+            configure=functools.partial(_configure, application_name=name[:63]),
             timeout=POOL_TIMEOUT_SECS,
             open=False,
             name="segcrit",
@@ -297,9 +298,10 @@ def new_dead_letter(
     return int(row[0])
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
+def _configure(conn: psycopg.Connection[Any], *, application_name: str) -> None:
     for statement in SESSION_SETTINGS:
         conn.execute(statement)
+    conn.execute("SELECT set_config('application_name', %s, false)", (application_name,))
     conn.adapters.register_dumper(list, FastListDumper)
 
 
