@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from segcrit.clock import FakeClock
 from segcrit.config import Config
@@ -23,9 +23,11 @@ from segcrit.metrics import Metrics
 from segcrit.processing.engine import Processor
 from segcrit.runtime import Workers, build_workers
 from segcrit.scheduler import Scheduler
-from segcrit.store.postgres import PostgresStore
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import advancing, email_of, iso, put
+
+if TYPE_CHECKING:
+    from segcrit.store.postgres import PostgresStore
 
 DELIVERY_STEP_SECS = 5.0  # longer than max_wait and the first catalog report poll
 
@@ -114,6 +116,8 @@ class Processes:
         """A process on the config's store (or the PostgreSQL one); call again for a restart."""
         store: SqliteStore | PostgresStore
         if self.store_url is not None:
+            from segcrit.store.postgres import PostgresStore  # only with SEGCRIT_TEST_POSTGRES_URL
+
             store = PostgresStore(self.store_url, owner=True)
         else:
             store = SqliteStore(config.store.removeprefix("sqlite:///"))
