@@ -138,7 +138,6 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         pool_max: int = POOL_MAX,
     ) -> None:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._open_pool(url, pool_max, f"segcrit {self.holder}")
         self.holder_lease_secs = holder_lease_secs
         self.known_audiences: set[str] = set()
         # Contact-list changes this store claimed and has not settled: a settle of one whose
@@ -152,6 +151,7 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         self._writer_lock = threading.Lock()
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
+        self._open_pool(url, pool_max, f"segcrit {self.holder}")  # closes what it opened when it fails
         try:
             if owner and migrate:
                 self.apply_migrations()

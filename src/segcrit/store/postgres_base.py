@@ -117,6 +117,9 @@ class PgBase:
         self._write_failure = None
         self._offset = 0.0
         self._failure_lock = threading.Lock()
+        # One connection first, so that a server that refuses us says why at once (the pool
+        # would retry quietly until its timeout); psycopg's error names the host, not the password.
+        psycopg.connect(url, connect_timeout=int(POOL_TIMEOUT_SECS)).close()
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -134,8 +137,12 @@ class PgBase:
             raise StoreError(
                 f"cannot connect to the store {safe_url(url)}: no answer in {POOL_TIMEOUT_SECS:.0f} s"
             ) from None
-        self.namespace = str(self._value("SELECT current_schema()"))
-        self.measure_offset()
+        try:
+            self.namespace = str(self._value("SELECT current_schema()"))
+            self.measure_offset()
+        except BaseException:
+            self._pool.close()
+            raise
 
     def _close_pool(self) -> None:
         self._pool.close(timeout=5)
