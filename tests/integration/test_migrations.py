@@ -1,4 +1,4 @@
-"""Versioned schema migrations on SQLite (segcrit.store.migrations, SPEC §2 `segcrit migrate`).
+"""Versioned schema migrations on SQLite and PostgreSQL (segcrit.store.migrations, SPEC §2 `segcrit migrate`).
 
 A store opens at the latest version (applying what is pending, each migration once, in one
 transaction with its `schema_migrations` row); a database made before versions existed is
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from segcrit.store.migrations import Migration, load_migrations, migrations_in
 from segcrit.store.sqlite import SqliteStore
 from tests.helpers import audience_event, put
 from tests.integration.test_cli import assert_one_line_error, segcrit, write_config
+from tests.postgres import fresh_schema
 
 INITIAL = load_migrations("sqlite")[0]
 ADD_NOTE = Migration(2, "add_audience_note", "ALTER TABLE audiences ADD COLUMN note TEXT;\n")
@@ -169,3 +171,90 @@ def test_migrate_waits_for_no_serve_on_the_same_sqlite_file(tmp_path: Path) -> N
 
     assert assert_one_line_error(result).startswith("error: another segcrit process owns")
     assert check.returncode == 0  # reading needs no ownership
+
+
+# ------------------------------------------------------------------------------------ PostgreSQL
+
+PG_NOTE = Migration(2, "add_audience_note", "ALTER TABLE audiences ADD COLUMN note text;\n")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with fresh_schema() as url:
+        yield url
+
+
+def pg_rows(url: str, query: str) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_on_postgresql_only_an_owner_migrates_and_the_other_commands_say_so(tmp_path: Path, pg_url: str) -> None:
+    """A database several processes share: `status` never changes its schema; `migrate` (or
+    `serve`) does."""
+    config = write_config(tmp_path, tmp_path / "unused.db")
+    config.write_text(config.read_text().replace(f"store: sqlite:///{tmp_path / 'unused.db'}", f"store: {pg_url}"))
+
+    refused = segcrit("status", "--config", str(config), cwd=tmp_path)
+    check = segcrit("migrate", "--check", "--config", str(config), cwd=tmp_path)
+    assert assert_one_line_error(refused) == (
+        "error: the store's schema lacks 1 migration(s) (0001_initial...): run `segcrit migrate` "
+        "(or start `segcrit serve`, which applies them)"
+    )
+    assert check.stdout.splitlines() == ["pending: 0001_initial"] and check.returncode == 1
+    assert pg_rows(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()") == [(0,)]
+
+    applied = segcrit("migrate", "--config", str(config), cwd=tmp_path)
+    status = segcrit("status", "--config", str(config), cwd=tmp_path)
+    assert applied.stdout.splitlines() == ["applied: 0001_initial", "schema up to date (1 migration(s) applied)"]
+    assert status.returncode == 0 and "backlog: 0" in status.stdout
+
+
+def test_on_postgresql_processes_starting_together_apply_a_migration_once(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segcrit.store import postgres as postgres_store
+
+    monkeypatch.setattr(postgres_store, "load_migrations", lambda dialect: (*load_migrations(dialect), PG_NOTE))
+    stores: list[object] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def serve() -> None:
+        start.wait()
+        try:
+            stores.append(open_store(pg_url, owner=True))  # an ALTER run twice would fail one of them
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=serve) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for store in stores:
+        store.close()  # type: ignore[attr-defined]
+
+    assert errors == [] and len(stores) == 3
+    assert pg_rows(pg_url, "SELECT version, name FROM schema_migrations ORDER BY version") == [
+        (1, "initial"),
+        (2, "add_audience_note"),
+    ]
+
+
+def test_a_failing_postgresql_migration_leaves_nothing_half_done(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segcrit.store import postgres as postgres_store
+
+    open_store(pg_url, owner=True).close()
+    broken = Migration(
+        2, "broken", "CREATE TABLE notes (id integer PRIMARY KEY);\nALTER TABLE nowhere ADD COLUMN x int;\n"
+    )
+    monkeypatch.setattr(postgres_store, "load_migrations", lambda dialect: (*load_migrations(dialect), broken))
+
+    with pytest.raises(StoreError, match='relation "nowhere" does not exist'):
+        open_store(pg_url, owner=True)
+
+    assert pg_rows(pg_url, "SELECT to_regclass('notes')") == [(None,)]
+    assert pg_rows(pg_url, "SELECT version FROM schema_migrations") == [(1,)]
