@@ -48,10 +48,11 @@ def create_app(
     metrics: Metrics | None = None,
     clock: Clock | None = None,
     run_workers: bool = True,
+    processor_child: bool = False,
 ) -> Starlette:
     metrics = metrics or Metrics()
     clock = clock or SystemClock()
-    runtime = Runtime(store, config, metrics, clock) if run_workers else None
+    runtime = Runtime(store, config, metrics, clock, processor_child=processor_child) if run_workers else None
     # Each read is constant work (running totals, one bounded index read): scrapes never scan.
     admin = build_admin(config, store, metrics, clock)  # None without server.admin_token
     metrics.backlog.set_function(store.backlog)

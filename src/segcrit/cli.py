@@ -50,7 +50,8 @@ def serve(config_file: str | None) -> None:
     config = load_config(config_file)
     setup_logging()
     store = open_store(config.store, owner=True)
-    app = create_app(config, store)
+    # On SQLite, processing runs in a child process: a core of its own (segcrit.processing.child).
+    app = create_app(config, store, processor_child=True)
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config.server.host, config.server.port)))
     tune_gc()
     _exit_zero_after_signals()

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import functools
 import logging
+import multiprocessing
 import os
 import queue
 import sqlite3
@@ -38,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import orjson
 
@@ -75,6 +77,7 @@ INGEST_FIRST_MAX_WAIT_SECS = 0.05
 # A processing transaction that ingest waits for commits and gives way once it has run this long
 # (less would spend the processor's time on commits, more would delay acks).
 GIVE_WAY_AFTER_SECS = 0.005
+REMOTE_INGEST_POLL_SECS = 0.0005  # the processor child: how often it looks whether ingest still waits
 # targets.acked: what Criteo holds of an identifier as far as we know. UNKNOWN while a call that
 # may change it is in flight or after its answer was lost (SPEC §1, Uncertain calls): such a row is
 # pending whatever it desires, and neither wanted nor held only once an answered call settles it.
@@ -102,6 +105,12 @@ _UNAVAILABLE_CODES: Final = frozenset(
 _PRIVATE_MODE: Final = 0o600
 
 _T = TypeVar("_T")
+
+
+class IngestFlag(Protocol):
+    """A boolean in shared memory (multiprocessing's RawValue of a c_bool)."""
+
+    value: bool
 
 
 def _connect(path: str, busy_timeout_ms: int, pragmas: Mapping[str, int | str]) -> sqlite3.Connection:
@@ -193,6 +202,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         migrate: bool = True,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
         pragmas: Mapping[str, int | str] | None = None,
+        ingest_flag: IngestFlag | None = None,
     ) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
@@ -206,7 +216,11 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         self._chunk_lock = threading.Lock()  # one processing chunk at a time: the inbox claim
         # Ingest goes first on the write lock: while requests wait for their commit, the processor
         # commits what it has done and waits (`ingest_waiting`, `give_way_to_ingest`).
-        self._ingest_busy = False  # the writer holds a group it has not committed yet
+        # `ingest_flag`: this store is the processor child's (segcrit.processing.child), and the
+        # flag says whether the parent's ingest waits for the write lock (`ingest_waiting`).
+        self._remote_ingest = ingest_flag
+        self._shared_busy: IngestFlag | None = ingest_flag
+        self._busy = False  # the writer holds a group it has not committed yet (`_ingest_busy`)
         self._ingest_idle = threading.Condition()
         self._writer_queue: queue.SimpleQueue[_AcceptRequest | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -442,6 +456,24 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         for request, result in zip(batch, results, strict=True):
             request.loop.call_soon_threadsafe(_set_result, request.future, result)
 
+    @property
+    def _ingest_busy(self) -> bool:
+        return self._busy if self._shared_busy is None else bool(self._shared_busy.value)
+
+    @_ingest_busy.setter
+    def _ingest_busy(self, busy: bool) -> None:
+        self._busy = busy
+        if self._shared_busy is not None:
+            self._shared_busy.value = busy
+
+    def share_ingest_flag(self) -> IngestFlag:
+        """A flag in shared memory that mirrors whether this process's ingest waits for its commit,
+        for a processor in a child process to give way to it as the processor thread does."""
+        if self._shared_busy is None:
+            flag = multiprocessing.get_context("spawn").RawValue(ctypes.c_bool, self._busy)
+            self._shared_busy = flag
+        return self._shared_busy
+
     def ingest_waiting(self) -> bool:
         """True while ingest requests wait for their commit: a long write transaction should commit
         what it has and call `give_way_to_ingest` before starting another."""
@@ -451,6 +483,13 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         """Wait until no ingest request waits for its commit, or `timeout` seconds (so that
         processing goes on, more slowly, under a load that never lets up)."""
         if not self.ingest_waiting():
+            return
+        if self._remote_ingest is not None:
+            # Ingest is another process's: no condition to wait on, so look at its flag often (a
+            # group commit takes a few milliseconds).
+            deadline = time.monotonic() + timeout
+            while self.ingest_waiting() and time.monotonic() < deadline:
+                time.sleep(REMOTE_INGEST_POLL_SECS)
             return
         with self._ingest_idle:
             self._ingest_idle.wait_for(lambda: not self.ingest_waiting(), timeout)
