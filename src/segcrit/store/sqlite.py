@@ -59,6 +59,7 @@ from segcrit.domain import (
 from segcrit.errors import StoreError, StoreUnavailable
 from segcrit.ratelimit import RateLimiter, Sleep, SlidingWindowLimiter
 from segcrit.store import sqlite_path
+from segcrit.store.base import LAST_SEEN_SLACK_SECS
 from segcrit.store.migrations import Migration, load_migrations, pending, run_migrations
 from segcrit.store.sqlite_admin import AdminStoreMixin
 from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
@@ -1095,11 +1096,26 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
         self.conn = conn
         self._tombstones_seen: bool | None = None  # any tombstone at all? (read once per transaction)
         self._seen: dict[int, float] = {}  # profile -> latest event time, until flush_seen
+        # The owners of the identifiers read at `hold_identifiers` (None: not known), kept current
+        # by this transaction's own writes, so that each event's lookup costs no statement.
+        self._owners: dict[tuple[str, str], int | None] = {}
 
     # ---- identity
 
     def hold_identifiers(self, idents: Iterable[tuple[str, str]]) -> None:
-        """Nothing to lock: one writer at a time (the write transaction holds the database)."""
+        """Nothing to lock (one writer at a time: the write transaction holds the database); the
+        owners of all these identifiers are read now, a statement per kind and 256 values, rather
+        than a statement per event (`find_profiles` answers from them)."""
+        by_kind: dict[str, set[str]] = {}
+        for kind, value in idents:
+            if (kind, value) not in self._owners:
+                by_kind.setdefault(kind, set()).add(value)
+        for kind, values in by_kind.items():
+            ordered = sorted(values)  # the primary key's order: each statement walks it forward
+            for piece in _pieces(ordered):
+                self._owners.update(((kind, value), None) for value in piece)
+                rows = self.conn.execute(_owners_sql(len(piece)), (kind, *piece))
+                self._owners.update(((kind, value), int(pid)) for value, pid in rows)
 
     def quarantine_event(self, event: InboxEvent, error: str, now: float) -> None:
         """Move an event out of the inbox into `failed_events` with the reason (`ChunkTx.set_aside`;
@@ -1115,6 +1131,9 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
         pairs = list(idents)
         if not pairs:
             return {}
+        owners = self._owners
+        if all(pair in owners for pair in pairs):
+            return {pair: pid for pair in pairs if (pid := owners[pair]) is not None}
         # One statement for all of an event's identifiers. OR-ed equalities, not a row-value IN:
         # SQLite searches the primary key once per pair for the former, scans the table for the latter.
         rows = self.conn.execute(
@@ -1122,6 +1141,12 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
             [part for pair in pairs for part in pair],
         ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    def _forget_owner(self, profile_id: int, successor: int | None) -> None:
+        """The profile's identifiers now belong to `successor` (a merge) or to no one (erased)."""
+        for key, owner in self._owners.items():
+            if owner == profile_id:
+                self._owners[key] = successor
 
     def identifier_counts(self, profile_id: int) -> dict[str, int]:
         rows = self.conn.execute(
@@ -1140,19 +1165,27 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
             self._seen[profile_id] = seen_at
 
     def flush_seen(self) -> None:
+        """Write the times people were seen, each only when it moves `last_seen_at` forward by more
+        than LAST_SEEN_SLACK_SECS: a returning visitor's every page view would otherwise rewrite
+        their profile row and move its `profiles_by_last_seen` entry (two random pages per event)."""
         if self._seen:
             self.conn.executemany(
-                "UPDATE profiles SET last_seen_at = max(last_seen_at, ?) WHERE id = ?",
-                [(ts, pid) for pid, ts in self._seen.items()],
+                "UPDATE profiles SET last_seen_at = ? WHERE id = ? AND last_seen_at < ?",
+                [(ts, pid, ts - LAST_SEEN_SLACK_SECS) for pid, ts in self._seen.items()],
             )
             self._seen.clear()
 
     def attach_identifier(self, profile_id: int, ident: Identifier, ts: float) -> None:
-        self.conn.execute(
+        inserted = self.conn.execute(
             "INSERT INTO identifiers (kind, value, profile_id, extra, active, active_ts) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (kind, value) DO NOTHING",
             (ident.kind, ident.value, profile_id, ident.extra, int(ident.active), ts),
-        )
+        ).rowcount
+        key = (ident.kind, ident.value)
+        if inserted:
+            self._owners[key] = profile_id
+        else:
+            self._owners.pop(key, None)  # someone's already: read it again when asked
 
     def set_identifier_active(self, kind: str, value: str, active: bool, ts: float) -> bool:
         """Record ad tracking on/off for an identifier; the latest timestamp wins. True if changed."""
@@ -1172,6 +1205,7 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
         """Move everything of `other` to `into`; per audience and for consent the latest ts wins."""
         if other in self._seen:
             self.touch_profile(into, self._seen.pop(other))
+        self._forget_owner(other, into)
         self.conn.execute("UPDATE identifiers SET profile_id = ? WHERE profile_id = ?", (into, other))
         self.conn.execute(
             "INSERT INTO memberships (profile_id, audience, member, ts) "
@@ -1334,6 +1368,7 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
         """Forget the person: tombstone their ids of `tombstone_kinds`, drop identity, memberships,
         suppressions, orders and queued Events API events, keep targets (as desired = 0, without
         a profile) that Criteo holds or may hold, until it acknowledges their removal."""
+        self._forget_owner(profile_id, None)
         for kind, value in self.conn.execute(
             "SELECT kind, value FROM identifiers WHERE profile_id = ?", (profile_id,)
         ).fetchall():
@@ -1408,6 +1443,11 @@ class SqliteChunk(SqliteTx):
 
 def _inbox_event(row: Sequence[Any]) -> InboxEvent:
     return InboxEvent(seq=row[0], source=row[1], received_at=row[2], message=orjson.loads(row[3]))
+
+
+@functools.cache
+def _owners_sql(values: int) -> str:
+    return f"SELECT value, profile_id FROM identifiers WHERE kind = ? AND value IN ({', '.join(['?'] * values)})"
 
 
 def _pairs_clause(count: int) -> str:
