@@ -190,6 +190,9 @@ def child_main(
     try:
         processor = Processor(store, config, SystemClock(), Metrics())
         processor.report = _sender(counts)
+        from segcrit.cli import tune_gc
+
+        tune_gc()  # as in the parent: a chunk parses thousands of objects
         process_loop(processor, store, stop, wake)
     finally:
         store.close()
