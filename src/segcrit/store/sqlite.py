@@ -71,6 +71,7 @@ log = logging.getLogger("segcrit.store")
 
 BUSY_TIMEOUT_MS = 30_000
 PROCESSOR_CACHE_KIB = 64 * 1024
+PROCESSOR_CHECKPOINT_PAGES = 10_000  # WAL pages (40 MB) before a processor's commit checkpoints
 GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
 REPLAY_BATCH = 5_000  # dead-lettered rows put back per transaction
 # The longest the processor waits for ingest to have nothing to commit before it writes anyway.
@@ -293,9 +294,17 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
     def _use_large_cache(self) -> None:
         """A bigger page cache for this thread's connection (the processor's, from `claim_chunk`: it
         touches random identifier and profile pages all the time; ~10% faster at 64 MB). One thread
-        only, so the process stays well inside its memory budget."""
+        only, so the process stays well inside its memory budget.
+
+        And a later checkpoint from its commits: a chunk writes a thousand or more random pages to
+        the WAL, so at SQLite's default (1,000 pages) nearly every chunk's commit also copied them to
+        the database and synced it; at PROCESSOR_CHECKPOINT_PAGES it does so every ten or so chunks,
+        copying a page the chunks in between all touched once (5-20% more events/s). The other
+        connections keep the default, so the WAL stays short wherever the processor is idle."""
         if not getattr(self._local, "large_cache", False):
-            self._conn().execute(f"PRAGMA cache_size=-{PROCESSOR_CACHE_KIB}")
+            conn = self._conn()
+            conn.execute(f"PRAGMA cache_size=-{PROCESSOR_CACHE_KIB}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={PROCESSOR_CHECKPOINT_PAGES}")
             self._local.large_cache = True
 
     def _conn(self) -> sqlite3.Connection:
