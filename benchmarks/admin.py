@@ -35,7 +35,7 @@ from segcrit.app import create_app
 from segcrit.domain import CounterIncrement, NewCall, NewSample
 from segcrit.emulator.server import running_app
 from segcrit.identity.normalize import email_hashes
-from segcrit.store.admin_rows import CALLS_KEPT_PER_ENDPOINT, SAMPLES_KEPT_PER_SOURCE
+from segcrit.store.common import CALLS_KEPT_PER_ENDPOINT, SAMPLES_KEPT_PER_SOURCE
 from segcrit.store.sqlite import SqliteStore
 
 TARGET_MS = 300.0

@@ -23,7 +23,7 @@ from segcrit.domain import (
     ResyncRow,
     SampleRow,
 )
-from segcrit.store import admin_rows as shared
+from segcrit.store import common as shared
 from segcrit.store.postgres_base import AUDIENCE_TOTALS, PgBase
 
 

@@ -32,7 +32,7 @@ from segcrit.domain import (
     ResyncRow,
     SampleRow,
 )
-from segcrit.store import admin_rows as shared
+from segcrit.store import common as shared
 
 
 class AdminStoreMixin:

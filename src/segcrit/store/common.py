@@ -1,16 +1,25 @@
-"""What both stores' admin parts share: the caps of the capped tables, the columns they read and
-how a row becomes a record. Only the SQL differs between dialects (`sqlite_admin`, `postgres_admin`);
-`mark` is the dialect's placeholder (`?` or `%s`).
+"""What the SQLite and PostgreSQL stores share: the caps of the capped tables, the columns they
+read and how rows become records. Only the SQL differs between dialects; `mark` is the dialect's
+placeholder (`?` or `%s`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 
-from segcrit.domain import AudienceCounts, CallRow, NewCall, NewSample, ProfileRecord, SampleRow
+from segcrit.domain import (
+    AudienceCounts,
+    CallRow,
+    LookupStats,
+    NewCall,
+    NewSample,
+    ProfileFacts,
+    ProfileRecord,
+    SampleRow,
+)
 
 CALLS_KEPT_PER_ENDPOINT = 500
 SAMPLES_KEPT_PER_SOURCE = 100  # accepted, and as many refused, per source
@@ -136,3 +145,71 @@ def profile_record(
         revenue=float(orders[1] or 0) if orders else 0.0,
         queued_events=int(queued[0]) if queued else 0,
     )
+
+
+# ---------------------------------------------------------------------------------------- cohorts
+
+FACTS_COLUMNS = "id, created_at, last_seen_at, traits"
+
+
+def profile_facts(rows: Iterable[Sequence[Any]]) -> dict[int, ProfileFacts]:
+    """Profile id -> its facts, from rows of FACTS_COLUMNS; orders and audiences added by `add_orders`
+    and `add_audiences`."""
+    return {r[0]: ProfileFacts(r[0], r[1], r[2], traits=orjson.loads(r[3]) if r[3] else {}) for r in rows}
+
+
+def add_orders(facts: dict[int, ProfileFacts], rows: Iterable[Sequence[Any]]) -> None:
+    """Rows of (profile id, order count, revenue, first order time, last order time)."""
+    for pid, count, revenue, first_at, last_at in rows:
+        fact = facts.get(pid)
+        if fact is not None:
+            fact.order_count, fact.revenue_total = int(count), float(revenue or 0)
+            fact.first_order_at, fact.last_order_at = first_at, last_at
+
+
+def add_audiences(facts: dict[int, ProfileFacts], rows: Iterable[Sequence[Any]]) -> None:
+    """Rows of (profile id, audience it is a member of)."""
+    members: dict[int, set[str]] = {}
+    for pid, audience in rows:
+        members.setdefault(pid, set()).add(audience)
+    for pid, audiences in members.items():
+        if pid in facts:
+            facts[pid].audiences = frozenset(audiences)
+
+
+# ---------------------------------------------------------------------------------------- enrichment
+
+LOOKUP_SOURCE_COLUMNS = "lookup, failing_since, last_error, next_try_at, last_success_at, lookups, requests"
+
+
+def lookup_stats(
+    lookups: Sequence[str],
+    outcome_rows: Iterable[Sequence[Any]],
+    source_rows: Iterable[Sequence[Any]],
+    due: dict[str, int],
+) -> list[LookupStats]:
+    """Each lookup's figures, from rows of (lookup, outcome or 'waiting', profiles), rows of
+    LOOKUP_SOURCE_COLUMNS and the profiles due now per lookup."""
+    outcomes: dict[str, dict[str, int]] = {name: {} for name in lookups}
+    for name, outcome, count in outcome_rows:
+        if name in outcomes:
+            outcomes[name][outcome] = int(count)
+    sources = {r[0]: r[1:] for r in source_rows}
+    stats = []
+    for name in lookups:
+        failing, error, next_try, success, looked, requests = sources.get(name, (None, None, None, None, 0, 0))
+        stats.append(
+            LookupStats(
+                name,
+                sum(outcomes[name].values()),
+                due.get(name, 0),
+                outcomes[name],
+                failing,
+                error,
+                next_try,
+                success,
+                int(looked or 0),
+                int(requests or 0),
+            )
+        )
+    return stats
