@@ -238,6 +238,10 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         released = self.release_claims()
         if released:
             log.warning("unanswered changes of an earlier run will be sent again", extra={"changes": released})
+        # The owner before us is gone (we hold the file's lock): its leases (a job it was running,
+        # a segment it was creating) are free now, not when they expire.
+        with self._write() as conn:
+            conn.execute("DELETE FROM leases")
 
     # ------------------------------------------------------------------ schema
 
