@@ -66,7 +66,7 @@ MID_MARKER = "__MID__"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 CONFIG = """\
-store: sqlite:///segcrit.db
+store: {store}
 server: {{host: 127.0.0.1, port: {port}}}
 sources:
   - {{name: web, type: tracking_api, write_key: {write_key}}}
@@ -280,7 +280,13 @@ async def _client(
     result.cpu_secs = after.ru_utime + after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
 
 
-def run_load(url: str, args: argparse.Namespace, samplers: list[Proc], metrics_url: str | None) -> dict[str, Any]:
+def run_load(
+    url: str | list[str], args: argparse.Namespace, samplers: list[Proc], metrics_url: str | list[str] | None
+) -> dict[str, Any]:
+    """The load against `url`; with several URLs (servers sharing one store), client process i sends
+    to url i mod len(urls), and the processing figures add up each server's `metrics_url`."""
+    urls = [url] if isinstance(url, str) else url
+    metrics_urls = [] if metrics_url is None else [metrics_url] if isinstance(metrics_url, str) else metrics_url
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     setup = 4.0  # spawn + import + templates, before the warm-up starts
@@ -296,7 +302,7 @@ def run_load(url: str, args: argparse.Namespace, samplers: list[Proc], metrics_u
         "interval": interval,
     }
     clients = [
-        ctx.Process(target=client_main, args=(i, url, n, params, t0, t1, out), daemon=True)
+        ctx.Process(target=client_main, args=(i, urls[i % len(urls)], n, params, t0, t1, out), daemon=True)
         for i, n in enumerate(shares)
         if n > 0
     ]
@@ -306,11 +312,11 @@ def run_load(url: str, args: argparse.Namespace, samplers: list[Proc], metrics_u
         time.sleep(max(0.0, t0 - time.monotonic()))
         cpu0 = [p.cpu_seconds() for p in samplers]
         busy0 = machine_busy_seconds()
-        m0 = scrape(metrics_url)
+        m0 = scrape_all(metrics_urls)
         time.sleep(max(0.0, t1 - time.monotonic()))
         cpu1 = [p.cpu_seconds() for p in samplers]
         busy1 = machine_busy_seconds()
-        m1 = scrape(metrics_url)
+        m1 = scrape_all(metrics_urls)
         results: list[ClientResult] = []
         deadline = time.monotonic() + 45
         while len(results) < len(clients) and time.monotonic() < deadline:
@@ -359,6 +365,15 @@ def percentile(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1]
 
 
+def scrape_all(urls: list[str]) -> dict[str, float]:
+    """`scrape` of every server: events processed add up; the backlog is the store's (the largest
+    figure: on PostgreSQL every server reports the whole database's)."""
+    found = [m for m in (scrape(u) for u in urls) if m]
+    if not found:
+        return {}
+    return {"processed": sum(m["processed"] for m in found), "backlog": max(m["backlog"] for m in found)}
+
+
 _METRIC = re.compile(rb"^(segcrit_events_processed_total|segcrit_backlog_events) ([0-9.e+]+)$", re.M)
 
 
@@ -392,7 +407,7 @@ def bench_segcrit(args: argparse.Namespace, folder: Path, procs: list[Proc]) -> 
         api_url = f"http://127.0.0.1:{free_port()}"  # nothing listens: delivery fails and backs off
     port = free_port()
     config = folder / "segcrit.yaml"
-    config.write_text(CONFIG.format(port=port, write_key=WRITE_KEY, api_url=api_url))
+    config.write_text(CONFIG.format(store="sqlite:///segcrit.db", port=port, write_key=WRITE_KEY, api_url=api_url))
     server = start_process("segcrit", segcrit_command("serve", "--config", str(config)), folder)
     procs.append(server)
     base = f"http://127.0.0.1:{port}"
