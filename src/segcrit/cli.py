@@ -72,6 +72,11 @@ def serve(config_file: str | None, workers: int | None, roles_text: str | None, 
     if count > 1 and config.store.startswith("sqlite"):
         raise UserError(f"--workers {count}: {SQLITE_WORKERS_PROBLEM}")
     setup_logging()
+    # `main` restores SIGPIPE's default for commands whose output is piped (`status | head`); a
+    # server must not die of it when a client goes away before its answer is written (a probe that
+    # timed out while the answer waited in the listen queue): the write fails with EPIPE instead.
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     if count > 1:
         from segcrit.supervisor import Supervisor, child_command, listen
 
