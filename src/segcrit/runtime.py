@@ -5,6 +5,12 @@ their own (delivery with its own event loop), so a slow Criteo call or a large p
 never delays an ingest acknowledgement. Tests do not start these threads: they build a
 Processor and a DeliveryWorker and step them with `drain_once()`.
 
+A process runs only the threads of its roles (`segcrit serve --roles`, SPEC §2): `process` the
+processor (and the enrichment lookups, which exist to feed it), `deliver` the delivery thread
+(Criteo calls, admin-requested resyncs), `schedule` the scheduler; `ingest` is the HTTP ingest
+routes (segcrit.app). With several processes on one PostgreSQL store any mix of roles works:
+the work is claimed in the store, whoever runs it.
+
 While the store cannot write (StoreUnavailable: disk full, locked), the processor retries with
 a growing pause (`STORE_RETRY_SECS`), and with an empty inbox probes the store, so that /readyz
 turns ready again as soon as a write succeeds. The store logs the episode; the loops here stay
@@ -18,7 +24,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import httpx
@@ -41,6 +47,8 @@ from segcrit.scheduler import Scheduler
 from segcrit.store.base import DeliveryStore, RateBudget, Store
 
 log = logging.getLogger("segcrit.runtime")
+
+ROLES: tuple[str, ...] = ("ingest", "process", "deliver", "schedule")
 
 IDLE_WAIT_SECS = 0.05  # processor: how long to wait for a wake-up before looking again
 SCHEDULER_TICK_SECS = 1.0
@@ -127,11 +135,21 @@ class _Thread:
 class Runtime:
     """Starts and stops the background workers of `segcrit serve`."""
 
-    def __init__(self, store: Store, config: Config, metrics: Metrics, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        metrics: Metrics,
+        clock: Clock | None = None,
+        *,
+        roles: Collection[str] = ROLES,
+    ) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics
         self.clock = clock or SystemClock()
+        self.roles = frozenset(roles)
+        self._started = False
         self.processor = Processor(store, config, self.clock, metrics)
         self.scheduler = Scheduler(store, config, self.processor, self.clock)
         self._wake = threading.Event()
@@ -142,11 +160,16 @@ class Runtime:
     # ------------------------------------------------------------------ control
 
     def start(self) -> None:
-        self._spawn("segcrit-processor", self._process_loop)
-        self._spawn("segcrit-delivery", self._delivery_thread)
-        self._spawn("segcrit-scheduler", self._scheduler_loop)
-        if self.config.enrichment:
-            self._spawn("segcrit-enrichment", self._enrichment_thread)
+        """Start the threads of this process's roles (none for an ingest-only process)."""
+        if "process" in self.roles:
+            self._spawn("segcrit-processor", self._process_loop)
+            if self.config.enrichment:
+                self._spawn("segcrit-enrichment", self._enrichment_thread)
+        if "deliver" in self.roles:
+            self._spawn("segcrit-delivery", self._delivery_thread)
+        if "schedule" in self.roles:
+            self._spawn("segcrit-scheduler", self._scheduler_loop)
+        self._started = True
 
     def stop(self, timeout: float = SHUTDOWN_FLUSH_SECS + 1) -> None:
         """Ask every worker to stop and wait for them, `timeout` seconds in all (not per thread):
@@ -159,13 +182,14 @@ class Runtime:
         for t in self._threads:
             t.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        self._started = False
 
     def wake(self) -> None:
         """Ingest calls this after a commit so the processor starts at once."""
         self._wake.set()
 
     def alive(self) -> bool:
-        return bool(self._threads) and all(t.thread.is_alive() for t in self._threads) and self.failed is None
+        return self._started and all(t.thread.is_alive() for t in self._threads) and self.failed is None
 
     def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
         stop = threading.Event()

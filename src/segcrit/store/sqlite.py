@@ -43,6 +43,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from segcrit.clock import Clock
+from segcrit.criteo.constants import RATE_LIMIT_WINDOW_SECS
 from segcrit.domain import (
     AcceptResult,
     AudienceRecord,
@@ -55,7 +56,7 @@ from segcrit.domain import (
     TargetKey,
 )
 from segcrit.errors import StoreError, StoreUnavailable
-from segcrit.ratelimit import RateLimiter, Sleep, SlidingWindowLimiter
+from segcrit.ratelimit import DEFAULT_MARGIN_SECS, CallWindow, RateLimiter, Sleep, SlidingWindowLimiter
 from segcrit.store import sqlite_path
 from segcrit.store.migrations import Migration, load_migrations, pending, run_migrations
 from segcrit.store.sqlite_admin import AdminStoreMixin
@@ -216,6 +217,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         self._event_claims = MemoryClaims[int]()
         self._product_claims = MemoryClaims[tuple[str, str]]()
         self._poll_claims = MemoryClaims[str]()
+        # The call budgets, by name: every limiter this store hands out for one budget spends it.
+        self._budgets: dict[str, CallWindow] = {}
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             if owner:
@@ -235,6 +238,10 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         released = self.release_claims()
         if released:
             log.warning("unanswered changes of an earlier run will be sent again", extra={"changes": released})
+        # The owner before us is gone (we hold the file's lock): its leases (a job it was running,
+        # a segment it was creating) are free now, not when they expire.
+        with self._write() as conn:
+            conn.execute("DELETE FROM leases")
 
     # ------------------------------------------------------------------ schema
 
@@ -936,8 +943,11 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
     # ------------------------------------------------------------------ rate budget
 
     def rate_limiter(self, name: str, limit_per_minute: int, clock: Clock, sleep: Sleep) -> RateLimiter:
-        """One process owns the file: the window it keeps in memory is the whole budget."""
-        return SlidingWindowLimiter(limit_per_minute, clock, sleep)
+        """One process owns the file: the window it keeps in memory is the whole budget, shared by
+        every limiter of that budget (several delivery workers, a resync) through one CallWindow."""
+        with self._conns_lock:
+            window = self._budgets.setdefault(name, CallWindow(RATE_LIMIT_WINDOW_SECS + DEFAULT_MARGIN_SECS))
+        return SlidingWindowLimiter(limit_per_minute, clock, sleep, window=window)
 
     # ------------------------------------------------------------------ leases
 
