@@ -430,7 +430,7 @@ def start_py_spy(pid: int, seconds: float, output: str) -> subprocess.Popen[byte
         print("py-spy not found (pip install py-spy): no profile", file=sys.stderr)
         return None
     command = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "250"]
-    command += ["--format", "raw", "--threads", "--gil", "--nonblocking", "--output", str(Path(output).resolve())]
+    command += ["--format", "raw", "--threads", "--nonblocking", "--output", str(Path(output).resolve())]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -501,13 +501,17 @@ def bench_bare(args: argparse.Namespace, folder: Path, procs: list[Proc]) -> dic
 
 def report(name: str, r: dict[str, Any]) -> None:
     cpu = ", ".join(f"{k} {v * 100:.0f}%" for k, v in r["cpu"].items())
+    # CPU per event: what the server's code costs, whatever share of the machine it got.
+    server_cpu = next(iter(r["cpu"].values()))
+    per_event = server_cpu / r["events_per_sec"] * 1e6 if r["events_per_sec"] else float("nan")
     others = r["machine_busy"] - sum(r["cpu"].values()) - r["client_cpu"]
     print(
         f"{name:8} {r['events_per_sec']:>9,.0f} events/s  ({r['requests_per_sec']:.1f} req/s, "
         f"{r['avg_body_kb']:.1f} KB/request)\n"
         f"         ack latency ms: p50 {r['p50']:.1f}  p95 {r['p95']:.1f}  p99 {r['p99']:.1f}  max {r['max']:.1f}\n"
         f"         statuses {r['statuses']}  errors {r['errors'] or 'none'}\n"
-        f"         CPU (of one core): {cpu}, load clients {r['client_cpu'] * 100:.0f}%; "
+        f"         CPU (of one core): {cpu} ({per_event:.0f} us per event), load clients "
+        f"{r['client_cpu'] * 100:.0f}%; "
         f"machine {r['machine_busy'] * 100:.0f}% of {os.cpu_count() or 0}00% busy, "
         f"so about {max(0.0, others) * 100:.0f}% by other processes"
     )

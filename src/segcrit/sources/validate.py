@@ -116,9 +116,15 @@ def prepare_messages(
         if not isinstance(item, dict):
             rejected[index] = "message is not a JSON object"
             continue
-        message = merge_envelope(item, context, integrations) if context or integrations else dict(item)
-        # The write key is a secret: it must not be stored with the message.
-        message.pop("writeKey", None)
+        if context or integrations:
+            message = merge_envelope(item, context, integrations)
+            message.pop("writeKey", None)
+        elif "writeKey" in item:
+            message = dict(item)
+            # The write key is a secret: it must not be stored with the message.
+            del message["writeKey"]
+        else:
+            message = item  # sanitize_message copies it (the caller's items are never changed)
         try:
             serialised = orjson.dumps(message)
         except orjson.JSONEncodeError:
