@@ -76,6 +76,20 @@ BENCHMARKS: dict[str, Benchmark] = {
             Figure("processing us CPU/event", r"events/s, ([\d,]+) us CPU/event", higher_is_better=False),
         ),
     ),
+    "postgres": Benchmark(
+        "postgres.py",
+        (),
+        ("--ingest-secs", "4", "--warmup", "1", "--events", "10000", "--changes", "0"),
+        tuple(
+            Figure(name, rf"^RESULT {name}=([-+0-9.eE,]+)", higher_is_better="_ms" not in name)
+            for setup in ("sqlite", "pgx1", "pgx2")
+            for name in (
+                f"{setup}_ingest_events_per_s",
+                f"{setup}_ingest_p99_ack_ms",
+                f"{setup}_processing_events_per_s",
+            )
+        ),
+    ),
 }
 
 

@@ -56,6 +56,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -74,7 +75,7 @@ MID_MARKER = "__MID__"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 CONFIG = """\
-store: sqlite:///segcrit.db
+store: {store}
 server: {{host: 127.0.0.1, port: {port}}}
 sources:
   - {{name: web, type: tracking_api, write_key: {write_key}}}
@@ -221,16 +222,16 @@ def build_templates(client_index: int, events_per_batch: int, population: int) -
     return templates
 
 
-def client_main(index: int, port: int, concurrency: int, args: dict[str, Any], t0: float, t1: float, out: Any) -> None:
+def client_main(index: int, url: str, concurrency: int, args: dict[str, Any], t0: float, t1: float, out: Any) -> None:
     """One load process: `concurrency` requests in flight until t1 (monotonic; t0 starts the window)."""
     result = ClientResult()
     try:
         try:
             import uvloop  # a cheaper event loop: the client's CPU is taken from the servers'
         except ImportError:
-            asyncio.run(_client(index, port, concurrency, args, t0, t1, result))
+            asyncio.run(_client(index, url, concurrency, args, t0, t1, result))
         else:
-            uvloop.run(_client(index, port, concurrency, args, t0, t1, result))
+            uvloop.run(_client(index, url, concurrency, args, t0, t1, result))
     except Exception as exc:  # report instead of dying silently
         result.errors[f"client crashed: {exc!r}"] = 1
     out.put((index, result))
@@ -246,7 +247,8 @@ class Connection:
     Enough HTTP for two servers we know (uvicorn answers with Content-Length), and a fraction of
     an HTTP library's CPU per request."""
 
-    def __init__(self, port: int, head: bytes) -> None:
+    def __init__(self, host: str, port: int, head: bytes) -> None:
+        self._host = host
         self._port = port
         self._head = head  # request line and headers up to "Content-Length: "
         self._reader: asyncio.StreamReader | None = None
@@ -254,7 +256,7 @@ class Connection:
 
     async def post(self, body: bytes) -> int:
         if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
         assert self._reader is not None
         try:
             self._writer.write(self._head + b"%d\r\n\r\n" % len(body) + body)
@@ -283,15 +285,17 @@ class Connection:
 
 
 async def _client(
-    index: int, port: int, concurrency: int, args: dict[str, Any], t0: float, t1: float, result: ClientResult
+    index: int, url: str, concurrency: int, args: dict[str, Any], t0: float, t1: float, result: ClientResult
 ) -> None:
+    target = urlsplit(url)
+    host, port, path = target.hostname or "127.0.0.1", target.port or 80, target.path or "/"
     templates = build_templates(index, args["events_per_batch"], args["population"])
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     salt = random.SystemRandom().getrandbits(24)
     counter = itertools.count()
     auth = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
     head = (
-        f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {auth}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Basic {auth}\r\n"
         "Content-Type: application/json\r\nUser-Agent: segcrit-bench\r\nContent-Length: "
     ).encode()
 
@@ -305,7 +309,7 @@ async def _client(
         return b"".join(out)
 
     async def worker(slot: int) -> None:
-        connection = Connection(port, head)
+        connection = Connection(host, port, head)
         interval = args["interval"]  # between this worker's requests with --rate, else 0
         due = t0 - args["warmup"] + interval * slot / concurrency
         while (start := time.monotonic()) < t1:
@@ -344,7 +348,13 @@ async def _client(
     result.cpu_secs = after.ru_utime + after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
 
 
-def run_load(port: int, args: argparse.Namespace, samplers: list[Proc], metrics_url: str | None) -> dict[str, Any]:
+def run_load(
+    url: str | list[str], args: argparse.Namespace, samplers: list[Proc], metrics_url: str | list[str] | None
+) -> dict[str, Any]:
+    """The load against `url`; with several URLs (servers sharing one store), client process i sends
+    to url i mod len(urls), and the processing figures add up each server's `metrics_url`."""
+    urls = [url] if isinstance(url, str) else url
+    metrics_urls = [] if metrics_url is None else [metrics_url] if isinstance(metrics_url, str) else metrics_url
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     setup = 3.0 + 0.5 * args.clients  # spawn + import + templates, before the warm-up starts
@@ -360,7 +370,7 @@ def run_load(port: int, args: argparse.Namespace, samplers: list[Proc], metrics_
         "interval": interval,
     }
     clients = [
-        ctx.Process(target=client_main, args=(i, port, n, params, t0, t1, out), daemon=True)
+        ctx.Process(target=client_main, args=(i, urls[i % len(urls)], n, params, t0, t1, out), daemon=True)
         for i, n in enumerate(shares)
         if n > 0
     ]
@@ -369,15 +379,15 @@ def run_load(port: int, args: argparse.Namespace, samplers: list[Proc], metrics_
     profiler: subprocess.Popen[bytes] | None = None
     try:
         time.sleep(max(0.0, t0 - time.monotonic()))
-        if args.py_spy and metrics_url is not None:
+        if getattr(args, "py_spy", None) and metrics_urls:
             profiler = start_py_spy(samplers[0].process.pid, args.seconds, args.py_spy)
         cpu0 = [p.cpu_seconds() for p in samplers]
         busy0 = machine_busy_seconds()
-        m0 = scrape(metrics_url)
+        m0 = scrape_all(metrics_urls)
         time.sleep(max(0.0, t1 - time.monotonic()))
         cpu1 = [p.cpu_seconds() for p in samplers]
         busy1 = machine_busy_seconds()
-        m1 = scrape(metrics_url)
+        m1 = scrape_all(metrics_urls)
         results: list[ClientResult] = []
         deadline = time.monotonic() + 45
         while len(results) < len(clients) and time.monotonic() < deadline:
@@ -442,6 +452,15 @@ def percentile(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1]
 
 
+def scrape_all(urls: list[str]) -> dict[str, float]:
+    """`scrape` of every server: events processed add up; the backlog is the store's (the largest
+    figure: on PostgreSQL every server reports the whole database's)."""
+    found = [m for m in (scrape(u) for u in urls) if m]
+    if not found:
+        return {}
+    return {"processed": sum(m["processed"] for m in found), "backlog": max(m["backlog"] for m in found)}
+
+
 _METRIC = re.compile(rb"^(segcrit_events_processed_total|segcrit_backlog_events) ([0-9.e+]+)$", re.M)
 
 
@@ -476,12 +495,12 @@ def bench_segcrit(args: argparse.Namespace, folder: Path, procs: list[Proc]) -> 
         api_url = f"http://127.0.0.1:{free_port()}"  # nothing listens: delivery fails and backs off
     port = free_port()
     config = folder / "segcrit.yaml"
-    config.write_text(CONFIG.format(port=port, write_key=WRITE_KEY, api_url=api_url))
+    config.write_text(CONFIG.format(store="sqlite:///segcrit.db", port=port, write_key=WRITE_KEY, api_url=api_url))
     server = start_process("segcrit", segcrit_command("serve", "--config", str(config)), folder)
     procs.append(server)
     base = f"http://127.0.0.1:{port}"
     wait_ready(server, f"{base}/readyz")
-    result = run_load(port, args, [server, *samplers], f"{base}/metrics")
+    result = run_load(f"{base}/v1/batch", args, [server, *samplers], f"{base}/metrics")
     for proc in (server, *samplers):
         proc.stop()
     result["exit"] = server.process.returncode
@@ -493,8 +512,9 @@ def bench_bare(args: argparse.Namespace, folder: Path, procs: list[Proc]) -> dic
     port = free_port()
     server = start_process("bare", [sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port)], folder)
     procs.append(server)
-    wait_ready(server, f"http://127.0.0.1:{port}/readyz")
-    result = run_load(port, args, [server], None)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(server, f"{base}/readyz")
+    result = run_load(f"{base}/v1/batch", args, [server], None)
     server.stop()
     return result
 
