@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/events.py
 	$(BIN)/python benchmarks/cohort.py
 	$(BIN)/python benchmarks/enrichment.py
+	$(BIN)/python benchmarks/postgres.py
 
 # kill -9 at random moments under traffic (SPEC §7); 5 to 10 minutes, so not part of `bench`.
 torture: $(STAMP)

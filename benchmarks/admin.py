@@ -35,8 +35,8 @@ from segcrit.app import create_app
 from segcrit.domain import CounterIncrement, NewCall, NewSample
 from segcrit.emulator.server import running_app
 from segcrit.identity.normalize import email_hashes
+from segcrit.store.common import CALLS_KEPT_PER_ENDPOINT, SAMPLES_KEPT_PER_SOURCE
 from segcrit.store.sqlite import SqliteStore
-from segcrit.store.sqlite_admin import CALLS_KEPT_PER_ENDPOINT, SAMPLES_KEPT_PER_SOURCE
 
 TARGET_MS = 300.0
 ACTIONS: list[str] = []  # the replays' times, printed after the PASS/MISS lines

@@ -147,7 +147,8 @@ def main() -> int:
             first.kill()  # the crash: SIGKILL, nothing flushed
             first.wait()
         print(
-            f"killed serve (pid {pending[0]}, children {pending[1]}) with SIGKILL after {args.crash_after:.0f} s of work"
+            f"killed serve (pid {pending[0]}, children {pending[1]}) with SIGKILL "
+            f"after {args.crash_after:.0f} s of work"
         )
         started = time.monotonic()
         process = start(config)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -18,7 +19,7 @@ from segcrit.clock import Clock, SystemClock
 from segcrit.config import Config
 from segcrit.domain import AcceptResult
 from segcrit.metrics import HeldAudiences, Metrics
-from segcrit.runtime import Runtime
+from segcrit.runtime import ROLES, Runtime
 from segcrit.sources import ingest_routes
 from segcrit.sources.accept import bearer_ok, error_response
 from segcrit.store.base import IngestSink, Store
@@ -48,11 +49,19 @@ def create_app(
     metrics: Metrics | None = None,
     clock: Clock | None = None,
     run_workers: bool = True,
+    roles: Collection[str] = ROLES,
     processor_child: bool = False,
 ) -> Starlette:
+    """The app of one `segcrit serve` process running `roles` (SPEC §2, `--roles`): without
+    `ingest` the ingest routes answer 503 (a misrouted request is retried by Segment, never lost)
+    while /healthz, /readyz, /metrics and the admin stay; the other roles are threads (Runtime)."""
     metrics = metrics or Metrics()
     clock = clock or SystemClock()
-    runtime = Runtime(store, config, metrics, clock, processor_child=processor_child) if run_workers else None
+    roles = tuple(role for role in ROLES if role in roles)
+    runtime = (
+        Runtime(store, config, metrics, clock, roles=roles, processor_child=processor_child) if run_workers else None
+    )
+    store_kind = "sqlite" if config.store.startswith("sqlite") else "postgresql"
     # Each read is constant work (running totals, one bounded index read): scrapes never scan.
     admin = build_admin(config, store, metrics, clock)  # None without server.admin_token
     metrics.backlog.set_function(store.backlog)
@@ -70,7 +79,13 @@ def create_app(
         write_failure = store.write_failure()
         checks = {"store": write_failure is None and store.ping(), "workers": runtime is None or runtime.alive()}
         status = 200 if all(checks.values()) else 503
-        body: dict[str, Any] = {"ready": status == 200, "checks": checks}
+        body: dict[str, Any] = {
+            "ready": status == 200,
+            "checks": checks,
+            "roles": list(roles),
+            "store": store_kind,
+            "pid": os.getpid(),  # which process answered (`serve --workers N` runs N on one port)
+        }
         if write_failure is not None:
             body["store_error"] = write_failure
         return JSONResponse(body, status_code=status)
@@ -98,7 +113,11 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        *ingest_routes(config, WakingSink(store, runtime), metrics, clock),
+        *(
+            ingest_routes(config, WakingSink(store, runtime), metrics, clock)
+            if "ingest" in roles
+            else _not_ingesting(ingest_routes(config, WakingSink(store, runtime), metrics, clock))
+        ),
         *(admin.routes if admin is not None else []),  # /admin, /api (SPEC §3.3)
     ]
     # Segment's browser SDK posts to /v1/* from the shop's pages on another origin (text/plain,
@@ -114,3 +133,16 @@ def create_app(
     app.state.metrics = metrics
     app.state.admin = admin
     return app
+
+
+def _not_ingesting(routes: Sequence[Route]) -> list[Route]:
+    """The ingest routes of a process without the `ingest` role: same paths and methods, each
+    answering 503 JSON. A 5xx, not a 404: Segment retries it, so a request a load balancer sent
+    here by mistake is delivered later to a process that ingests, not dropped."""
+
+    async def refuse(request: Request) -> Response:
+        return error_response(
+            503, "role_not_running", "this segcrit process does not run the ingest role", headers={"Retry-After": "1"}
+        )
+
+    return [Route(route.path, refuse, methods=sorted(route.methods or ()), name=route.name) for route in routes]

@@ -149,7 +149,12 @@ async def resync_with(
     if store.audience_counts_of(audience) is None:
         known = [a.name for a in store.audience_counts()]
         raise UserError(f"unknown audience {audience!r} (known: {', '.join(known) or 'none'})")
-    segment_id = await worker.segment_for(audience)
+    from segcrit.delivery.worker import SegmentBusy  # imported here, as resync_audience imports the worker
+
+    try:
+        segment_id = await worker.segment_for(audience)
+    except SegmentBusy:
+        raise UserError(f"another process is finding or creating the segment of {audience!r}: try again") from None
     # Should the wipe's answer be lost, Criteo may hold nothing: every change is then sent again.
     store.mark_audience_unknown(audience, worker.clock.now())
     await worker.client.wipe_contact_list(segment_id)

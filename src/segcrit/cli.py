@@ -13,7 +13,14 @@ from typing import Any
 import click
 
 from segcrit import __version__
-from segcrit.config import Config, audience_names, config_warnings, load_config
+from segcrit.config import (
+    MAX_SERVE_WORKERS,
+    SQLITE_WORKERS_PROBLEM,
+    Config,
+    audience_names,
+    config_warnings,
+    load_config,
+)
 from segcrit.errors import ConfigError, SegcritError, UserError
 from segcrit.logs import setup_logging
 
@@ -40,23 +47,76 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-def serve(config_file: str | None) -> None:
-    """HTTP ingest, delivery workers and scheduler in one process."""
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Processes on this machine sharing the port and the work (PostgreSQL store; default: server.workers).",
+)
+@click.option(
+    "--roles",
+    "roles_text",
+    default=None,
+    metavar="R,...",
+    help="Only these roles: ingest, process, deliver, schedule (default: all).",
+)
+@click.option("--fd", type=int, default=None, hidden=True, help="Serve on this inherited listening socket.")
+def serve(config_file: str | None, workers: int | None, roles_text: str | None, fd: int | None) -> None:
+    """HTTP ingest, delivery workers and scheduler in one process (or N with --workers)."""
+    config = load_config(config_file)
+    roles = parse_roles(roles_text)
+    count = config.server.workers if workers is None else workers
+    if not 1 <= count <= MAX_SERVE_WORKERS:
+        raise UserError(f"--workers must be between 1 and {MAX_SERVE_WORKERS}, not {count}")
+    if count > 1 and config.store.startswith("sqlite"):
+        raise UserError(f"--workers {count}: {SQLITE_WORKERS_PROBLEM}")
+    setup_logging()
+    # `main` restores SIGPIPE's default for commands whose output is piped (`status | head`); a
+    # server must not die of it when a client goes away before its answer is written (a probe that
+    # timed out while the answer waited in the listen queue): the write fails with EPIPE instead.
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if count > 1:
+        from segcrit.supervisor import Supervisor, child_command, listen
+
+        Supervisor(child_command(config_file, roles), count, listen(config.server.host, config.server.port)).run()
+        return
+    _serve_one(config, roles, fd)
+
+
+def parse_roles(text: str | None) -> tuple[str, ...]:
+    """`--roles ingest,deliver` as the roles in their usual order; every role when not given."""
+    from segcrit.runtime import ROLES
+
+    if text is None:
+        return ROLES
+    asked = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [role for role in asked if role not in ROLES]
+    if unknown or not asked:
+        problem = f"unknown role {unknown[0]!r}" if unknown else "no role given"
+        raise UserError(f"--roles: {problem} (roles: {', '.join(ROLES)})")
+    return tuple(role for role in ROLES if role in asked)
+
+
+def _serve_one(config: Config, roles: tuple[str, ...], fd: int | None) -> None:
+    import socket
+
     import uvicorn
 
     from segcrit.app import create_app
     from segcrit.store import open_store
 
-    config = load_config(config_file)
-    setup_logging()
     store = open_store(config.store, owner=True)
     # On SQLite, processing runs in a child process: a core of its own (segcrit.processing.child).
-    app = create_app(config, store, processor_child=True)
+    app = create_app(config, store, roles=roles, processor_child=True)
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config.server.host, config.server.port)))
     tune_gc()
     _exit_zero_after_signals()
+    # A child of `serve --workers N` serves the socket its supervisor listens on (segcrit.supervisor).
+    sockets = [socket.socket(fileno=fd)] if fd is not None else None
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         store.close()
     if not server.started:

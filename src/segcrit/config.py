@@ -36,6 +36,10 @@ IdentifierKind = Literal["email", "madid", "gum", "identityLink", "phoneNumber"]
 EmailHash = Literal["sha256", "md5", "sha256_md5", "none"]
 
 
+MAX_SERVE_WORKERS = 64
+SQLITE_WORKERS_PROBLEM = "more than 1 process needs a PostgreSQL store (on SQLite one `segcrit serve` owns the file)"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,6 +47,8 @@ class _Model(BaseModel):
 class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8088, ge=0, le=65535)
+    # `segcrit serve` processes on this machine sharing the port (PostgreSQL store only; SPEC §4.1).
+    workers: int = Field(1, ge=1, le=MAX_SERVE_WORKERS)
     admin_token: SecretStr | None = None
     max_request_bytes: int = Field(500_000, ge=1024, description="decompressed body limit")
     max_message_bytes: int = Field(32_768, ge=256)
@@ -554,6 +560,8 @@ class Config(_Model):
         lookups = [lookup.name for lookup in self.enrichment]
         for name in sorted({n for n in lookups if lookups.count(n) > 1}):
             problems.append(f"enrichment: the lookup name {name!r} is used twice")
+        if self.server.workers > 1 and self.store.startswith("sqlite"):
+            problems.append(f"server.workers: {SQLITE_WORKERS_PROBLEM}")
         if "gum" in self.identity.send and self.criteo.gum_caller_id is None:
             problems.append("criteo.gum_caller_id: required when identity.send includes gum")
         if problems:

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
@@ -76,11 +77,47 @@ def remaining_calls(headers: Mapping[str, str]) -> int | None:
         return None
 
 
+class CallWindow:
+    """The calls made in the last window and the hold Criteo asked for: the state of one budget.
+
+    Every limiter of one budget in a process shares it (`SqliteStore.rate_limiter` hands out one
+    per budget name), so two workers on one SQLite store spend one budget, not one each. Limiters
+    may live on different threads and event loops: the state has a thread lock of its own.
+    """
+
+    def __init__(self, span_secs: float) -> None:
+        self.span = span_secs
+        self.calls: collections.deque[float] = collections.deque()
+        self.hold_until = 0.0
+        self.unexplained_429s = 0
+        self.lock = threading.Lock()
+
+    def take(self, now: float, limit: int) -> float:
+        """Count one call at `now` and return `now`, or return when one may be made."""
+        with self.lock:
+            while self.calls and self.calls[0] <= now - self.span:
+                self.calls.popleft()
+            free_at = self.hold_until
+            if len(self.calls) >= limit:
+                # The oldest call in the window must leave it first (strictly: a call exactly
+                # `span` later would share a closed window with it).
+                free_at = max(free_at, self.calls[len(self.calls) - limit] + self.span)
+            if free_at <= now:
+                self.calls.append(now)
+                return now
+            return free_at
+
+    def hold(self, until: float) -> None:
+        with self.lock:
+            self.hold_until = max(self.hold_until, until)
+
+
 class SlidingWindowLimiter:
     """At most `limit_per_minute` calls in any window of `window_secs` (+ margin), per process.
 
     Waiters queue on one lock, so they are served in arrival order. `sleep` is injected: tests
-    pass one that advances a FakeClock instead of waiting.
+    pass one that advances a FakeClock instead of waiting. `window`: the state of a budget shared
+    with other limiters (by default one of its own).
     """
 
     def __init__(
@@ -91,61 +128,46 @@ class SlidingWindowLimiter:
         *,
         window_secs: float = RATE_LIMIT_WINDOW_SECS,
         margin_secs: float = DEFAULT_MARGIN_SECS,
+        window: CallWindow | None = None,
     ) -> None:
         if limit_per_minute < 1:
             raise ValueError("limit_per_minute must be >= 1")
         self.limit = limit_per_minute
         self._clock = clock
         self._sleep = sleep
-        self._span = window_secs + margin_secs
         self._window_secs = window_secs
-        self._calls: collections.deque[float] = collections.deque()
-        self._hold_until = 0.0
-        self._unexplained_429s = 0
+        self._window = window if window is not None else CallWindow(window_secs + margin_secs)
         self._lock = asyncio.Lock()
 
     @property
     def hold_until(self) -> float:
         """Unix seconds before which no call is made (0 when not holding)."""
-        return self._hold_until
+        return self._window.hold_until
 
     async def acquire(self) -> None:
         async with self._lock:
             while True:
                 now = self._clock.now()
-                wait_until = self._next_free(now)
+                wait_until = self._window.take(now, self.limit)
                 if wait_until <= now:
-                    self._calls.append(now)
                     return
                 await self._sleep(wait_until - now)
 
-    def _next_free(self, now: float) -> float:
-        while self._calls and self._calls[0] <= now - self._span:
-            self._calls.popleft()
-        free_at = self._hold_until
-        if len(self._calls) >= self.limit:
-            # The oldest call in the window must leave it first (strictly: a call exactly
-            # `span` later would share a closed window with it).
-            free_at = max(free_at, self._calls[len(self._calls) - self.limit] + self._span)
-        return free_at
-
     async def observe(self, status: int, headers: Mapping[str, str], now: float) -> None:
+        window = self._window
         reset = reset_at(headers, now)
         if reset is not None:
             # Never trust a reset further than one window away (clock skew, a bad header).
             reset = min(reset, now + self._window_secs)
         if status == 429:
             if reset is not None and reset > now:
-                self._hold(reset)
+                window.hold(reset)
             else:
-                hold = min(HOLD_INITIAL_SECS * 2.0**self._unexplained_429s, self._window_secs)
-                self._unexplained_429s = min(self._unexplained_429s + 1, 16)
-                self._hold(now + hold)
-            log.warning("criteo rate limited", extra={"hold_until": self._hold_until})
+                hold = min(HOLD_INITIAL_SECS * 2.0**window.unexplained_429s, self._window_secs)
+                window.unexplained_429s = min(window.unexplained_429s + 1, 16)
+                window.hold(now + hold)
+            log.warning("criteo rate limited", extra={"hold_until": window.hold_until})
             return
-        self._unexplained_429s = 0
+        window.unexplained_429s = 0
         if remaining_calls(headers) == 0 and reset is not None and reset > now:
-            self._hold(reset)
-
-    def _hold(self, until: float) -> None:
-        self._hold_until = max(self._hold_until, until)
+            window.hold(reset)

@@ -6,6 +6,12 @@ never delays an ingest acknowledgement. `segcrit serve` on SQLite runs processin
 process instead (`processor_child`, segcrit.processing.child): a core of its own. Tests do not
 start these threads: they build a Processor and a DeliveryWorker and step them with `drain_once()`.
 
+A process runs only the threads of its roles (`segcrit serve --roles`, SPEC §2): `process` the
+processor (and the enrichment lookups, which exist to feed it), `deliver` the delivery thread
+(Criteo calls, admin-requested resyncs), `schedule` the scheduler; `ingest` is the HTTP ingest
+routes (segcrit.app). With several processes on one PostgreSQL store any mix of roles works:
+the work is claimed in the store, whoever runs it.
+
 While the store cannot write (StoreUnavailable: disk full, locked), the processor retries with
 a growing pause (`segcrit.processing.child.process_loop`), and with an empty inbox probes the
 store, so that /readyz turns ready again as soon as a write succeeds. The store logs the episode;
@@ -19,7 +25,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import httpx
@@ -44,6 +50,8 @@ from segcrit.store.base import DeliveryStore, RateBudget, Store
 from segcrit.store.sqlite import SqliteStore
 
 log = logging.getLogger("segcrit.runtime")
+
+ROLES: tuple[str, ...] = ("ingest", "process", "deliver", "schedule")
 
 SCHEDULER_TICK_SECS = 1.0
 SHUTDOWN_FLUSH_SECS = 5.0
@@ -135,12 +143,15 @@ class Runtime:
         metrics: Metrics,
         clock: Clock | None = None,
         *,
+        roles: Collection[str] = ROLES,
         processor_child: bool = False,
     ) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics
         self.clock = clock or SystemClock()
+        self.roles = frozenset(roles)
+        self._started = False
         self.processor = Processor(store, config, self.clock, metrics)
         self.scheduler = Scheduler(store, config, self.processor, self.clock)
         self._wake = threading.Event()
@@ -148,21 +159,27 @@ class Runtime:
         self.failed: str | None = None
         # On a SQLite file, `segcrit serve` processes in a child process (segcrit.processing.child).
         self._child: ProcessorChild | None = None
-        if processor_child and isinstance(store, SqliteStore) and store.path != ":memory:":
+        on_file = isinstance(store, SqliteStore) and store.path != ":memory:"
+        if processor_child and isinstance(store, SqliteStore) and on_file and "process" in self.roles:
             self._child = ProcessorChild(store, config, metrics)
         metrics.store_write_failing.set_function(lambda: store.write_failure() is not None)
 
     # ------------------------------------------------------------------ control
 
     def start(self) -> None:
-        if self._child is not None:
-            self._child.start()
-        else:
-            self._spawn("segcrit-processor", self._process_loop)
-        self._spawn("segcrit-delivery", self._delivery_thread)
-        self._spawn("segcrit-scheduler", self._scheduler_loop)
-        if self.config.enrichment:
-            self._spawn("segcrit-enrichment", self._enrichment_thread)
+        """Start the threads of this process's roles (none for an ingest-only process)."""
+        if "process" in self.roles:
+            if self._child is not None:
+                self._child.start()
+            else:
+                self._spawn("segcrit-processor", self._process_loop)
+            if self.config.enrichment:
+                self._spawn("segcrit-enrichment", self._enrichment_thread)
+        if "deliver" in self.roles:
+            self._spawn("segcrit-delivery", self._delivery_thread)
+        if "schedule" in self.roles:
+            self._spawn("segcrit-scheduler", self._scheduler_loop)
+        self._started = True
 
     def stop(self, timeout: float = SHUTDOWN_FLUSH_SECS + 1) -> None:
         """Ask every worker to stop and wait for them, `timeout` seconds in all (not per thread):
@@ -177,6 +194,7 @@ class Runtime:
         for t in self._threads:
             t.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        self._started = False
 
     def wake(self) -> None:
         """Ingest calls this after a commit so the processor starts at once."""
@@ -186,7 +204,7 @@ class Runtime:
 
     def alive(self) -> bool:
         child_alive = self._child is None or self._child.alive()
-        threads_alive = bool(self._threads) and all(t.thread.is_alive() for t in self._threads)
+        threads_alive = self._started and all(t.thread.is_alive() for t in self._threads)
         return child_alive and threads_alive and self.failed is None
 
     def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:

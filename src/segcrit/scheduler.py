@@ -92,6 +92,12 @@ class Scheduler:
             lease = f"job:{job.name}"
             if not self.store.try_lease(lease, self.holder, now, LEASE_SECS):
                 continue  # another process runs it
+            # Read again under the lease: another process may have run the job (and released the
+            # lease) between the read above and our taking it; without this it would run twice.
+            record = self.store.job(job.name)
+            if record is not None and record.next_run_at > now:
+                self.store.try_lease(lease, self.holder, now, 0)  # release
+                continue
             try:
                 with self._keeping(lease):
                     result = job.run(now)
@@ -102,7 +108,8 @@ class Scheduler:
                 result = f"failed: {error.__class__.__name__}"
             finished = self.clock.now()
             self.store.job_ran(job.name, finished, result, finished + job.every_secs)
-            self.store.try_lease(f"job:{job.name}", self.holder, finished, 0)  # release
+            self.store.try_lease(lease, self.holder, finished, 0)  # release
+            log.info("job ran", extra={"job": job.name, "holder": self.holder, "result": result[:200]})
             ran.append(job.name)
         return ran
 

@@ -75,3 +75,23 @@ def test_a_rate_budget_holds_every_call_until_criteo_s_reset(store: Store) -> No
         return clock.now()
 
     assert asyncio.run(after_a_429()) >= T0 + 30
+
+
+def test_every_limiter_of_one_budget_spends_it(store: Store) -> None:
+    """Two delivery workers of one process (or a resync beside the delivery thread) each get a
+    limiter of the `criteo_api` budget: together they keep to its limit, not twice it."""
+    clock = FakeClock(T0)
+    one, two = (store.rate_limiter(CRITEO_API_BUDGET, 3, clock, advancing(clock)) for _ in range(2))
+
+    async def calls() -> list[float]:
+        times = []
+        for _ in range(4):
+            for limiter in (one, two):
+                await limiter.acquire()
+                times.append(clock.now())
+        return times
+
+    times = asyncio.run(calls())
+
+    assert times[:3] == [T0] * 3
+    assert all(later - earlier >= 60 for earlier, later in zip(times, times[3:], strict=False))

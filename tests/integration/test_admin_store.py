@@ -14,8 +14,8 @@ from segcrit.config import DeliveryConfig
 from segcrit.domain import CounterIncrement, InboxEvent, NewCall, NewSample, TargetKey
 from segcrit.emulator.state import EmulatorState
 from segcrit.store import sqlite as sqlite_store
+from segcrit.store.common import CALLS_KEPT_PER_ENDPOINT, SAMPLES_KEPT_PER_SOURCE
 from segcrit.store.sqlite import SqliteStore
-from segcrit.store.sqlite_admin import CALLS_KEPT_PER_ENDPOINT, SAMPLES_KEPT_PER_SOURCE
 from tests.flow_harness import Process, Processes
 from tests.helpers import audience_event, email_of, email_sha, make_config, members
 

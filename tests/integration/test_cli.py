@@ -447,3 +447,28 @@ def test_preview_of_a_missing_event_file_is_one_line(tmp_path: Path, db: Path) -
     config = write_config(tmp_path, db)
     line = assert_one_line_error(segcrit("preview", "missing.json", "--config", str(config), cwd=tmp_path))
     assert "missing.json" in line
+
+
+# ------------------------------------------------------------------------------------ serve --workers / --roles
+
+
+def test_serve_with_several_workers_on_sqlite_is_one_line_and_check_reports_the_key(tmp_path: Path, db: Path) -> None:
+    """SPEC §2: on SQLite `--workers` > 1 is a config error, as the flag or as server.workers."""
+    path = write_config(tmp_path, db)
+    line = assert_one_line_error(segcrit("serve", "--config", str(path), "--workers", "2", cwd=tmp_path))
+    assert "--workers 2" in line and "PostgreSQL" in line
+    assert not db.exists()  # refused before anything was opened
+
+    keyed = write_config(tmp_path, db, extra="server: {workers: 3}\n")
+    for command in ("serve", "check"):
+        result = segcrit(command, "--config", str(keyed), cwd=tmp_path)
+        line = assert_one_line_error(result)
+        assert result.returncode == 2
+        assert line.startswith("config error: server.workers:") and "PostgreSQL" in line
+
+
+def test_serve_with_an_unknown_role_is_one_line_naming_the_roles(tmp_path: Path, db: Path) -> None:
+    path = write_config(tmp_path, db)
+    line = assert_one_line_error(segcrit("serve", "--config", str(path), "--roles", "ingest,delivery", cwd=tmp_path))
+    assert "'delivery'" in line and "ingest, process, deliver, schedule" in line
+    assert "no role" in assert_one_line_error(segcrit("serve", "--config", str(path), "--roles", ",", cwd=tmp_path))

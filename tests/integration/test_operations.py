@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -199,5 +200,39 @@ def test_the_running_totals_follow_every_write(tmp_path: Path, emulator_url: str
         assert totals() == counted(db)
         store.release_audiences(["held_key"])
         assert totals() == counted(db) and totals()["audiences_held"] == 0
+    finally:
+        store.close()
+
+
+def test_a_process_runs_only_its_roles(tmp_path: Path, emulator_url: str) -> None:
+    """`serve --roles process,deliver`: no ingest (its routes answer 503 JSON, which Segment
+    retries), no scheduler thread; /healthz, /readyz (with roles and store) and /metrics as ever."""
+    config = make_config(str(tmp_path / "s.db"), api_url=emulator_url, max_wait=0)
+    store = SqliteStore(str(tmp_path / "s.db"))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"WK:").decode()}
+    try:
+        app = create_app(config, store, roles=["deliver", "process"])
+        with running_app(app, lifespan="on") as url:
+            assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+            ready = httpx.get(f"{url}/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["checks"] == {"store": True, "workers": True}
+            assert ready.json()["roles"] == ["process", "deliver"] and ready.json()["store"] == "sqlite"
+            batch = {"batch": [audience_event("u1", "vip", True, T0, email="a@b.example")]}
+            refused = httpx.post(f"{url}/v1/batch", json=batch, headers=auth)
+            assert refused.status_code == 503 and refused.json()["code"] == "role_not_running"
+            assert httpx.post(f"{url}/webhooks/engage", json={}).status_code == 503
+            assert "segcrit_backlog_events" in httpx.get(f"{url}/metrics").text
+            threads = {t.name for t in threading.enumerate()}
+            assert {"segcrit-processor", "segcrit-delivery"} <= threads and "segcrit-scheduler" not in threads
+        assert store.backlog() == 0
+        with running_app(create_app(config, store, roles=["ingest"]), lifespan="on") as url:
+            ready = httpx.get(f"{url}/readyz")
+            assert ready.status_code == 200 and ready.json()["roles"] == ["ingest"]
+            assert httpx.post(f"{url}/v1/batch", json=batch, headers=auth).status_code == 200
+            assert not {"segcrit-processor", "segcrit-delivery", "segcrit-scheduler"} & {
+                t.name for t in threading.enumerate()
+            }
+        assert store.backlog() == 1  # accepted, left for a process that processes
     finally:
         store.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -159,17 +159,23 @@ class CriteoClient:
         )
         return await self._create(segment)
 
-    async def find_or_create_segment(self, name: str, auto_create: bool) -> str:
+    async def find_or_create_segment(
+        self, name: str, auto_create: bool, *, before_create: Callable[[], object] | None = None
+    ) -> str:
         """The ContactList segment named `name`, created when missing and `auto_create` allows.
 
         A concurrent creator (another process, or a create whose answer was lost) makes Criteo
-        answer `name-must-be-unique`: then the existing segment is the one to use.
+        answer `name-must-be-unique`: then the existing segment is the one to use. `before_create`
+        runs just before the create call (the delivery worker renews its lease on the name there;
+        an exception from it stops the create).
         """
         found = await self.find_segment(name)
         if found is not None:
             return found
         if not auto_create:
             raise SegmentNotFoundError(name)
+        if before_create is not None:
+            before_create()
         try:
             created = await self.create_contact_list(name)
         except SegmentNameTakenError:

@@ -14,6 +14,12 @@ desires: its next call sends the operation the desired state asks for *then*. So
 while their add went unanswered gets a remove, and resending is harmless (add is a set union,
 remove a set difference).
 
+Finding or creating a segment (a new audience, a lookalike) happens under a lease on its name in
+the store (`segment:<audience>`, `lookalike:<name>`): with several processes, one at a time
+searches and creates, the others leave that audience's changes for a later round (SegmentBusy, not
+an error: nothing is deferred) and then read the id the holder saved. The lease lasts one call's
+claim and is renewed just before the create; losing it then stops the create.
+
 Held audiences (over audience_sync's max_new_audiences_per_day, SPEC §4.1) get no segment and none
 of their changes is read; each round first admits those the config names and, on a new UTC day,
 as many of the longest held as that day's allowance leaves room for.
@@ -22,8 +28,12 @@ as many of the longest held as that day's allowance leaves room for.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from segcrit.config import AudienceSyncFlow, audience_names
@@ -49,6 +59,10 @@ SCAN_LIMIT = MAX_IDENTIFIERS_PER_CALL
 MAX_CALLS_PER_GROUP_ROUND = 20
 
 
+class SegmentBusy(Exception):
+    """Another process (or worker) is finding or creating this segment now: try in a later round."""
+
+
 @dataclass(frozen=True, slots=True)
 class GroupKey:
     audience: str
@@ -63,6 +77,14 @@ class GroupKey:
 class DeliveryWorker(Worker[AudienceDeliveryStore, CriteoClient]):
     _re_resolved: set[str]  # audiences whose segment vanished during this round (set by drain_once)
     _admitted_on: int | None = None  # the UTC day held audiences were last admitted for
+    _holder: str | None = None
+
+    @property
+    def holder(self) -> str:
+        """This worker's name on the leases it takes: unique even with two workers in one process."""
+        if self._holder is None:
+            self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        return self._holder
 
     async def drain_once(self, *, force: bool = False, audience: str | None = None) -> int:
         """Send every group that is due (all of them with `force`), of one `audience` if given;
@@ -106,21 +128,29 @@ class DeliveryWorker(Worker[AudienceDeliveryStore, CriteoClient]):
         for record in self.store.lookalikes_to_create():
             try:
                 seed_id = await self.segment_for(record.seed_audience)
-                segment_id = await self._find_or_create_lookalike(record.name, seed_id, record.target_size)
+                with self._leased(f"lookalike:{record.name}") as renew:
+                    if record.name not in {r.name for r in self.store.lookalikes_to_create()}:
+                        continue  # created by the lease's previous holder meanwhile
+                    segment_id = await self._find_or_create_lookalike(record.name, seed_id, record.target_size, renew)
+                    self.store.lookalike_created(record.name, segment_id, self.clock.now())
+            except SegmentBusy:
+                continue  # another process creates it
             except CriteoError as error:
                 log.warning("lookalike not created yet", extra={"lookalike": record.name, "error": str(error)[:200]})
                 continue
-            self.store.lookalike_created(record.name, segment_id, self.clock.now())
             log.info("lookalike created", extra={"lookalike": record.name, "segment_id": segment_id})
             created += 1
         return created
 
-    async def _find_or_create_lookalike(self, name: str, seed_id: str, target_size: int | None) -> str:
+    async def _find_or_create_lookalike(
+        self, name: str, seed_id: str, target_size: int | None, before_create: Callable[[], object]
+    ) -> str:
         # Searched first: an earlier create may have worked though its answer was lost (or another
         # process made it), and Criteo need not refuse a second segment of the same name.
         found = await self.client.find_segment(name, "Lookalike")
         if found is not None:
             return found
+        before_create()
         try:
             return await self.client.create_lookalike(name, seed_id, target_size)
         except SegmentNameTakenError:
@@ -151,6 +181,8 @@ class DeliveryWorker(Worker[AudienceDeliveryStore, CriteoClient]):
             claimed = set(keys)
             changes = [c for c in changes if c.key in claimed]
             await self.client.patch_contact_list(segment_id, key.operation, key.id_type, [k.id_value for k in keys])
+        except SegmentBusy:
+            return False  # another process resolves the segment; its changes wait for a later round
         except AudienceInvalidError as error:
             # Answered: there is no such segment, so the call changed nothing (re-resolving ends its claim).
             await self._re_resolve(key, keys, error)
@@ -205,12 +237,34 @@ class DeliveryWorker(Worker[AudienceDeliveryStore, CriteoClient]):
         auto_create = record.auto_create if record is not None else True
         if configured is not None:
             auto_create = configured.auto_create
-        # Resolved once by name and kept in the store: no search on the hot path.
-        segment_id = await self.client.find_or_create_segment(audience, auto_create=auto_create)
-        created = record is not None and record.created_by_us
-        self.store.save_audience(AudienceRecord(audience, segment_id, auto_create, created or auto_create))
+        # Resolved once by name and kept in the store: no search on the hot path. One process at
+        # a time searches and creates (the lease); SegmentBusy tells the others to come back.
+        with self._leased(f"segment:{audience}") as renew:
+            record = self.store.audience(audience)
+            if record is not None and record.segment_id:
+                return record.segment_id  # the lease's previous holder resolved it meanwhile
+            segment_id = await self.client.find_or_create_segment(audience, auto_create, before_create=renew)
+            created = record is not None and record.created_by_us
+            self.store.save_audience(AudienceRecord(audience, segment_id, auto_create, created or auto_create))
         log.info("audience resolved", extra={"audience": audience, "segment_id": segment_id})
         return segment_id
+
+    @contextmanager
+    def _leased(self, name: str) -> Iterator[Callable[[], None]]:
+        """Hold the lease `name` for the block (SegmentBusy when another holds it); the block gets
+        a `renew` to call before a create, which raises SegmentBusy when the lease was lost."""
+        if not self.store.try_lease(name, self.holder, self.clock.now(), self.claim_secs):
+            raise SegmentBusy(name)
+
+        def renew() -> None:
+            if not self.store.try_lease(name, self.holder, self.clock.now(), self.claim_secs):
+                log.warning("segment lease lost to another process", extra={"lease": name})
+                raise SegmentBusy(name)
+
+        try:
+            yield renew
+        finally:
+            self.store.try_lease(name, self.holder, self.clock.now(), 0)  # release
 
     async def _re_resolve(self, key: GroupKey, sent: Sequence[TargetKey], error: AudienceInvalidError) -> None:
         """The segment is gone: find or recreate it, then resend the whole membership.

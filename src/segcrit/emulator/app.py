@@ -3,7 +3,8 @@
 Control routes (no auth, not counted, not rate limited: a local tool for tests and the demo):
 
     GET  /_emulator/state[?members=0]   segments with members, event documents, catalogs, call
-                                        counts by endpoint, faults (members=0: counts only)
+                                        counts by endpoint and by status, faults (members=0:
+                                        counts only)
     POST /_emulator/faults              {"spec": "5xx=0.2,..."} or {"5xx": 0.2, ...}: replace the faults
     POST /_emulator/config              {"duplicate_name_mode", "rate_limit_per_minute", "match_rate",
                                          "events_rate_limit_per_minute", "events_redirect_hops",

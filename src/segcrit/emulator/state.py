@@ -215,6 +215,7 @@ class EmulatorState:
         self._ids = itertools.count(FIRST_SEGMENT_ID)
         self._calls: deque[CallRecord] = deque(maxlen=call_log_size)
         self._call_counts: Counter[str] = Counter()
+        self._status_counts: Counter[str] = Counter()  # answers by status code (a 429 is the budget's)
         # Request keys the emulator's schemas do not know (see `schemas`), as (path, key).
         self._unknown_keys: deque[tuple[str, str]] = deque(maxlen=call_log_size)
         # Events API: its own limiter (a separate host), redirects before the document is read.
@@ -273,6 +274,7 @@ class EmulatorState:
             self._ids = itertools.count(FIRST_SEGMENT_ID)
             self._calls.clear()
             self._call_counts.clear()
+            self._status_counts.clear()
             self._unknown_keys.clear()
             self._limiter.reset()
             self._events_limiter.reset()
@@ -351,6 +353,7 @@ class EmulatorState:
             body: dict[str, Any] = {
                 "segments": [s.to_json(include_members) for s in self._segments_of(None)],
                 "calls": dict(self._call_counts),
+                "statuses": dict(self._status_counts),
                 "faults": self._faults.faults.to_json(),
                 "duplicateNameMode": self.duplicate_name_mode,
                 "rateLimitPerMinute": self._limiter.limit,
@@ -508,6 +511,7 @@ class EmulatorState:
         with self.lock:
             self._calls.append(record)
             self._call_counts[record.endpoint] += 1
+            self._status_counts[str(record.status)] += 1
 
     def find_segment(self, segment_id: str) -> Segment | None:
         with self.lock:

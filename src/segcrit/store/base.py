@@ -285,6 +285,19 @@ class ProcessingStore(Protocol):
 # ---------------------------------------------------------------------------------------- delivery
 
 
+class Leases(Protocol):
+    """Named leases: one holder at a time across every process on the store (scheduled jobs, the
+    finding or creating of an audience's segment)."""
+
+    def try_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        """Take or renew a named lease; True when `holder` holds it until now + ttl (ttl 0 releases it)."""
+        ...
+
+    def lease_holder(self, name: str, now: float) -> str | None:
+        """Who holds the named lease at `now` (None: nobody, or it expired)."""
+        ...
+
+
 class ResyncQueue(Protocol):
     """Resyncs asked for in the admin UI, run by the delivery thread (the one place calling Criteo)."""
 
@@ -296,7 +309,7 @@ class ResyncQueue(Protocol):
     def resync_finished(self, audience: str, result: str, now: float) -> None: ...
 
 
-class AudienceDeliveryStore(ResyncQueue, Protocol):
+class AudienceDeliveryStore(ResyncQueue, Leases, Protocol):
     """Contact-list delivery: pending changes per (audience, operation, identifier type), the
     audiences' Criteo segments and lookalikes (see docs/architecture.md, "Lost answers")."""
 
@@ -435,20 +448,13 @@ class DeliveryStore(AudienceDeliveryStore, EventsQueue, CatalogQueue, RateBudget
 # ---------------------------------------------------------------------------------------- scheduled work
 
 
-class SchedulerStore(Protocol):
+class SchedulerStore(Leases, Protocol):
     def schedule_job(self, name: str, next_run_at: float) -> None:
         """Register a job (keeping its schedule when it is known already)."""
         ...
 
     def job(self, name: str) -> JobRecord | None: ...
     def job_ran(self, name: str, ran_at: float, result: str, next_run_at: float) -> None: ...
-    def try_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
-        """Take or renew a named lease; True when `holder` holds it until now + ttl (ttl 0 releases it)."""
-        ...
-
-    def lease_holder(self, name: str, now: float) -> str | None:
-        """Who holds the named lease at `now` (None: nobody, or it expired)."""
-        ...
 
 
 class ScheduledFlowStore(ProcessingStore, Protocol):

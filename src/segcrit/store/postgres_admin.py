@@ -23,34 +23,8 @@ from segcrit.domain import (
     ResyncRow,
     SampleRow,
 )
+from segcrit.store import common as shared
 from segcrit.store.postgres_base import AUDIENCE_TOTALS, PgBase
-
-CALLS_KEPT_PER_ENDPOINT = 500
-SAMPLES_KEPT_PER_SOURCE = 100
-PRUNE_BATCH_MINUTES = 10
-
-_DEAD_LETTER_COLUMNS = "id, kind, created_at, audience, operation, id_type, count, status, error, replayed_at"
-_AUDIENCE_COLUMNS = (
-    "c.desired, c.acknowledged, c.pending_add, c.pending_remove, c.dead, c.last_sync_at, "
-    "a.segment_id, a.auto_create, a.created_by_us"
-)
-
-
-def _audience_counts(name: str, row: Sequence[Any] | None) -> AudienceCounts:
-    if row is None:
-        return AudienceCounts(name, None, 0, 0, 0, 0, 0, None)
-    return AudienceCounts(
-        name,
-        row[6],
-        int(row[0] or 0),
-        int(row[1] or 0),
-        int(row[2] or 0),
-        int(row[3] or 0),
-        int(row[4] or 0),
-        row[5],
-        bool(row[7]) if row[7] is not None else True,
-        bool(row[8]),
-    )
 
 
 class AdminStoreMixin(PgBase):
@@ -58,22 +32,22 @@ class AdminStoreMixin(PgBase):
 
     def audience_counts(self) -> list[AudienceCounts]:
         rows = self._rows(
-            f"SELECT n.name, {_AUDIENCE_COLUMNS} FROM "
+            f"SELECT n.name, {shared.AUDIENCE_COLUMNS} FROM "
             f"(SELECT name FROM audiences UNION SELECT audience FROM ({AUDIENCE_TOTALS}) t) n "
             f"LEFT JOIN ({AUDIENCE_TOTALS}) c ON c.audience = n.name LEFT JOIN audiences a ON a.name = n.name "
             "ORDER BY n.name"
         )
-        return [_audience_counts(r[0], r[1:]) for r in rows]
+        return [shared.audience_counts(r[0], r[1:]) for r in rows]
 
     def audience_counts_of(self, name: str) -> AudienceCounts | None:
         row = self._row(
-            f"SELECT n.name, {_AUDIENCE_COLUMNS} FROM "
+            f"SELECT n.name, {shared.AUDIENCE_COLUMNS} FROM "
             f"(SELECT name FROM audiences WHERE name = %(n)s UNION SELECT audience FROM ({AUDIENCE_TOTALS}) t "
             "WHERE audience = %(n)s) n "
             f"LEFT JOIN ({AUDIENCE_TOTALS}) c ON c.audience = n.name LEFT JOIN audiences a ON a.name = n.name",
             {"n": name},
         )
-        return None if row is None else _audience_counts(row[0], row[1:])
+        return None if row is None else shared.audience_counts(row[0], row[1:])
 
     def pending_total(self) -> int:
         return int(self._value(f"SELECT coalesce(sum(pending_add + pending_remove), 0) FROM ({AUDIENCE_TOTALS}) c"))
@@ -84,7 +58,7 @@ class AdminStoreMixin(PgBase):
 
     def dead_letters_of(self, audience: str, limit: int = 50) -> list[DeadLetterRow]:
         rows = self._rows(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE audience = %s AND replayed_at IS NULL "
+            f"SELECT {shared.DEAD_LETTER_COLUMNS} FROM dead_letters WHERE audience = %s AND replayed_at IS NULL "
             "ORDER BY id DESC LIMIT %s",
             (audience, limit),
         )
@@ -93,7 +67,7 @@ class AdminStoreMixin(PgBase):
     def recent_dead_letters(self, limit: int = 100, include_replayed: bool = False) -> list[DeadLetterRow]:
         where = "" if include_replayed else "WHERE replayed_at IS NULL"
         rows = self._rows(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY id DESC LIMIT %s", (limit,)
+            f"SELECT {shared.DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY id DESC LIMIT %s", (limit,)
         )
         return [DeadLetterRow(*r) for r in rows]
 
@@ -149,48 +123,26 @@ class AdminStoreMixin(PgBase):
 
     def profile_record(self, profile_id: int) -> ProfileRecord | None:
         with self._connection() as conn, conn.pipeline():
-            profile = conn.execute(
-                "SELECT created_at, last_seen_at, consent, consent_ts, traits FROM profiles WHERE id = %s",
-                (profile_id,),
+            profile, *tables, orders, queued = (
+                conn.execute(sql, (profile_id,))
+                for sql in (
+                    f"SELECT {shared.PROFILE_COLUMNS} FROM profiles WHERE id = %s",
+                    "SELECT kind, value, active FROM identifiers WHERE profile_id = %s ORDER BY kind, value",
+                    "SELECT audience, member, ts FROM memberships WHERE profile_id = %s ORDER BY audience",
+                    "SELECT audience, id_type, desired, acked, dead_letter_id FROM targets WHERE profile_id = %s "
+                    "ORDER BY audience, id_type",
+                    "SELECT flow, since, until FROM suppressions WHERE profile_id = %s",
+                    "SELECT count(*), coalesce(sum(revenue), 0) FROM orders WHERE profile_id = %s",
+                    "SELECT count(*) FROM criteo_events WHERE profile_id = %s AND dead_letter_id IS NULL",
+                )
             )
-            idents = conn.execute(
-                "SELECT kind, value, active FROM identifiers WHERE profile_id = %s ORDER BY kind, value", (profile_id,)
-            )
-            members = conn.execute(
-                "SELECT audience, member, ts FROM memberships WHERE profile_id = %s ORDER BY audience", (profile_id,)
-            )
-            targets = conn.execute(
-                "SELECT audience, id_type, desired, acked, dead_letter_id FROM targets WHERE profile_id = %s "
-                "ORDER BY audience, id_type",
-                (profile_id,),
-            )
-            suppressions = conn.execute(
-                "SELECT flow, since, until FROM suppressions WHERE profile_id = %s", (profile_id,)
-            )
-            orders = conn.execute(
-                "SELECT count(*), coalesce(sum(revenue), 0) FROM orders WHERE profile_id = %s", (profile_id,)
-            )
-            queued = conn.execute(
-                "SELECT count(*) FROM criteo_events WHERE profile_id = %s AND dead_letter_id IS NULL", (profile_id,)
-            )
-        row = profile.fetchone()
+            row = profile.fetchone()
+            identifiers, memberships, targets, suppressions = (t.fetchall() for t in tables)
+            order_row, queued_row = orders.fetchone(), queued.fetchone()
         if row is None:
             return None
-        order_row, queued_row = orders.fetchone(), queued.fetchone()
-        return ProfileRecord(
-            profile_id=profile_id,
-            created_at=float(row[0]),
-            last_seen_at=float(row[1]),
-            consent=None if row[2] is None else bool(row[2]),
-            consent_ts=row[3],
-            traits=orjson.loads(row[4]) if row[4] else {},
-            identifiers=[(r[0], r[1], bool(r[2])) for r in idents.fetchall()],
-            memberships=[(r[0], bool(r[1]), float(r[2])) for r in members.fetchall()],
-            targets=[(r[0], r[1], bool(r[2]), bool(r[3]), r[4] is not None) for r in targets.fetchall()],
-            suppressions=[(r[0], float(r[1]), float(r[2])) for r in suppressions.fetchall()],
-            orders=int(order_row[0]) if order_row else 0,
-            revenue=float(order_row[1]) if order_row else 0.0,
-            queued_events=int(queued_row[0]) if queued_row else 0,
+        return shared.profile_record(
+            profile_id, row, identifiers, memberships, targets, suppressions, order_row, queued_row
         )
 
     # ------------------------------------------------------------------ counters, calls, samples
@@ -221,56 +173,28 @@ class AdminStoreMixin(PgBase):
                 )
             if calls:
                 conn.cursor().executemany(
-                    "INSERT INTO admin_calls (at, endpoint, method, path, status, duration_ms, segment_id, audience, "
-                    "summary, answer) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (
-                            c.at,
-                            c.endpoint,
-                            c.method,
-                            c.path,
-                            c.status,
-                            c.duration_ms,
-                            c.segment_id,
-                            c.audience,
-                            orjson.dumps(c.summary).decode(),
-                            c.answer,
-                        )
-                        for c in calls
-                    ],
+                    f"INSERT INTO admin_calls ({shared.INSERT_CALL_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [shared.call_values(c) for c in calls],
                 )
             if samples:
                 conn.cursor().executemany(
-                    "INSERT INTO admin_samples (at, source, accepted, reason, type, event, user_id, anonymous_id, "
-                    "email, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (
-                            s.at,
-                            s.source,
-                            int(s.accepted),
-                            s.reason,
-                            s.type,
-                            s.event,
-                            s.user_id,
-                            s.anonymous_id,
-                            s.email,
-                            orjson.dumps(s.body),
-                        )
-                        for s in samples
-                    ],
+                    f"INSERT INTO admin_samples ({shared.INSERT_SAMPLE_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [shared.sample_values(s) for s in samples],
                 )
             for endpoint in sorted({c.endpoint for c in calls}):
                 conn.execute(
                     "DELETE FROM admin_calls WHERE endpoint = %(e)s AND id <= (SELECT id FROM admin_calls "
                     "WHERE endpoint = %(e)s ORDER BY id DESC LIMIT 1 OFFSET %(keep)s)",
-                    {"e": endpoint, "keep": CALLS_KEPT_PER_ENDPOINT},
+                    {"e": endpoint, "keep": shared.CALLS_KEPT_PER_ENDPOINT},
                 )
             for source, accepted in sorted({(s.source, int(s.accepted)) for s in samples}):
                 conn.execute(
                     "DELETE FROM admin_samples WHERE source = %(s)s AND accepted = %(a)s AND id <= (SELECT id "
                     "FROM admin_samples WHERE source = %(s)s AND accepted = %(a)s ORDER BY id DESC LIMIT 1 "
                     "OFFSET %(keep)s)",
-                    {"s": source, "a": accepted, "keep": SAMPLES_KEPT_PER_SOURCE},
+                    {"s": source, "a": accepted, "keep": shared.SAMPLES_KEPT_PER_SOURCE},
                 )
 
         self._retrying(record)
@@ -280,7 +204,7 @@ class AdminStoreMixin(PgBase):
             return conn.execute(
                 "DELETE FROM admin_counters WHERE minute IN (SELECT DISTINCT minute FROM admin_counters "
                 "WHERE minute < %s ORDER BY minute LIMIT %s)",
-                (before_minute, PRUNE_BATCH_MINUTES),
+                (before_minute, shared.PRUNE_BATCH_MINUTES),
             ).rowcount
 
     def counters_by_minute(self, minute: int, series: Sequence[str]) -> list[tuple[int, str, str, float]]:
@@ -312,53 +236,27 @@ class AdminStoreMixin(PgBase):
         failed: bool | None = None,
         before_id: int | None = None,
     ) -> list[CallRow]:
-        where: list[str] = []
-        params: list[Any] = []
-        if endpoint is not None:
-            where.append("endpoint = %s")
-            params.append(endpoint)
-        if audience is not None:
-            where.append("audience = %s")
-            params.append(audience)
-        if failed is not None:
-            where.append("(status BETWEEN 200 AND 299) = %s")
-            params.append(not failed)
-        if before_id is not None:
-            where.append("id < %s")
-            params.append(before_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._rows(
-            "SELECT id, at, endpoint, method, path, status, duration_ms, segment_id, audience, summary, answer "
-            f"FROM admin_calls {clause} ORDER BY id DESC LIMIT %s",
-            (*params, limit),
+        clause, params = shared.call_filters(
+            "%s", endpoint=endpoint, audience=audience, failed=failed, before_id=before_id
         )
-        return [CallRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], orjson.loads(r[9]), r[10]) for r in rows]
+        rows = self._rows(
+            f"SELECT {shared.CALL_COLUMNS} FROM admin_calls {clause} ORDER BY id DESC LIMIT %s", (*params, limit)
+        )
+        return [shared.call_row(r) for r in rows]
 
     def call_endpoints(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT DISTINCT endpoint FROM admin_calls ORDER BY endpoint")]
 
     def samples(self, limit: int = 50, *, source: str | None = None, accepted: bool | None = None) -> list[SampleRow]:
-        where: list[str] = []
-        params: list[Any] = []
-        if source is not None:
-            where.append("source = %s")
-            params.append(source)
-        if accepted is not None:
-            where.append("accepted = %s")
-            params.append(int(accepted))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = shared.sample_filters("%s", source=source, accepted=accepted)
         rows = self._rows(
-            f"SELECT id, at, source, accepted, reason, type, event, body FROM admin_samples {clause} "
-            "ORDER BY id DESC LIMIT %s",
-            (*params, limit),
+            f"SELECT {shared.SAMPLE_COLUMNS} FROM admin_samples {clause} ORDER BY id DESC LIMIT %s", (*params, limit)
         )
-        return [_sample(r) for r in rows]
+        return [shared.sample_row(r) for r in rows]
 
     def sample(self, sample_id: int) -> SampleRow | None:
-        row = self._row(
-            "SELECT id, at, source, accepted, reason, type, event, body FROM admin_samples WHERE id = %s", (sample_id,)
-        )
-        return None if row is None else _sample(row)
+        row = self._row(f"SELECT {shared.SAMPLE_COLUMNS} FROM admin_samples WHERE id = %s", (sample_id,))
+        return None if row is None else shared.sample_row(row)
 
     def sample_sources(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT DISTINCT source FROM admin_samples ORDER BY source")]
@@ -369,12 +267,8 @@ class AdminStoreMixin(PgBase):
         if not user_ids and not anonymous_ids and not emails:
             return []
         rows = self._rows(
-            "SELECT id, at, source, accepted, reason, type, event, body FROM admin_samples "
+            f"SELECT {shared.SAMPLE_COLUMNS} FROM admin_samples "
             "WHERE user_id = ANY(%s) OR anonymous_id = ANY(%s) OR email = ANY(%s) ORDER BY id DESC LIMIT %s",
             (list(user_ids), list(anonymous_ids), list(emails), limit),
         )
-        return [_sample(r) for r in rows]
-
-
-def _sample(row: Sequence[Any]) -> SampleRow:
-    return SampleRow(row[0], row[1], row[2], bool(row[3]), row[4], row[5], row[6], orjson.loads(row[7]))
+        return [shared.sample_row(r) for r in rows]

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import orjson
-
 from segcrit.domain import JobRecord, LookalikeRecord, ProfileFacts
+from segcrit.store import common as shared
 from segcrit.store.postgres_base import PgBase
 
 FACTS_PAGE = 5_000
@@ -24,42 +23,39 @@ class CohortStoreMixin(PgBase):
         after = 0
         while True:
             rows = self._rows(
-                "SELECT id, created_at, last_seen_at, traits FROM profiles WHERE id > %s ORDER BY id LIMIT %s",
-                (after, page),
+                f"SELECT {shared.FACTS_COLUMNS} FROM profiles WHERE id > %s ORDER BY id LIMIT %s", (after, page)
             )
             if not rows:
                 return
             first, last = rows[0][0], rows[-1][0]
-            facts = {r[0]: ProfileFacts(r[0], r[1], r[2], traits=orjson.loads(r[3]) if r[3] else {}) for r in rows}
+            facts = shared.profile_facts(rows)
             self._add_orders_and_audiences(facts, first, last)
             yield list(facts.values())
             after = last
 
     def _add_orders_and_audiences(self, facts: dict[int, ProfileFacts], first: int, last: int) -> None:
-        for pid, count, revenue, first_at, last_at in self._rows(
-            "SELECT profile_id, count(*), coalesce(sum(revenue), 0), min(ts), max(ts) FROM orders "
-            "WHERE profile_id BETWEEN %s AND %s GROUP BY profile_id",
-            (first, last),
-        ):
-            fact = facts.get(pid)
-            if fact is not None:
-                fact.order_count, fact.revenue_total = int(count), float(revenue)
-                fact.first_order_at, fact.last_order_at = first_at, last_at
-        members: dict[int, set[str]] = {}
-        for pid, audience in self._rows(
-            "SELECT profile_id, audience FROM memberships WHERE profile_id BETWEEN %s AND %s AND member = 1",
-            (first, last),
-        ):
-            members.setdefault(pid, set()).add(audience)
-        for pid, audiences in members.items():
-            if pid in facts:
-                facts[pid].audiences = frozenset(audiences)
+        shared.add_orders(
+            facts,
+            self._rows(
+                "SELECT profile_id, count(*), coalesce(sum(revenue), 0), min(ts), max(ts) FROM orders "
+                "WHERE profile_id BETWEEN %s AND %s GROUP BY profile_id",
+                (first, last),
+            ),
+        )
+        shared.add_audiences(
+            facts,
+            self._rows(
+                "SELECT profile_id, audience FROM memberships WHERE profile_id BETWEEN %s AND %s AND member = 1",
+                (first, last),
+            ),
+        )
 
     def profile_facts(self, profile_id: int) -> ProfileFacts | None:
-        row = self._row("SELECT id, created_at, last_seen_at, traits FROM profiles WHERE id = %s", (profile_id,))
-        if row is None:
+        facts = shared.profile_facts(
+            self._rows(f"SELECT {shared.FACTS_COLUMNS} FROM profiles WHERE id = %s", (profile_id,))
+        )
+        if not facts:
             return None
-        facts = {row[0]: ProfileFacts(row[0], row[1], row[2], traits=orjson.loads(row[3]) if row[3] else {})}
         self._add_orders_and_audiences(facts, profile_id, profile_id)
         return facts[profile_id]
 

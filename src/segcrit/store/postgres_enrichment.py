@@ -17,6 +17,7 @@ import orjson
 import psycopg
 
 from segcrit.domain import DueLookup, LookupDone, LookupStats
+from segcrit.store import common as shared
 from segcrit.store.postgres_base import PgBase
 
 SEED_PAGE = 5_000
@@ -151,34 +152,9 @@ class EnrichmentStoreMixin(PgBase):
         return int(self._value("SELECT count(*) FROM lookups WHERE lookup = %s AND looked_up_at IS NULL", (lookup,)))
 
     def lookup_stats(self, lookups: Sequence[str], now: float) -> list[LookupStats]:
-        outcomes: dict[str, dict[str, int]] = {name: {} for name in lookups}
-        for name, outcome, count in self._rows(
-            "SELECT lookup, coalesce(outcome, 'waiting'), count(*) FROM lookups GROUP BY 1, 2"
-        ):
-            if name in outcomes:
-                outcomes[name][outcome] = int(count)
-        sources = {
-            r[0]: r[1:]
-            for r in self._rows(
-                "SELECT lookup, failing_since, last_error, next_try_at, last_success_at, lookups, requests "
-                "FROM lookup_sources"
-            )
-        }
-        stats = []
-        for name in lookups:
-            failing, error, next_try, success, looked, requests = sources.get(name, (None, None, None, None, 0, 0))
-            stats.append(
-                LookupStats(
-                    name,
-                    sum(outcomes[name].values()),
-                    self.due_lookup_count(name, now),
-                    outcomes[name],
-                    failing,
-                    error,
-                    next_try,
-                    success,
-                    int(looked or 0),
-                    int(requests or 0),
-                )
-            )
-        return stats
+        return shared.lookup_stats(
+            lookups,
+            self._rows("SELECT lookup, coalesce(outcome, 'waiting'), count(*) FROM lookups GROUP BY 1, 2"),
+            self._rows(f"SELECT {shared.LOOKUP_SOURCE_COLUMNS} FROM lookup_sources"),
+            {name: self.due_lookup_count(name, now) for name in lookups},
+        )

@@ -32,36 +32,7 @@ from segcrit.domain import (
     ResyncRow,
     SampleRow,
 )
-
-CALLS_KEPT_PER_ENDPOINT = 500
-SAMPLES_KEPT_PER_SOURCE = 100  # accepted, and as many refused, per source
-PRUNE_BATCH_MINUTES = 10  # minutes of counters deleted per statement (a few hundred rows)
-
-
-_DEAD_LETTER_COLUMNS = "id, kind, created_at, audience, operation, id_type, count, status, error, replayed_at"
-
-
-_AUDIENCE_COLUMNS = (
-    "c.desired, c.acknowledged, c.pending_add, c.pending_remove, c.dead, c.last_sync_at, "
-    "a.segment_id, a.auto_create, a.created_by_us"
-)
-
-
-def _audience_counts(name: str, row: Sequence[Any] | None) -> AudienceCounts:
-    if row is None:
-        return AudienceCounts(name, None, 0, 0, 0, 0, 0, None)
-    return AudienceCounts(
-        name,
-        row[6],
-        int(row[0] or 0),
-        int(row[1] or 0),
-        int(row[2] or 0),
-        int(row[3] or 0),
-        int(row[4] or 0),
-        row[5],
-        bool(row[7]) if row[7] is not None else True,
-        bool(row[8]),
-    )
+from segcrit.store import common as shared
 
 
 class AdminStoreMixin:
@@ -78,21 +49,21 @@ class AdminStoreMixin:
         rows = (
             self._conn()
             .execute(
-                f"SELECT n.name, {_AUDIENCE_COLUMNS} FROM "
+                f"SELECT n.name, {shared.AUDIENCE_COLUMNS} FROM "
                 "(SELECT name FROM audiences UNION SELECT audience FROM audience_counts) n "
                 "LEFT JOIN audience_counts c ON c.audience = n.name LEFT JOIN audiences a ON a.name = n.name "
                 "ORDER BY n.name"
             )
             .fetchall()
         )
-        return [_audience_counts(r[0], r[1:]) for r in rows]
+        return [shared.audience_counts(r[0], r[1:]) for r in rows]
 
     def audience_counts_of(self, name: str) -> AudienceCounts | None:
         """One audience's counts; None when segcrit has never heard of it."""
         row = (
             self._conn()
             .execute(
-                f"SELECT n.name, {_AUDIENCE_COLUMNS} FROM "
+                f"SELECT n.name, {shared.AUDIENCE_COLUMNS} FROM "
                 "(SELECT name FROM audiences WHERE name = ?1 UNION SELECT audience FROM audience_counts "
                 "WHERE audience = ?1) n "
                 "LEFT JOIN audience_counts c ON c.audience = n.name LEFT JOIN audiences a ON a.name = n.name",
@@ -100,7 +71,7 @@ class AdminStoreMixin:
             )
             .fetchone()
         )
-        return None if row is None else _audience_counts(row[0], row[1:])
+        return None if row is None else shared.audience_counts(row[0], row[1:])
 
     def pending_total(self) -> int:
         """Changes waiting for delivery, from the maintained counts (no scan of `targets`)."""
@@ -117,7 +88,7 @@ class AdminStoreMixin:
     def dead_letters_of(self, audience: str, limit: int = 50) -> list[DeadLetterRow]:
         """The open dead letters of one audience, newest first."""
         rows = self._conn().execute(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE audience = ? AND replayed_at IS NULL "
+            f"SELECT {shared.DEAD_LETTER_COLUMNS} FROM dead_letters WHERE audience = ? AND replayed_at IS NULL "
             "ORDER BY id DESC LIMIT ?",
             (audience, limit),
         )
@@ -127,7 +98,7 @@ class AdminStoreMixin:
         """The latest dead letters of every kind (contact lists, Events API, catalog), newest first."""
         where = "" if include_replayed else "WHERE replayed_at IS NULL"
         rows = self._conn().execute(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY id DESC LIMIT ?", (limit,)
+            f"SELECT {shared.DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [DeadLetterRow(*r) for r in rows.fetchall()]
 
@@ -191,55 +162,27 @@ class AdminStoreMixin:
 
     def profile_record(self, profile_id: int) -> ProfileRecord | None:
         conn = self._conn()
-        row = conn.execute(
-            "SELECT created_at, last_seen_at, consent, consent_ts, traits FROM profiles WHERE id = ?", (profile_id,)
-        ).fetchone()
-        if row is None:
+        profile = conn.execute(f"SELECT {shared.PROFILE_COLUMNS} FROM profiles WHERE id = ?", (profile_id,)).fetchone()
+        if profile is None:
             return None
-        identifiers = [
-            (r[0], r[1], bool(r[2]))
-            for r in conn.execute(
-                "SELECT kind, value, active FROM identifiers WHERE profile_id = ? ORDER BY kind, value", (profile_id,)
-            )
-        ]
-        memberships = [
-            (r[0], bool(r[1]), float(r[2]))
-            for r in conn.execute(
-                "SELECT audience, member, ts FROM memberships WHERE profile_id = ? ORDER BY audience", (profile_id,)
-            )
-        ]
-        targets = [
-            (r[0], r[1], bool(r[2]), bool(r[3]), r[4] is not None)
-            for r in conn.execute(
+
+        def all_of(sql: str) -> list[Any]:
+            return conn.execute(sql, (profile_id,)).fetchall()
+
+        return shared.profile_record(
+            profile_id,
+            profile,
+            all_of("SELECT kind, value, active FROM identifiers WHERE profile_id = ? ORDER BY kind, value"),
+            all_of("SELECT audience, member, ts FROM memberships WHERE profile_id = ? ORDER BY audience"),
+            all_of(
                 "SELECT audience, id_type, desired, acked, dead_letter_id FROM targets WHERE profile_id = ? "
-                "ORDER BY audience, id_type",
-                (profile_id,),
-            )
-        ]
-        suppressions = [
-            (r[0], float(r[1]), float(r[2]))
-            for r in conn.execute("SELECT flow, since, until FROM suppressions WHERE profile_id = ?", (profile_id,))
-        ]
-        orders = conn.execute(
-            "SELECT count(*), total(revenue) FROM orders WHERE profile_id = ?", (profile_id,)
-        ).fetchone()
-        queued = conn.execute(
-            "SELECT count(*) FROM criteo_events WHERE profile_id = ? AND dead_letter_id IS NULL", (profile_id,)
-        ).fetchone()
-        return ProfileRecord(
-            profile_id=profile_id,
-            created_at=float(row[0]),
-            last_seen_at=float(row[1]),
-            consent=None if row[2] is None else bool(row[2]),
-            consent_ts=row[3],
-            traits=orjson.loads(row[4]) if row[4] else {},
-            identifiers=identifiers,
-            memberships=memberships,
-            targets=targets,
-            suppressions=suppressions,
-            orders=int(orders[0]),
-            revenue=float(orders[1]),
-            queued_events=int(queued[0]),
+                "ORDER BY audience, id_type"
+            ),
+            all_of("SELECT flow, since, until FROM suppressions WHERE profile_id = ?"),
+            conn.execute("SELECT count(*), total(revenue) FROM orders WHERE profile_id = ?", (profile_id,)).fetchone(),
+            conn.execute(
+                "SELECT count(*) FROM criteo_events WHERE profile_id = ? AND dead_letter_id IS NULL", (profile_id,)
+            ).fetchone(),
         )
 
     # ------------------------------------------------------------------ counters, calls, samples
@@ -263,54 +206,24 @@ class AdminStoreMixin:
                 [(c.minute, c.series, c.labels, c.value) for c in counters if c.gauge],
             )
             conn.executemany(
-                "INSERT INTO admin_calls (at, endpoint, method, path, status, duration_ms, segment_id, audience, "
-                "summary, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        c.at,
-                        c.endpoint,
-                        c.method,
-                        c.path,
-                        c.status,
-                        c.duration_ms,
-                        c.segment_id,
-                        c.audience,
-                        orjson.dumps(c.summary).decode(),
-                        c.answer,
-                    )
-                    for c in calls
-                ],
+                f"INSERT INTO admin_calls ({shared.INSERT_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [shared.call_values(c) for c in calls],
             )
             conn.executemany(
-                "INSERT INTO admin_samples (at, source, accepted, reason, type, event, user_id, anonymous_id, email, "
-                "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        s.at,
-                        s.source,
-                        int(s.accepted),
-                        s.reason,
-                        s.type,
-                        s.event,
-                        s.user_id,
-                        s.anonymous_id,
-                        s.email,
-                        orjson.dumps(s.body),
-                    )
-                    for s in samples
-                ],
+                f"INSERT INTO admin_samples ({shared.INSERT_SAMPLE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [shared.sample_values(s) for s in samples],
             )
             for endpoint in {c.endpoint for c in calls}:
                 conn.execute(
                     "DELETE FROM admin_calls WHERE endpoint = ?1 AND id <= (SELECT id FROM admin_calls "
                     "WHERE endpoint = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-                    (endpoint, CALLS_KEPT_PER_ENDPOINT),
+                    (endpoint, shared.CALLS_KEPT_PER_ENDPOINT),
                 )
             for source, accepted in {(s.source, int(s.accepted)) for s in samples}:
                 conn.execute(
                     "DELETE FROM admin_samples WHERE source = ?1 AND accepted = ?2 AND id <= (SELECT id "
                     "FROM admin_samples WHERE source = ?1 AND accepted = ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3)",
-                    (source, accepted, SAMPLES_KEPT_PER_SOURCE),
+                    (source, accepted, shared.SAMPLES_KEPT_PER_SOURCE),
                 )
 
     def prune_counters(self, before_minute: int) -> int:
@@ -319,7 +232,7 @@ class AdminStoreMixin:
             return conn.execute(
                 "DELETE FROM admin_counters WHERE minute IN (SELECT DISTINCT minute FROM admin_counters "
                 "WHERE minute < ? ORDER BY minute LIMIT ?)",
-                (before_minute, PRUNE_BATCH_MINUTES),
+                (before_minute, shared.PRUNE_BATCH_MINUTES),
             ).rowcount
 
     def counters_by_minute(self, minute: int, series: Sequence[str]) -> list[tuple[int, str, str, float]]:
@@ -354,30 +267,13 @@ class AdminStoreMixin:
         before_id: int | None = None,
     ) -> list[CallRow]:
         """The latest Criteo calls, newest first, filtered; `failed`: no answer or not 2xx."""
-        where: list[str] = []
-        params: list[Any] = []
-        if endpoint is not None:
-            where.append("endpoint = ?")
-            params.append(endpoint)
-        if audience is not None:
-            where.append("audience = ?")
-            params.append(audience)
-        if failed is not None:
-            where.append("(status BETWEEN 200 AND 299) = ?")
-            params.append(int(not failed))
-        if before_id is not None:
-            where.append("id < ?")
-            params.append(before_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._conn().execute(
-            "SELECT id, at, endpoint, method, path, status, duration_ms, segment_id, audience, summary, answer "
-            f"FROM admin_calls {clause} ORDER BY id DESC LIMIT ?",
-            (*params, limit),
+        clause, params = shared.call_filters(
+            "?", endpoint=endpoint, audience=audience, failed=failed, before_id=before_id
         )
-        return [
-            CallRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], orjson.loads(r[9]), r[10])
-            for r in rows.fetchall()
-        ]
+        rows = self._conn().execute(
+            f"SELECT {shared.CALL_COLUMNS} FROM admin_calls {clause} ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
+        return [shared.call_row(r) for r in rows.fetchall()]
 
     def call_endpoints(self) -> list[str]:
         rows = self._conn().execute("SELECT DISTINCT endpoint FROM admin_calls ORDER BY endpoint")
@@ -385,32 +281,22 @@ class AdminStoreMixin:
 
     def samples(self, limit: int = 50, *, source: str | None = None, accepted: bool | None = None) -> list[SampleRow]:
         """The debugger's latest messages, newest first."""
-        where: list[str] = []
-        params: list[Any] = []
-        if source is not None:
-            where.append("source = ?")
-            params.append(source)
-        if accepted is not None:
-            where.append("accepted = ?")
-            params.append(int(accepted))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = shared.sample_filters("?", source=source, accepted=accepted)
         rows = self._conn().execute(
-            f"SELECT id, at, source, accepted, reason, type, event, body FROM admin_samples {clause} "
-            "ORDER BY id DESC LIMIT ?",
-            (*params, limit),
+            f"SELECT {shared.SAMPLE_COLUMNS} FROM admin_samples {clause} ORDER BY id DESC LIMIT ?", (*params, limit)
         )
-        return [_sample(r) for r in rows.fetchall()]
+        return [shared.sample_row(r) for r in rows.fetchall()]
 
     def sample(self, sample_id: int) -> SampleRow | None:
         row = (
             self._conn()
             .execute(
-                "SELECT id, at, source, accepted, reason, type, event, body FROM admin_samples WHERE id = ?",
+                f"SELECT {shared.SAMPLE_COLUMNS} FROM admin_samples WHERE id = ?",
                 (sample_id,),
             )
             .fetchone()
         )
-        return None if row is None else _sample(row)
+        return None if row is None else shared.sample_row(row)
 
     def sample_sources(self) -> list[str]:
         rows = self._conn().execute("SELECT DISTINCT source FROM admin_samples ORDER BY source")
@@ -429,12 +315,7 @@ class AdminStoreMixin:
         if not where:
             return []
         rows = self._conn().execute(
-            f"SELECT id, at, source, accepted, reason, type, event, body FROM admin_samples WHERE {' OR '.join(where)} "
-            "ORDER BY id DESC LIMIT ?",
+            f"SELECT {shared.SAMPLE_COLUMNS} FROM admin_samples WHERE {' OR '.join(where)} ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
-        return [_sample(r) for r in rows.fetchall()]
-
-
-def _sample(row: Sequence[Any]) -> SampleRow:
-    return SampleRow(row[0], row[1], row[2], bool(row[3]), row[4], row[5], row[6], orjson.loads(row[7]))
+        return [shared.sample_row(r) for r in rows.fetchall()]

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from segcrit.domain import JobRecord, LookalikeRecord, ProfileFacts
+from segcrit.store import common as shared
 
 FACTS_PAGE = 5_000
 
@@ -95,56 +96,37 @@ class CohortStoreMixin:
         conn = self._conn()
         while True:
             rows = conn.execute(
-                "SELECT id, created_at, last_seen_at, traits FROM profiles WHERE id > ? ORDER BY id LIMIT ?",
-                (after, page),
+                f"SELECT {shared.FACTS_COLUMNS} FROM profiles WHERE id > ? ORDER BY id LIMIT ?", (after, page)
             ).fetchall()
             if not rows:
                 return
             first, last = rows[0][0], rows[-1][0]
-            facts = {r[0]: ProfileFacts(r[0], r[1], r[2], traits=orjson.loads(r[3]) if r[3] else {}) for r in rows}
-            for pid, count, revenue, first_at, last_at in conn.execute(
-                "SELECT profile_id, count(*), total(revenue), min(ts), max(ts) FROM orders "
-                "WHERE profile_id BETWEEN ? AND ? GROUP BY profile_id",
-                (first, last),
-            ):
-                fact = facts.get(pid)
-                if fact is not None:
-                    fact.order_count, fact.revenue_total = int(count), float(revenue)
-                    fact.first_order_at, fact.last_order_at = first_at, last_at
-            members: dict[int, set[str]] = {}
-            for pid, audience in conn.execute(
-                "SELECT profile_id, audience FROM memberships WHERE profile_id BETWEEN ? AND ? AND member = 1",
-                (first, last),
-            ):
-                members.setdefault(pid, set()).add(audience)
-            for pid, audiences in members.items():
-                if pid in facts:
-                    facts[pid].audiences = frozenset(audiences)
+            facts = shared.profile_facts(rows)
+            self._add_orders_and_audiences(facts, "profile_id BETWEEN ? AND ?", (first, last))
             yield list(facts.values())
             after = last
 
     def profile_facts(self, profile_id: int) -> ProfileFacts | None:
-        return next(self._facts_of([profile_id]), None)
+        rows = self._conn().execute(f"SELECT {shared.FACTS_COLUMNS} FROM profiles WHERE id = ?", (profile_id,))
+        facts = shared.profile_facts(rows)
+        if not facts:
+            return None
+        self._add_orders_and_audiences(facts, "profile_id = ?", (profile_id,))
+        return facts[profile_id]
 
-    def _facts_of(self, ids: Sequence[int]) -> Iterator[ProfileFacts]:
+    def _add_orders_and_audiences(self, facts: dict[int, ProfileFacts], where: str, params: tuple[int, ...]) -> None:
         conn = self._conn()
-        for pid in ids:
-            row = conn.execute(
-                "SELECT id, created_at, last_seen_at, traits FROM profiles WHERE id = ?", (pid,)
-            ).fetchone()
-            if row is None:
-                continue
-            fact = ProfileFacts(row[0], row[1], row[2], traits=orjson.loads(row[3]) if row[3] else {})
-            orders = conn.execute(
-                "SELECT count(*), total(revenue), min(ts), max(ts) FROM orders WHERE profile_id = ?", (pid,)
-            ).fetchone()
-            fact.order_count, fact.revenue_total = int(orders[0]), float(orders[1])
-            fact.first_order_at, fact.last_order_at = orders[2], orders[3]
-            fact.audiences = frozenset(
-                r[0]
-                for r in conn.execute("SELECT audience FROM memberships WHERE profile_id = ? AND member = 1", (pid,))
-            )
-            yield fact
+        shared.add_orders(
+            facts,
+            conn.execute(
+                f"SELECT profile_id, count(*), total(revenue), min(ts), max(ts) FROM orders WHERE {where} "
+                "GROUP BY profile_id",
+                params,
+            ),
+        )
+        shared.add_audiences(
+            facts, conn.execute(f"SELECT profile_id, audience FROM memberships WHERE {where} AND member = 1", params)
+        )
 
     # ------------------------------------------------------------------ suppression and lifecycle
 

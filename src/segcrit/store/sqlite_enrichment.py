@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from segcrit.domain import DueLookup, LookupDone, LookupStats
+from segcrit.store import common as shared
 
 SEED_PAGE = 5_000  # identifiers read per transaction when queueing the profiles known before
 
@@ -196,34 +197,9 @@ class EnrichmentStoreMixin:
 
     def lookup_stats(self, lookups: Sequence[str], now: float) -> list[LookupStats]:
         conn = self._conn()
-        outcomes: dict[str, dict[str, int]] = {name: {} for name in lookups}
-        for name, outcome, count in conn.execute(
-            "SELECT lookup, coalesce(outcome, 'waiting'), count(*) FROM lookups GROUP BY lookup, outcome"
-        ):
-            if name in outcomes:
-                outcomes[name][outcome] = int(count)
-        sources = {
-            r[0]: r[1:]
-            for r in conn.execute(
-                "SELECT lookup, failing_since, last_error, next_try_at, last_success_at, lookups, requests "
-                "FROM lookup_sources"
-            )
-        }
-        stats = []
-        for name in lookups:
-            failing, error, next_try, success, looked, requests = sources.get(name, (None, None, None, None, 0, 0))
-            stats.append(
-                LookupStats(
-                    name,
-                    sum(outcomes[name].values()),
-                    self.due_lookup_count(name, now),
-                    outcomes[name],
-                    failing,
-                    error,
-                    next_try,
-                    success,
-                    int(looked or 0),
-                    int(requests or 0),
-                )
-            )
-        return stats
+        return shared.lookup_stats(
+            lookups,
+            conn.execute("SELECT lookup, coalesce(outcome, 'waiting'), count(*) FROM lookups GROUP BY lookup, outcome"),
+            conn.execute(f"SELECT {shared.LOOKUP_SOURCE_COLUMNS} FROM lookup_sources"),
+            {name: self.due_lookup_count(name, now) for name in lookups},
+        )
