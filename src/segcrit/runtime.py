@@ -159,8 +159,7 @@ class Runtime:
         self.failed: str | None = None
         # On a SQLite file, `segcrit serve` processes in a child process (segcrit.processing.child).
         self._child: ProcessorChild | None = None
-        on_file = isinstance(store, SqliteStore) and store.path != ":memory:"
-        if processor_child and isinstance(store, SqliteStore) and on_file and "process" in self.roles:
+        if processor_child and isinstance(store, SqliteStore) and store.path != ":memory:" and "process" in self.roles:
             self._child = ProcessorChild(store, config, metrics)
         metrics.store_write_failing.set_function(lambda: store.write_failure() is not None)
 
