@@ -4,8 +4,9 @@
 
 Absolute figures move from machine to machine and with whatever else the machine is doing, so a
 change's effect is measured here rather than remembered: REF is checked out into a temporary git
-worktree, and each benchmark runs alternately on REF's code (with REF's own benchmark script) and
-on the working tree's, `--rounds` times, REF first in odd rounds and second in even ones so that
+worktree, and each benchmark runs alternately on REF's code (with REF's own benchmark script, or
+with HEAD's for a benchmark that only puts HTTP load on a server, `same_script`) and on the
+working tree's, `--rounds` times, REF first in odd rounds and second in even ones so that
 a drift in machine load favours neither. Both use this virtualenv; REF's source comes first on
 PYTHONPATH, so `import segcrit` (and `python -m segcrit` in servers the benchmarks start) loads
 REF's code.
@@ -49,17 +50,22 @@ class Benchmark:
     quick_args: tuple[str, ...]
     figures: tuple[Figure, ...]
     timeout_secs: float = 1800
+    # Run HEAD's script on both sides: a benchmark that only drives servers over HTTP (ingest)
+    # then puts the same load on REF's code as on HEAD's, whatever load generator REF had.
+    same_script: bool = False
 
 
 BENCHMARKS: dict[str, Benchmark] = {
     "ingest": Benchmark(
         "ingest.py",
-        ("--seconds", "15", "--only", "segcrit", "--criteo", "closed"),
-        ("--seconds", "5", "--warmup", "2", "--only", "segcrit", "--criteo", "closed"),
+        ("--seconds", "15", "--only", "segcrit", "--criteo", "closed", "--clients", "4", "--concurrency", "16"),
+        ("--seconds", "5", "--warmup", "2", "--only", "segcrit", "--criteo", "closed", "--clients", "4"),
         (
             Figure("ingest events/s", r"^segcrit\s+([\d,]+) events/s"),
             Figure("ingest p99 ack ms", r"p99 ([\d.]+)", higher_is_better=False),
+            Figure("ingest us CPU/event", r"\((\d+) us per event\)", higher_is_better=False),
         ),
+        same_script=True,
     ),
     "processing": Benchmark(
         "processing.py",
@@ -96,7 +102,7 @@ class Side:
 
 def run_benchmark(side: Side, bench: Benchmark, quick: bool) -> dict[str, float]:
     """Run one benchmark script of `side` on `side`'s code; the figures it printed."""
-    script = side.source / "benchmarks" / bench.script
+    script = (ROOT if bench.same_script else side.source) / "benchmarks" / bench.script
     if not script.exists():
         print(f"  {side.label}: {bench.script} does not exist there, skipped")
         return {}

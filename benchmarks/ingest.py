@@ -1,29 +1,36 @@
-"""Ingest benchmark (SPEC §9): `/v1/batch` of 100 realistic events, acked after the durable commit.
+"""Ingest benchmark (SPEC §9): `/v1/batch` of 100 realistic events, acked after the durable commit,
+against its ceiling measured in the same run on the same load.
 
-    .venv/bin/python benchmarks/ingest.py [--seconds 15] [--concurrency 8] [--events-per-batch 100]
+    .venv/bin/python benchmarks/ingest.py [--seconds 15] [--concurrency 16] [--clients 4] [--rounds 1]
 
 Starts, each in a temporary folder and as a subprocess:
 
+- a bare Starlette app under uvicorn with the same settings as `segcrit serve`
+  (`segcrit.cli.uvicorn_options`, `tune_gc`) whose `/v1/batch` only reads the body, parses it with
+  orjson and answers 200: the ceiling that the HTTP stack alone sets on this machine;
 - `segcrit emulator` (or, with `--criteo closed`, nothing: the API URL is then a closed loopback
   port), so that the server's delivery thread runs as it does in production;
 - `segcrit serve` with a SQLite store, one `tracking_api` source and the `audience_sync` flow: its
-  processor and delivery threads run and compete for the CPU with ingest;
-- a bare Starlette app under uvicorn with the same settings (`segcrit.cli.uvicorn_options`, `tune_gc`)
-  whose `/v1/batch` only reads the body, parses it with orjson and answers 200: the ceiling that
-  the HTTP stack alone sets on this machine.
+  processor and delivery threads run and compete for the CPU with ingest.
 
-Against each in turn, client processes (`--clients`, default 1) running an asyncio httpx client
-keep `--concurrency` requests in flight in total, for `--warmup` seconds then `--seconds` measured
-seconds; `--rate` paces them to an offered load instead (to see processing keep up below
-saturation). Every batch holds fresh messageIds (a duplicate would skip the insert). Reported:
-accepted events/s (events of 200 answers completed inside the window), p50/p95/p99 ack latency,
-the CPU the servers and the clients used and what other processes used meanwhile (the machine is
-shared: read a run with much "other" load with care), for segcrit the processing rate and
-backlog, and segcrit/bare. One client process keeps segcrit busy (it uses about 40% of a core),
-but not the bare app: its figure, and so the ratio, is bounded by the client (2 cores in all).
+Against each in turn (the bare app first, then segcrit; `--rounds` repeats the pair, alternating
+which goes first, and reports medians), `--clients` load processes keep `--concurrency` requests
+in flight in total, for `--warmup` seconds then `--seconds` measured seconds; `--rate` paces them
+to an offered load instead (to see processing keep up below saturation). The load generator is a
+few lines of HTTP/1.1 over asyncio streams on keep-alive connections, not an HTTP library: it
+must not be the bottleneck (its CPU is reported). Every batch holds fresh messageIds (a duplicate
+would skip the insert); bodies are ~88 KB (bench_events: full context, properties, traits).
 
-Bounded: every wait has a deadline, and subprocesses are terminated (then killed) on the way out,
-Ctrl-C and SIGTERM included. `--check` makes a MISS exit with status 1.
+Reported: accepted events/s (events of 200 answers completed inside the window), p50/p95/p99 ack
+latency, the CPU the servers and the clients used and what other processes used meanwhile (the
+machine is shared: read a run with much "other" load with care), for segcrit the processing rate
+and backlog, and segcrit/bare. Targets (SPEC §9): segcrit/bare >= 0.3 and p99 ack <= 100 ms.
+The last lines are `RESULT name=value` (benchmarks/compare.py reads them).
+
+`--py-spy FILE` samples `segcrit serve` with py-spy during the measured window (raw collapsed
+stacks, one line per stack, for a flame graph or a grep). Bounded: every wait has a deadline, and
+subprocesses are terminated (then killed) on the way out, Ctrl-C and SIGTERM included. `--check`
+makes a MISS exit with status 1.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -56,12 +64,13 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_events import EventFactory, Population
 
-TARGET_EVENTS_PER_SEC = 20_000
+TARGET_RATIO = 0.3
 TARGET_P99_MS = 100.0
 WRITE_KEY = "bench-write-key"
 START_DEADLINE_SECS = 30.0
 STOP_DEADLINE_SECS = 15.0
-TEMPLATES_PER_CLIENT = 256
+REQUEST_TIMEOUT_SECS = 30.0
+TEMPLATES_PER_CLIENT = 128
 MID_MARKER = "__MID__"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -217,33 +226,90 @@ def client_main(index: int, url: str, concurrency: int, args: dict[str, Any], t0
     """One load process: `concurrency` requests in flight until t1 (monotonic; t0 starts the window)."""
     result = ClientResult()
     try:
-        asyncio.run(_client(index, url, concurrency, args, t0, t1, result))
+        try:
+            import uvloop  # a cheaper event loop: the client's CPU is taken from the servers'
+        except ImportError:
+            asyncio.run(_client(index, url, concurrency, args, t0, t1, result))
+        else:
+            uvloop.run(_client(index, url, concurrency, args, t0, t1, result))
     except Exception as exc:  # report instead of dying silently
         result.errors[f"client crashed: {exc!r}"] = 1
     out.put((index, result))
 
 
+class HttpError(Exception):
+    """The server answered something this client does not read (or closed the connection)."""
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: POST a body, read the status and the whole answer.
+
+    Enough HTTP for two servers we know (uvicorn answers with Content-Length), and a fraction of
+    an HTTP library's CPU per request."""
+
+    def __init__(self, host: str, port: int, head: bytes) -> None:
+        self._host = host
+        self._port = port
+        self._head = head  # request line and headers up to "Content-Length: "
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes) -> int:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        assert self._reader is not None
+        try:
+            self._writer.write(self._head + b"%d\r\n\r\n" % len(body) + body)
+            head = await self._reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            lowered = head.lower()
+            at = lowered.find(b"\r\ncontent-length:")
+            if at < 0:
+                raise HttpError("answer without Content-Length")
+            length = int(lowered[at + 17 : lowered.index(b"\r\n", at + 2)])
+            await self._reader.readexactly(length)
+            if b"\r\nconnection: close" in lowered:
+                self.close()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            self.close()
+            raise HttpError(type(exc).__name__) from None
+        except HttpError:
+            self.close()
+            raise
+        return status
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
 async def _client(
     index: int, url: str, concurrency: int, args: dict[str, Any], t0: float, t1: float, result: ClientResult
 ) -> None:
+    target = urlsplit(url)
+    host, port, path = target.hostname or "127.0.0.1", target.port or 80, target.path or "/"
     templates = build_templates(index, args["events_per_batch"], args["population"])
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     salt = random.SystemRandom().getrandbits(24)
     counter = itertools.count()
-    auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
-    headers = {"Authorization": auth, "Content-Type": "application/json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    auth = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Basic {auth}\r\n"
+        "Content-Type: application/json\r\nUser-Agent: segcrit-bench\r\nContent-Length: "
+    ).encode()
 
     def next_body() -> bytes:
         n = next(counter)
         parts = templates[n % len(templates)]
         out = [parts[0]]
         for i, part in enumerate(parts[1:]):
-            out.append(f"ajs-next-{index:02x}{salt:06x}{n:016x}{i:08x}".encode())
+            out.append(b"ajs-next-%02x%06x%016x%08x" % (index, salt, n, i))
             out.append(part)
         return b"".join(out)
 
-    async def worker(client: httpx.AsyncClient, slot: int) -> None:
+    async def worker(slot: int) -> None:
+        connection = Connection(host, port, head)
         interval = args["interval"]  # between this worker's requests with --rate, else 0
         due = t0 - args["warmup"] + interval * slot / concurrency
         while (start := time.monotonic()) < t1:
@@ -253,12 +319,14 @@ async def _client(
                     start = time.monotonic()
                 due = max(due + interval, start)  # behind schedule: no burst to catch up
             body = next_body()
+            status: int | None = None
             try:
-                response = await client.post(url, content=body, headers=headers)
-                status: int | None = response.status_code
-            except httpx.HTTPError as exc:
-                status = None
-                error = type(exc).__name__
+                status = await asyncio.wait_for(connection.post(body), REQUEST_TIMEOUT_SECS)
+            except HttpError as exc:
+                error = str(exc)
+            except TimeoutError:
+                connection.close()
+                error = "timeout"
             end = time.monotonic()
             if not t0 <= end <= t1:
                 continue
@@ -270,11 +338,11 @@ async def _client(
                 result.events += args["events_per_batch"]
                 result.latencies_ms.append((end - start) * 1000)
                 result.body_bytes += len(body)
+        connection.close()
 
     # Wait for the agreed start (every client builds its templates first), minus the warm-up.
     await asyncio.sleep(max(0.0, t0 - args["warmup"] - time.monotonic()))
-    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
-        await asyncio.gather(*(worker(client, slot) for slot in range(concurrency)))
+    await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
     after = resource.getrusage(resource.RUSAGE_SELF)
     # Only the load itself: building the templates is not part of the run.
     result.cpu_secs = after.ru_utime + after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
@@ -289,7 +357,7 @@ def run_load(
     metrics_urls = [] if metrics_url is None else [metrics_url] if isinstance(metrics_url, str) else metrics_url
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    setup = 4.0  # spawn + import + templates, before the warm-up starts
+    setup = 3.0 + 0.5 * args.clients  # spawn + import + templates, before the warm-up starts
     t0 = time.monotonic() + setup + args.warmup
     t1 = t0 + args.seconds
     shares = [args.concurrency // args.clients + (i < args.concurrency % args.clients) for i in range(args.clients)]
@@ -308,8 +376,11 @@ def run_load(
     ]
     for c in clients:
         c.start()
+    profiler: subprocess.Popen[bytes] | None = None
     try:
         time.sleep(max(0.0, t0 - time.monotonic()))
+        if getattr(args, "py_spy", None) and metrics_urls:
+            profiler = start_py_spy(samplers[0].process.pid, args.seconds, args.py_spy)
         cpu0 = [p.cpu_seconds() for p in samplers]
         busy0 = machine_busy_seconds()
         m0 = scrape_all(metrics_urls)
@@ -329,6 +400,11 @@ def run_load(
             c.join(5)
             if c.is_alive():
                 c.kill()
+        if profiler is not None:
+            try:
+                profiler.wait(30)
+            except subprocess.TimeoutExpired:
+                profiler.kill()
     latencies = sorted(x for r in results for x in r.latencies_ms)
     statuses: dict[int, int] = {}
     errors: dict[str, int] = {}
@@ -355,6 +431,17 @@ def run_load(
         "processed_per_sec": (m1.get("processed", 0) - m0.get("processed", 0)) / args.seconds if m0 else None,
         "backlog_end": m1.get("backlog"),
     }
+
+
+def start_py_spy(pid: int, seconds: float, output: str) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling `pid` for `seconds` into `output` (raw collapsed stacks), or None without py-spy."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("py-spy not found (pip install py-spy): no profile", file=sys.stderr)
+        return None
+    command = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "250"]
+    command += ["--format", "raw", "--threads", "--nonblocking", "--output", str(Path(output).resolve())]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -395,6 +482,7 @@ def scrape(url: str | None) -> dict[str, float]:
 
 
 def bench_segcrit(args: argparse.Namespace, folder: Path, procs: list[Proc]) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
     samplers: list[Proc] = []
     if args.criteo == "emulator":
         emulator_port = free_port()
@@ -413,12 +501,14 @@ def bench_segcrit(args: argparse.Namespace, folder: Path, procs: list[Proc]) -> 
     base = f"http://127.0.0.1:{port}"
     wait_ready(server, f"{base}/readyz")
     result = run_load(f"{base}/v1/batch", args, [server, *samplers], f"{base}/metrics")
-    server.stop()
+    for proc in (server, *samplers):
+        proc.stop()
     result["exit"] = server.process.returncode
     return result
 
 
 def bench_bare(args: argparse.Namespace, folder: Path, procs: list[Proc]) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     server = start_process("bare", [sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port)], folder)
     procs.append(server)
@@ -431,13 +521,17 @@ def bench_bare(args: argparse.Namespace, folder: Path, procs: list[Proc]) -> dic
 
 def report(name: str, r: dict[str, Any]) -> None:
     cpu = ", ".join(f"{k} {v * 100:.0f}%" for k, v in r["cpu"].items())
+    # CPU per event: what the server's code costs, whatever share of the machine it got.
+    server_cpu = next(iter(r["cpu"].values()))
+    per_event = server_cpu / r["events_per_sec"] * 1e6 if r["events_per_sec"] else float("nan")
     others = r["machine_busy"] - sum(r["cpu"].values()) - r["client_cpu"]
     print(
         f"{name:8} {r['events_per_sec']:>9,.0f} events/s  ({r['requests_per_sec']:.1f} req/s, "
         f"{r['avg_body_kb']:.1f} KB/request)\n"
         f"         ack latency ms: p50 {r['p50']:.1f}  p95 {r['p95']:.1f}  p99 {r['p99']:.1f}  max {r['max']:.1f}\n"
         f"         statuses {r['statuses']}  errors {r['errors'] or 'none'}\n"
-        f"         CPU (of one core): {cpu}, load clients {r['client_cpu'] * 100:.0f}%; "
+        f"         CPU (of one core): {cpu} ({per_event:.0f} us per event), load clients "
+        f"{r['client_cpu'] * 100:.0f}%; "
         f"machine {r['machine_busy'] * 100:.0f}% of {os.cpu_count() or 0}00% busy, "
         f"so about {max(0.0, others) * 100:.0f}% by other processes"
     )
@@ -448,19 +542,26 @@ def report(name: str, r: dict[str, Any]) -> None:
         )
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median events/s (the figures of one run stay together)."""
+    return sorted(runs, key=lambda r: r["events_per_sec"])[(len(runs) - 1) // 2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=15, help="measured seconds per target")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight, all clients together")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight, all clients together")
     parser.add_argument("--events-per-batch", type=int, default=100)
     parser.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before the window")
-    parser.add_argument("--clients", type=int, default=1, help="load-generating processes")
+    parser.add_argument("--clients", type=int, default=4, help="load-generating processes")
+    parser.add_argument("--rounds", type=int, default=1, help="bare + segcrit pairs (medians are reported)")
     parser.add_argument(
         "--rate", type=float, default=0, help="offered events/s (paced); default: as fast as acks come back"
     )
     parser.add_argument("--population", type=int, default=200_000, help="distinct people in the events")
     parser.add_argument("--criteo", choices=["emulator", "closed"], default="emulator")
     parser.add_argument("--only", choices=["both", "segcrit", "bare"], default="both")
+    parser.add_argument("--py-spy", metavar="FILE", help="profile segcrit serve into FILE (py-spy raw format)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (database, logs)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -475,23 +576,25 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     folder = Path(tempfile.mkdtemp(prefix="segcrit-bench-"))
     procs: list[Proc] = []
-    results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {"segcrit": [], "bare": []}
+    benches = {"segcrit": bench_segcrit, "bare": bench_bare}
+    targets = ["bare", "segcrit"] if args.only == "both" else [args.only]
     print(
-        f"ingest benchmark: {args.seconds:g} s measured (+{args.warmup:g} s warm-up) per target, "
-        f"concurrency {args.concurrency} over {args.clients} client process(es), "
+        f"ingest benchmark: {args.seconds:g} s measured (+{args.warmup:g} s warm-up) per target and round, "
+        f"{args.rounds} round(s), concurrency {args.concurrency} over {args.clients} client process(es), "
         f"{args.events_per_batch} events/batch, "
         + (f"offered {args.rate:,.0f} events/s, " if args.rate else "")
-        + f"criteo={args.criteo}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+        + f"criteo={args.criteo}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
     )
     try:
-        if args.only in ("both", "segcrit"):
-            results["segcrit"] = bench_segcrit(args, folder, procs)
-            report("segcrit", results["segcrit"])
-            for p in procs:
-                p.stop()
-        if args.only in ("both", "bare"):
-            results["bare"] = bench_bare(args, folder, procs)
-            report("bare", results["bare"])
+        for round_no in range(args.rounds):
+            # Alternate which goes first, so that a drift in the machine's load favours neither.
+            for name in targets if round_no % 2 == 0 else targets[::-1]:
+                runs[name].append(benches[name](args, folder / f"{name}-{round_no}", procs))
+                for p in procs:
+                    p.stop()
+                procs.clear()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -506,21 +609,40 @@ def main() -> int:
         else:
             shutil.rmtree(folder, ignore_errors=True)
 
+    results = {name: median_run(r) for name, r in runs.items() if r}
+    # segcrit first: compare.py (and older readers) take the first "p99" of the output as segcrit's.
+    for name in ("segcrit", "bare"):
+        if name in results:
+            if args.rounds > 1:
+                each = ", ".join(f"{r['events_per_sec']:,.0f}" for r in runs[name])
+                print(f"({name}: events/s of each round {each}; the median round below)")
+            report(name, results[name])
+    ratio = None
     if "segcrit" in results and "bare" in results and results["bare"]["events_per_sec"]:
         ratio = results["segcrit"]["events_per_sec"] / results["bare"]["events_per_sec"]
         print(f"segcrit/bare throughput: {ratio:.2f}")
-    if "segcrit" not in results:
-        return 0
-    r = results["segcrit"]
-    ok_rate = r["events_per_sec"] >= TARGET_EVENTS_PER_SEC
-    ok_p99 = r["p99"] <= TARGET_P99_MS
-    if args.rate and args.rate < TARGET_EVENTS_PER_SEC:
-        ok_rate = True  # an offered load below the target says nothing about it
-        print(f"---- throughput not tested: --rate {args.rate:,.0f} is below the target")
-    else:
-        print(f"{'PASS' if ok_rate else 'MISS'} throughput {r['events_per_sec']:,.0f} events/s (target >= 20,000)")
-    print(f"{'PASS' if ok_p99 else 'MISS'} p99 ack {r['p99']:.1f} ms (target <= 100)")
-    return 1 if args.check and not (ok_rate and ok_p99) else 0
+    ok = True
+    if "segcrit" in results:
+        r = results["segcrit"]
+        if ratio is not None and not (args.rate and args.rate < results["bare"]["events_per_sec"] * TARGET_RATIO):
+            ok_ratio = ratio >= TARGET_RATIO
+            ok = ok and ok_ratio
+            print(
+                f"{'PASS' if ok_ratio else 'MISS'} throughput {r['events_per_sec']:,.0f} events/s = {ratio:.2f} "
+                f"of the bare server's {results['bare']['events_per_sec']:,.0f} (target >= {TARGET_RATIO})"
+            )
+        elif ratio is not None:
+            print(f"---- throughput not tested: --rate {args.rate:,.0f} is below the target")
+        ok_p99 = r["p99"] <= TARGET_P99_MS
+        ok = ok and ok_p99
+        print(f"{'PASS' if ok_p99 else 'MISS'} p99 ack {r['p99']:.1f} ms (target <= {TARGET_P99_MS:g})")
+    for name, r in results.items():
+        print(f"RESULT ingest_{name}_events_per_sec={r['events_per_sec']:.0f}")
+        print(f"RESULT ingest_{name}_p99_ms={r['p99']:.1f}")
+        print(f"RESULT ingest_{name}_client_cpu_pct={r['client_cpu'] * 100:.0f}")
+    if ratio is not None:
+        print(f"RESULT ingest_ratio_to_bare={ratio:.3f}")
+    return 1 if args.check and not ok else 0
 
 
 if __name__ == "__main__":

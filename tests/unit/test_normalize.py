@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 
 from segcrit.identity.normalize import (
     REDACTED,
+    _may_hold_phone_key,
     email_hashes,
     is_phone_key,
     normalize_email,
     normalize_phone,
     phone_hashes,
+    phone_key_hints,
     pseudonymous_id,
     redact_text,
     sanitize_message,
@@ -484,3 +486,12 @@ def test_the_text_hints_find_every_email_and_number(text: str, email: str, phone
     for value in (text, f"{text}{email}", f"{text} {phone}", f"{text}{quote(email, safe='')}"):
         message = {"type": "track", "event": "E", "userId": "u", "properties": {"note": value}}
         assert sanitize_message(message, serialised=orjson.dumps(message)) == sanitize_message(message)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(keys=st.lists(st.one_of(key_texts, st.just("name")), min_size=1, max_size=6))
+def test_the_batch_phone_key_hint_is_each_messages_own(keys: list[str]) -> None:
+    # One search over the whole batch (prepare_messages) must say what a search of each would.
+    texts = [orjson.dumps({"type": "track", "properties": {key: "06 12 34 56 78"}}) for key in keys]
+    assert phone_key_hints(texts) == [_may_hold_phone_key(text) for text in texts]
+    assert phone_key_hints([]) == []

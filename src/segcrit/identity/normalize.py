@@ -33,11 +33,12 @@ anyway, says which searches cannot find anything (no "@" or "%40", no phone-name
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -202,18 +203,21 @@ def sanitize_message(
     phone_region: str | None = None,
     serialised: bytes | None = None,
     on_email: EmailListener | None = None,
+    phone_keys: bool | None = None,
 ) -> dict[str, Any]:
     """A copy of `message` without raw emails and phones (module docstring).
 
     `serialised` is the message's orjson serialisation when the caller has it (ingest measures
-    it): its bytes tell which searches cannot find anything, and those are skipped. The input is
-    never modified; parts that hold nothing to remove are shared, not copied. A client-sent
-    `_segcrit` is discarded. `on_email` hears of each email found (enrichment lookups keyed by
-    email keep them in memory).
+    it): its bytes tell which searches cannot find anything, and those are skipped. `phone_keys`:
+    whether `serialised` may hold a phone-named key, when the caller already knows
+    (`phone_key_hints` answers for a whole batch in one search). The input is never modified;
+    parts that hold nothing to remove are shared, not copied. A client-sent `_segcrit` is
+    discarded. `on_email` hears of each email found (enrichment lookups keyed by email keep them
+    in memory).
     """
     out = dict(message)
     out.pop(RESERVED_KEY, None)
-    hints = _hints_of(serialised)
+    hints = _hints_of(serialised, phone_keys)
     searching = hints is not _NO_SEARCH
     found = _Identifiers(phone_region, on_email=on_email)
     if hints.emails or hints.phones_in_text:
@@ -268,14 +272,15 @@ _EVERY_SEARCH: Final = _Hints(emails=True, phone_keys=True, phones_in_text=True)
 _NO_SEARCH: Final = _Hints(emails=False, phone_keys=False, phones_in_text=False)
 
 
-def _hints_of(serialised: bytes | None) -> _Hints:
+def _hints_of(serialised: bytes | None, phone_keys: bool | None = None) -> _Hints:
     """The searches that can find something in a message, from its orjson serialisation (all of
-    them without one). C-speed byte scans: this runs for every message ingest takes."""
+    them without one; `phone_keys` when already known). C-speed byte scans: this runs for every
+    message ingest takes."""
     if serialised is None:
         return _EVERY_SEARCH
     hints = _Hints(
         b"@" in serialised or (b"%" in serialised and (b"%40" in serialised or b"%2540" in serialised)),
-        _may_hold_phone_key(serialised),
+        _may_hold_phone_key(serialised) if phone_keys is None else phone_keys,
         b"+" in serialised and _INTERNATIONAL_PHONE_HINT.search(serialised) is not None,
     )
     return _NO_SEARCH if hints == _NO_SEARCH else hints
@@ -284,6 +289,25 @@ def _hints_of(serialised: bytes | None) -> _Hints:
 def _may_hold_phone_key(serialised: bytes) -> bool:
     """False when no object key can be phone-named (a hint for `is_phone_key`, never narrower)."""
     return _PHONE_KEY_END_REVERSED.search(serialised.lower()[::-1]) is not None
+
+
+def phone_key_hints(serialised: Sequence[bytes]) -> list[bool]:
+    """`_may_hold_phone_key` of each serialisation, in one search of them all: the search's cost
+    is mostly per call (lowering, reversing, starting the engine), and most batches hold no
+    phone-named key at all. A newline separates the texts: orjson escapes it inside strings and
+    the pattern matches none, so no match spans two messages."""
+    if not serialised:
+        return []
+    joined = b"\n".join(serialised)
+    hints = [False] * len(serialised)
+    ends: list[int] | None = None
+    last = len(joined) - 1
+    for match in _PHONE_KEY_END_REVERSED.finditer(joined.lower()[::-1]):
+        if ends is None:
+            ends = list(itertools.accumulate(len(text) + 1 for text in serialised))
+        # The match starts at the key's closing quote, read backwards: its place in `joined`.
+        hints[bisect.bisect_right(ends, last - match.start())] = True
+    return hints
 
 
 def _serialised(value: Any) -> bytes | None:

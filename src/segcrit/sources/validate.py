@@ -42,7 +42,7 @@ from typing import Any, Final, Literal, TypeGuard
 
 import orjson
 
-from segcrit.identity.normalize import RESERVED_KEY, EmailListener, sanitize_message
+from segcrit.identity.normalize import RESERVED_KEY, EmailListener, phone_key_hints, sanitize_message
 
 TRACKING_TYPES: Final = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 # Segment's classic Webhooks destination also forwards user-deletion requests.
@@ -108,25 +108,42 @@ def prepare_messages(
     prepared = Prepared()
     received_iso = format_timestamp(received_at)
     too_large = f"message exceeds {rules.max_message_bytes} bytes"
+    # First every message is merged and measured, then sanitised and validated: the phone-key
+    # search runs once for the whole batch (`phone_key_hints`).
+    measured: list[tuple[int, dict[str, Any], bytes]] = []
+    rejected: dict[int, str] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            prepared.rejected.append({"index": index, "reason": "message is not a JSON object"})
+            rejected[index] = "message is not a JSON object"
             continue
-        message = merge_envelope(item, context, integrations)
-        # The write key is a secret: it must not be stored with the message.
-        message.pop("writeKey", None)
+        if context or integrations:
+            message = merge_envelope(item, context, integrations)
+            message.pop("writeKey", None)
+        elif "writeKey" in item:
+            message = dict(item)
+            # The write key is a secret: it must not be stored with the message.
+            del message["writeKey"]
+        else:
+            message = item  # sanitize_message copies it (the caller's items are never changed)
         try:
             serialised = orjson.dumps(message)
         except orjson.JSONEncodeError:
-            prepared.rejected.append({"index": index, "reason": "message cannot be serialised"})
+            rejected[index] = "message cannot be serialised"
             continue
         if len(serialised) > rules.max_message_bytes:
-            prepared.rejected.append({"index": index, "reason": too_large})
+            rejected[index] = too_large
             continue
+        measured.append((index, message, serialised))
+    phone_keys = phone_key_hints([serialised for _, _, serialised in measured])
+    for (index, message, serialised), may_hold_phone_key in zip(measured, phone_keys, strict=True):
         # The serialisation tells the sanitiser which searches it can skip (most messages hold no
         # email and no phone at all).
         clean = sanitize_message(
-            message, phone_region=rules.phone_region, serialised=serialised, on_email=rules.on_email
+            message,
+            phone_region=rules.phone_region,
+            serialised=serialised,
+            on_email=rules.on_email,
+            phone_keys=may_hold_phone_key,
         )
         reason = validate_message(
             clean, rules, received_at=received_at, received_iso=received_iso, sent_at=sent_at, new_id=new_id
@@ -134,7 +151,9 @@ def prepare_messages(
         if reason is None:
             prepared.messages.append(clean)
         else:
-            prepared.rejected.append({"index": index, "reason": reason})
+            rejected[index] = reason
+    # Rejections in the order of the batch, as the client numbered its messages.
+    prepared.rejected = [{"index": index, "reason": rejected[index]} for index in sorted(rejected)]
     return prepared
 
 

@@ -70,6 +70,9 @@ log = logging.getLogger("segcrit.store")
 BUSY_TIMEOUT_MS = 30_000
 PROCESSOR_CACHE_KIB = 64 * 1024
 GROUP_COMMIT_MAX = 256  # requests folded into one transaction at most
+# How long a read of the backlog serves ingest's 429 check (kept up to date meanwhile with this
+# process's own ingest commits; any other write of this process reads it again).
+BACKLOG_FRESH_SECS = 0.1
 REPLAY_BATCH = 5_000  # dead-lettered rows put back per transaction
 # The longest the processor waits for ingest to have nothing to commit before it writes anyway.
 INGEST_FIRST_MAX_WAIT_SECS = 0.05
@@ -211,6 +214,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         self._ingest_idle = threading.Condition()
         self._writer_queue: queue.SimpleQueue[_AcceptRequest | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        # (monotonic time of the read, events): see `backlog`. None: read it again.
+        self._backlog: tuple[float, int] | None = None
         self._closed = False
         self._owner_fd: int | None = None
         # Claims on work without an "unknown" state: one process owns the file, so they live here.
@@ -300,7 +305,9 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         return conn
 
     @contextmanager
-    def _write(self, *, durable: bool = True, proves_space: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(
+        self, *, durable: bool = True, proves_space: bool = False, counts_inbox: bool = False
+    ) -> Iterator[sqlite3.Connection]:
         """One write transaction. A failure of the store itself raises StoreUnavailable (the
         SQLite error chained); any other error propagates as it is, after the rollback.
 
@@ -309,6 +316,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         `proves_space`: the transaction adds data the way ingest does (ingest, processing, the
         probe), so its success ends a failure episode. A delete or an in-place update (a lease,
         a prune) may succeed on a full disk: it would turn /readyz ready while ingest still fails.
+        `counts_inbox`: the caller keeps the cached backlog up to date itself (the ingest writer);
+        after any other write the next `backlog()` reads it again.
         """
         conn = self._conn()
         # Threads of this process queue here rather than on SQLite's lock: a writer that finds the
@@ -326,6 +335,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
                 try:
                     yield conn
                     conn.execute("COMMIT")
+                    if not counts_inbox:
+                        self._backlog = None
                 except BaseException as error:
                     _rollback(conn)
                     if isinstance(error, sqlite3.Error) and _is_unavailable(error):
@@ -436,7 +447,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
     def _commit_group(self, batch: list[_AcceptRequest]) -> None:
         results: list[AcceptResult] = []
         try:
-            with self._write(proves_space=True) as conn:
+            with self._write(proves_space=True, counts_inbox=True) as conn:
                 for request in batch:
                     results.append(self._insert_messages(conn, request.source, request.rows, request.received_at))
         except Exception as exc:  # the whole group failed: every request gets the error, none is acked
@@ -446,6 +457,10 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
             for request in batch:
                 request.loop.call_soon_threadsafe(_set_exception, request.future, error)
             return
+        cached = self._backlog
+        if cached is not None:
+            # Seqs are consecutive within a transaction: max(seq) moved by exactly what was stored.
+            self._backlog = (cached[0], cached[1] + sum(result.stored for result in results))
         for request, result in zip(batch, results, strict=True):
             request.loop.call_soon_threadsafe(_set_result, request.future, result)
 
@@ -468,37 +483,42 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
     ) -> AcceptResult:
         """Store the messages whose (source, messageId) is new, in order; count the others.
 
-        Three multi-row statements per request (up to 256 messages) rather than two per message:
+        Two multi-row statements per request (up to 256 messages) rather than two per message:
         every statement hands the GIL over and back, and under load each handover can wait for
-        the other threads.
+        the other threads. The dedupe is one statement: `INSERT OR IGNORE ... RETURNING` names
+        the messageIds that were new.
         """
-        known: set[str] = set()
-        for piece in _pieces([message_id for message_id, _ in rows if message_id]):
-            known.update(row[0] for row in conn.execute(_seen_lookup_sql(len(piece)), (source, *piece)))
-        seen_rows: list[tuple[str, str, float]] = []
+        ids = list(dict.fromkeys(message_id for message_id, _ in rows if message_id))
+        fresh: set[str] = set()
+        for piece in _pieces(ids):
+            params = [v for message_id in piece for v in (source, message_id, received_at)]
+            fresh.update(row[0] for row in conn.execute(_seen_insert_sql(len(piece)), params))
         inbox_rows: list[tuple[str, float, bytes]] = []
         duplicates = 0
         for message_id, body in rows:
             if message_id:
-                if message_id in known:  # seen before, or earlier in this batch
+                if message_id not in fresh:  # seen before, or earlier in this batch
                     duplicates += 1
                     continue
-                known.add(message_id)
-                seen_rows.append((source, message_id, received_at))
+                fresh.discard(message_id)
             inbox_rows.append((source, received_at, body))
-        for seen_piece in _pieces(seen_rows):
-            conn.execute(_insert_sql(_SEEN_INSERT, len(seen_piece)), [v for row in seen_piece for v in row])
         for inbox_piece in _pieces(inbox_rows):
             conn.execute(_insert_sql(_INBOX_INSERT, len(inbox_piece)), [v for row in inbox_piece for v in row])
         return AcceptResult(stored=len(inbox_rows), duplicates=duplicates)
 
     def backlog(self) -> int:
+        """Events accepted and not processed. Ingest asks on every request (its 429), on the event
+        loop: a read is kept for BACKLOG_FRESH_SECS and followed meanwhile by the ingest commits;
+        any other write of this process has the next call read it again."""
+        cached = self._backlog
+        if cached is not None and time.monotonic() - cached[0] < BACKLOG_FRESH_SECS:
+            return cached[1]
         # Two subqueries: each reads one end of the primary key, where `min(seq), max(seq)` in one
         # SELECT makes SQLite scan the whole table.
         row = self._conn().execute("SELECT (SELECT min(seq) FROM inbox), (SELECT max(seq) FROM inbox)").fetchone()
-        if row is None or row[0] is None:
-            return 0
-        return int(row[1]) - int(row[0]) + 1
+        value = 0 if row is None or row[0] is None else int(row[1]) - int(row[0]) + 1
+        self._backlog = (time.monotonic(), value)
+        return value
 
     # ------------------------------------------------------------------ processing
 
@@ -1045,8 +1065,9 @@ def _insert_sql(prefix: str, rows: int) -> str:
 
 
 @functools.cache
-def _seen_lookup_sql(ids: int) -> str:
-    return f"SELECT message_id FROM seen WHERE source = ? AND message_id IN ({', '.join(['?'] * ids)})"
+def _seen_insert_sql(rows: int) -> str:
+    """The dedupe: the rows that were not there yet come back (an ignored row returns nothing)."""
+    return _insert_sql(_SEEN_INSERT, rows) + " RETURNING message_id"
 
 
 def _set_result(future: asyncio.Future[AcceptResult], result: AcceptResult) -> None:
