@@ -50,6 +50,7 @@ def create_app(
     clock: Clock | None = None,
     run_workers: bool = True,
     roles: Collection[str] = ROLES,
+    processor_child: bool = False,
 ) -> Starlette:
     """The app of one `segcrit serve` process running `roles` (SPEC §2, `--roles`): without
     `ingest` the ingest routes answer 503 (a misrouted request is retried by Segment, never lost)
@@ -57,7 +58,9 @@ def create_app(
     metrics = metrics or Metrics()
     clock = clock or SystemClock()
     roles = tuple(role for role in ROLES if role in roles)
-    runtime = Runtime(store, config, metrics, clock, roles=roles) if run_workers else None
+    runtime = (
+        Runtime(store, config, metrics, clock, roles=roles, processor_child=processor_child) if run_workers else None
+    )
     store_kind = "sqlite" if config.store.startswith("sqlite") else "postgresql"
     # Each read is constant work (running totals, one bounded index read): scrapes never scan.
     admin = build_admin(config, store, metrics, clock)  # None without server.admin_token

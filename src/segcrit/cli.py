@@ -108,7 +108,8 @@ def _serve_one(config: Config, roles: tuple[str, ...], fd: int | None) -> None:
     from segcrit.store import open_store
 
     store = open_store(config.store, owner=True)
-    app = create_app(config, store, roles=roles)
+    # On SQLite, processing runs in a child process: a core of its own (segcrit.processing.child).
+    app = create_app(config, store, roles=roles, processor_child=True)
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config.server.host, config.server.port)))
     tune_gc()
     _exit_zero_after_signals()

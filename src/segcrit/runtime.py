@@ -2,8 +2,9 @@
 
 Ingest runs on the HTTP server's event loop; processing and delivery each run on a thread of
 their own (delivery with its own event loop), so a slow Criteo call or a large processing chunk
-never delays an ingest acknowledgement. Tests do not start these threads: they build a
-Processor and a DeliveryWorker and step them with `drain_once()`.
+never delays an ingest acknowledgement. `segcrit serve` on SQLite runs processing in a child
+process instead (`processor_child`, segcrit.processing.child): a core of its own. Tests do not
+start these threads: they build a Processor and a DeliveryWorker and step them with `drain_once()`.
 
 A process runs only the threads of its roles (`segcrit serve --roles`, SPEC §2): `process` the
 processor (and the enrichment lookups, which exist to feed it), `deliver` the delivery thread
@@ -12,9 +13,9 @@ routes (segcrit.app). With several processes on one PostgreSQL store any mix of 
 the work is claimed in the store, whoever runs it.
 
 While the store cannot write (StoreUnavailable: disk full, locked), the processor retries with
-a growing pause (`STORE_RETRY_SECS`), and with an empty inbox probes the store, so that /readyz
-turns ready again as soon as a write succeeds. The store logs the episode; the loops here stay
-quiet about it.
+a growing pause (`segcrit.processing.child.process_loop`), and with an empty inbox probes the
+store, so that /readyz turns ready again as soon as a write succeeds. The store logs the episode;
+the loops here stay quiet about it.
 """
 
 from __future__ import annotations
@@ -41,19 +42,19 @@ from segcrit.delivery.worker import DeliveryWorker
 from segcrit.enrichment.worker import build_enrichment
 from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
+from segcrit.processing.child import ProcessorChild, process_loop
 from segcrit.processing.engine import Processor
 from segcrit.ratelimit import CRITEO_API_BUDGET, EVENTS_API_BUDGET, SlidingWindowLimiter
 from segcrit.scheduler import Scheduler
 from segcrit.store.base import DeliveryStore, RateBudget, Store
+from segcrit.store.sqlite import SqliteStore
 
 log = logging.getLogger("segcrit.runtime")
 
 ROLES: tuple[str, ...] = ("ingest", "process", "deliver", "schedule")
 
-IDLE_WAIT_SECS = 0.05  # processor: how long to wait for a wake-up before looking again
 SCHEDULER_TICK_SECS = 1.0
 SHUTDOWN_FLUSH_SECS = 5.0
-STORE_RETRY_SECS = (0.1, 5.0)  # first and longest pause between tries while the store cannot write
 ENRICHMENT_IDLE_SECS = 0.5  # nothing due: how long before looking again (answers batch up meanwhile)
 
 
@@ -143,6 +144,7 @@ class Runtime:
         clock: Clock | None = None,
         *,
         roles: Collection[str] = ROLES,
+        processor_child: bool = False,
     ) -> None:
         self.store = store
         self.config = config
@@ -155,6 +157,10 @@ class Runtime:
         self._wake = threading.Event()
         self._threads: list[_Thread] = []
         self.failed: str | None = None
+        # On a SQLite file, `segcrit serve` processes in a child process (segcrit.processing.child).
+        self._child: ProcessorChild | None = None
+        if processor_child and isinstance(store, SqliteStore) and store.path != ":memory:" and "process" in self.roles:
+            self._child = ProcessorChild(store, config, metrics)
         metrics.store_write_failing.set_function(lambda: store.write_failure() is not None)
 
     # ------------------------------------------------------------------ control
@@ -162,7 +168,10 @@ class Runtime:
     def start(self) -> None:
         """Start the threads of this process's roles (none for an ingest-only process)."""
         if "process" in self.roles:
-            self._spawn("segcrit-processor", self._process_loop)
+            if self._child is not None:
+                self._child.start()
+            else:
+                self._spawn("segcrit-processor", self._process_loop)
             if self.config.enrichment:
                 self._spawn("segcrit-enrichment", self._enrichment_thread)
         if "deliver" in self.roles:
@@ -179,6 +188,8 @@ class Runtime:
             t.stop.set()
         self._wake.set()
         deadline = time.monotonic() + timeout
+        if self._child is not None:
+            self._child.stop(timeout)
         for t in self._threads:
             t.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
@@ -187,9 +198,13 @@ class Runtime:
     def wake(self) -> None:
         """Ingest calls this after a commit so the processor starts at once."""
         self._wake.set()
+        if self._child is not None:
+            self._child.wake()
 
     def alive(self) -> bool:
-        return self._started and all(t.thread.is_alive() for t in self._threads) and self.failed is None
+        child_alive = self._child is None or self._child.alive()
+        threads_alive = self._started and all(t.thread.is_alive() for t in self._threads)
+        return child_alive and threads_alive and self.failed is None
 
     def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
         stop = threading.Event()
@@ -210,26 +225,7 @@ class Runtime:
     # ------------------------------------------------------------------ processor
 
     def _process_loop(self, stop: threading.Event) -> None:
-        pause = STORE_RETRY_SECS[0]
-        while not stop.is_set():
-            try:
-                processed = self.processor.drain_once()
-                if processed == 0 and self.store.write_failure() is not None:
-                    self.store.probe_write()  # nothing to retry with: is the store back?
-                pause = STORE_RETRY_SECS[0]
-            except StoreUnavailable:
-                # The events stay in the inbox; the store logged the error when the episode began.
-                stop.wait(pause)
-                pause = min(pause * 2, STORE_RETRY_SECS[1])
-                continue
-            except Exception:
-                # One bad chunk must not stop the service; it stays in the inbox for the next round.
-                log.exception("processing failed")
-                processed = 0
-                stop.wait(1.0)
-            if processed == 0:
-                self._wake.wait(IDLE_WAIT_SECS)
-                self._wake.clear()
+        process_loop(self.processor, self.store, stop, self._wake)
 
     # ------------------------------------------------------------------ delivery
 

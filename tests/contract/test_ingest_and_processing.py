@@ -10,7 +10,7 @@ import pytest
 from tests.contract.conftest import T0, message, new_profile
 
 from segcrit.domain import InboxEvent
-from segcrit.store.base import Store
+from segcrit.store.base import LAST_SEEN_SLACK_SECS, Store
 
 
 def users(events: list[InboxEvent] | tuple[InboxEvent, ...]) -> list[object]:
@@ -116,7 +116,8 @@ def test_the_effects_of_a_chunk_commit_with_it(store: Store) -> None:
     with store.claim_chunk(10) as chunk:
         profile_id = new_profile(chunk, "u0")
         chunk.set_membership(profile_id, "vip", True, T0)
-        chunk.touch_profile(profile_id, T0 + 10)
+        chunk.touch_profile(profile_id, T0 + 10)  # within the slack: not written
+        chunk.touch_profile(profile_id, T0 + LAST_SEEN_SLACK_SECS + 10)
         chunk.done(chunk.events)
 
     with store.transaction() as tx:
@@ -124,7 +125,7 @@ def test_the_effects_of_a_chunk_commit_with_it(store: Store) -> None:
         profile = tx.load_profile(profile_id)
     assert profile is not None and profile.memberships == {"vip": (True, T0)}
     facts = store.profile_facts(profile_id)
-    assert facts is not None and facts.last_seen_at == T0 + 10
+    assert facts is not None and facts.last_seen_at == T0 + LAST_SEEN_SLACK_SECS + 10
 
 
 def test_a_chunk_of_only_some_events_claims_those_still_waiting(store: Store) -> None:

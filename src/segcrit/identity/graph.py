@@ -120,8 +120,11 @@ class Resolution:
     refused: tuple[Identifier, ...]  # identifiers left out because of a merge limit
 
 
+_PRIORITY = {kind: rank for rank, kind in enumerate(KIND_PRIORITY)}
+
+
 def _priority(kind: str) -> int:
-    return KIND_PRIORITY.index(kind) if kind in KIND_PRIORITY else len(KIND_PRIORITY)
+    return _PRIORITY.get(kind, len(KIND_PRIORITY))
 
 
 def plan_resolution(
@@ -135,6 +138,10 @@ def plan_resolution(
     `owners` maps the event's known identifiers to their profile; `counts` gives, for each of those
     profiles, how many identifiers of each kind it holds; `limits` the most a profile may hold.
     """
+    known = {owners.get((i.kind, i.value)) for i in identifiers}
+    if len(known) == 1 and None not in known:
+        # A returning visitor (every identifier already theirs): nothing to merge or attach.
+        return Resolution(known.pop(), (), (), ())
     ordered = sorted(identifiers, key=lambda i: _priority(i.kind))
     candidates: list[int] = []
     for ident in ordered:

@@ -19,8 +19,8 @@ module only moves data between them and the store.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from segcrit.clock import Clock
@@ -63,6 +63,38 @@ class Outcome:
     ignored_audience_source: str | None = None
 
 
+@dataclass(slots=True)
+class Counts:
+    """What a drain did, for the metrics (picklable: the processor child sends it to its parent)."""
+
+    processed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    adjusted: dict[str, int] = field(default_factory=dict)
+    ignored_audience_sources: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, outcomes: Sequence[Outcome]) -> Counts:
+        counts = cls(len(outcomes))
+        for outcome in outcomes:
+            if outcome.skipped:
+                counts.skipped[outcome.skipped] = counts.skipped.get(outcome.skipped, 0) + 1
+            for note in outcome.notes:
+                counts.adjusted[note] = counts.adjusted.get(note, 0) + 1
+            if outcome.ignored_audience_source is not None:
+                source = outcome.ignored_audience_source
+                counts.ignored_audience_sources[source] = counts.ignored_audience_sources.get(source, 0) + 1
+        return counts
+
+    def record(self, metrics: Metrics) -> None:
+        metrics.events_processed.inc(self.processed)
+        for reason, n in self.skipped.items():
+            metrics.events_skipped.labels(reason).inc(n)
+        for note, n in self.adjusted.items():
+            metrics.events_adjusted.labels(note).inc(n)
+        for source, n in self.ignored_audience_sources.items():
+            metrics.audience_messages_ignored.labels(source).inc(n)
+
+
 def event_time(message: Mapping[str, Any], fallback: float) -> float:
     """The event time ingest stored; `fallback` (the receive time) for anything else, so that no
     stored message, however it got there, makes date arithmetic fail later."""
@@ -97,6 +129,9 @@ class Processor:
         self.profile_flows = ProfileFlowsStep(config)
         self.lookups = LookupMarks(config)
         self._extracted: dict[int, EventIdentifiers] = {}  # the identifiers of the chunk being applied
+        # Where the counts of each drain go: this process's metrics, or (the processor child of
+        # segcrit.processing.child) the parent's, through a pipe.
+        self.report: Callable[[Counts], None] = lambda counts: counts.record(self.metrics)
 
     def drain_once(self, limit: int = CHUNK_EVENTS) -> int:
         """Process up to `limit` waiting events; returns how many.
@@ -115,14 +150,7 @@ class Processor:
             outcomes += applied
             if claimed < wanted and len(applied) == claimed:
                 break  # the inbox held no more
-        self.metrics.events_processed.inc(len(outcomes))
-        for outcome in outcomes:
-            if outcome.skipped:
-                self.metrics.events_skipped.labels(outcome.skipped).inc()
-            for note in outcome.notes:
-                self.metrics.events_adjusted.labels(note).inc()
-            if outcome.ignored_audience_source is not None:
-                self.metrics.audience_messages_ignored.labels(outcome.ignored_audience_source).inc()
+        self.report(Counts.of(outcomes))
         return len(outcomes)
 
     def _apply_chunk(self, limit: int, now: float) -> tuple[list[Outcome], int]:

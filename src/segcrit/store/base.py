@@ -80,6 +80,11 @@ from segcrit.domain import (
 from segcrit.ratelimit import RateLimiter, Sleep
 from segcrit.store.migrations import Migration
 
+# profiles.last_seen_at is kept to within this many seconds (`touch_profile`): it serves retention
+# and cohorts, counted in days, and writing it at every event of a returning visitor would rewrite
+# their profile row (and its place in the last-seen index) each time.
+LAST_SEEN_SLACK_SECS = 60.0
+
 # ---------------------------------------------------------------------------------------- ingest
 
 
@@ -129,7 +134,8 @@ class ProcessingTx(Protocol):
     def identifier_counts(self, profile_id: int) -> dict[str, int]: ...
     def create_profile(self, now: float) -> int: ...
     def touch_profile(self, profile_id: int, seen_at: float) -> None:
-        """Note that the person was seen (written at the latest when the unit of work commits)."""
+        """Note that the person was seen (written at the latest when the unit of work commits), when
+        it moves last_seen_at forward by more than LAST_SEEN_SLACK_SECS."""
         ...
 
     def attach_identifier(self, profile_id: int, ident: Identifier, ts: float) -> None: ...

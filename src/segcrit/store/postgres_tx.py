@@ -35,6 +35,7 @@ import psycopg
 
 from segcrit.domain import Identifier, InboxEvent, ProfileState, TargetKey
 from segcrit.errors import StoreUnavailable
+from segcrit.store.base import LAST_SEEN_SLACK_SECS
 from segcrit.store.postgres_base import lock_keys
 
 if TYPE_CHECKING:
@@ -259,7 +260,9 @@ class PgTx:
 
     def touch_profile(self, profile_id: int, seen_at: float) -> None:
         profile = self._profile(profile_id)
-        if profile is not None and seen_at > profile.last_seen_at:
+        # Within the slack, only when the row is written anyway (store.base.LAST_SEEN_SLACK_SECS).
+        slack = 0.0 if profile is not None and profile.dirty else LAST_SEEN_SLACK_SECS
+        if profile is not None and seen_at > profile.last_seen_at + slack:
             profile.last_seen_at = seen_at
             profile.dirty = True
 
