@@ -258,3 +258,17 @@ def test_a_failed_batch_sends_its_products_again(store: Store) -> None:
 
     store.close_batch(batch, {}, T0 + 6, failed=True)
     assert [p.product_id for p in store.due_products("m1", T0 + 6, 10)] == ["p1"]
+
+
+def test_a_full_batch_of_50000_changes_is_claimed_and_acknowledged_in_one_call_each(store: Store) -> None:
+    """A Criteo call carries up to 50,000 identifiers: the store claims and settles that many at
+    once (on PostgreSQL a filter against the whole array per row took minutes; see _KEYS_JOIN)."""
+    keys = {TargetKey("vip", "email", f"{n:064x}") for n in range(50_000)}
+    want(store, "u1", keys)
+
+    assert len(store.claim_changes(sorted(keys, key=str), True, T0, T0 + CLAIM_SECS)) == 50_000
+    store.ack_changes(keys, True, T0 + 1)
+
+    assert store.pending_count() == 0
+    [stats] = store.audience_stats()
+    assert stats.acknowledged == 50_000

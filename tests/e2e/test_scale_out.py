@@ -30,14 +30,13 @@ import httpx
 import pytest
 from segment.analytics.client import Client
 
+from segcrit.emulator.settings import criteo_section, sources_section
 from tests.e2e.conftest import (
     CONFIG,
     SECRET,
     SHOP_CALLER_ID,
-    SHOP_CRITEO,
     SHOP_FLOWS,
     SHOP_MERCHANT_ID,
-    SHOP_PARTNER_ID,
     WRITE_KEY,
     Emulator,
     Server,
@@ -48,6 +47,7 @@ from tests.e2e.conftest import (
 from tests.e2e.crash_traffic import (
     EngageTraffic,
     Expected,
+    Request,
     Tally,
     TrackingSender,
     TrackingTraffic,
@@ -55,7 +55,10 @@ from tests.e2e.crash_traffic import (
     differences,
     email,
     flatten,
+    iso,
+    personas,
     run_stream,
+    sha256,
     transactions,
 )
 from tests.postgres import fresh_schema
@@ -66,22 +69,23 @@ PROCESSES = 3
 REQUESTS = 10  # per stream; two streams per process
 START_DEADLINE_SECS = 120.0
 SEND_DEADLINE_SECS = 120.0
-DELIVERY_DEADLINE_SECS = 120.0
+DELIVERY_DEADLINE_SECS = 240.0  # the budget alone spaces the calls over two minutes or so
 STOP_SECS = 10.0  # SPEC §2: out within 10 s of SIGTERM
 CRITEO_TIMEOUT_SECS = 5  # a killed process's claims and leases last a window plus three of these
+# Criteo's budget, ours and the emulator's: the new audiences (a search, a create and a PATCH each)
+# and the traffic's PATCH calls need more than a minute of it, so the processes must share it.
+RATE_LIMIT = 45
+NEW_AUDIENCES = 10
 
 
 def shop_config(url: str, port: int, emulator: Emulator) -> str:
     """The e2e shop config (tests/e2e/conftest.py) on the PostgreSQL store at `url`."""
-    criteo_extra = SHOP_CRITEO.format(partner_id=SHOP_PARTNER_ID, caller_id=SHOP_CALLER_ID, api_url=emulator.url)
-    criteo_extra += f"  timeout_secs: {CRITEO_TIMEOUT_SECS}\n"
+    extra = f"  timeout_secs: {CRITEO_TIMEOUT_SECS}\n  rate_limit_per_minute: {RATE_LIMIT}\n"
     text = CONFIG.format(
         db="unused.db",
         port=port,
-        write_key=WRITE_KEY,
-        secret=SECRET,
-        api_url=emulator.url,
-        criteo_extra=criteo_extra,
+        sources=sources_section(WRITE_KEY, SECRET),
+        criteo=criteo_section(emulator.url, caller_id=SHOP_CALLER_ID, extra=extra),
         flows=SHOP_FLOWS.format(merchant_id=SHOP_MERCHANT_ID),
     )
     return text.replace("store: sqlite:///unused.db", f'store: "{url}"')
@@ -145,6 +149,27 @@ def order_messages(client: Client, user: str, order_id: str, message_id: str) ->
     client.track(user, "Order Completed", properties, message_id=message_id)
 
 
+def new_audiences(t0: float) -> Request:
+    """Engage entering one person into each of NEW_AUDIENCES audiences Criteo does not have yet."""
+    out = Request()
+    for n in range(NEW_AUDIENCES):
+        person, name = f"burst-{n}", f"burst_audience_{n}"
+        out.identifiers.append((person, "email", sha256(email(person))))
+        out.memberships.append((person, name, t0, True))
+        out.messages.append(
+            {
+                "type": "track",
+                "event": "Audience Entered",
+                "userId": person,
+                "messageId": f"{person}-{name}-in",
+                "timestamp": iso(t0),
+                "properties": {"audience_key": name, name: True},
+                "context": {"traits": {"email": email(person)}, **personas(name)},
+            }
+        )
+    return out
+
+
 def test_three_processes_on_one_database_behave_as_one_segcrit(servers: list[Server], emulator: Emulator) -> None:
     seed = int(os.environ.get("SEGCRIT_CRASH_SEED") or random.randrange(2**32))
     rng = random.Random(seed)
@@ -159,7 +184,13 @@ def test_three_processes_on_one_database_behave_as_one_segcrit(servers: list[Ser
         )
         webhook = WebhookSender(f"{server.url}/webhooks/engage", SECRET, tally, deadline, rng)
         streams.append((EngageTraffic(f"w{n}", t0), webhook))
+    httpx.post(f"{emulator.url}/_emulator/config", json={"rate_limit_per_minute": RATE_LIMIT}).raise_for_status()
     start_all(servers)
+    burst = new_audiences(t0)
+    burst_sender = WebhookSender(f"{servers[2].url}/webhooks/engage", SECRET, tally, deadline, rng)
+    burst_sender.send(burst.messages)
+    burst_sender.close()
+    expected.add(burst)
 
     stop = threading.Event()
     threads = [
@@ -190,7 +221,8 @@ def test_three_processes_on_one_database_behave_as_one_segcrit(servers: list[Ser
         for _, sender in streams:
             sender.close()
     assert not failures, f"{failures} {about}"
-    assert expected.requests == len(streams) * REQUESTS
+    assert expected.requests == len(streams) * REQUESTS + 1
+    assert tally.retries > 0, "the kill never met a request"
 
     # The same orders reaching two processes at once: one messageId twice, one order id under two.
     clients = [Client(WRITE_KEY, host=server.url, sync_mode=True, max_retries=3) for server in servers]
@@ -232,10 +264,13 @@ def test_three_processes_on_one_database_behave_as_one_segcrit(servers: list[Ser
     resent = {order: [e for _, e in copies] for order, copies in sent.items() if len(copies) > 1}
     assert all(all(e == events[0] for e in events) for events in resent.values()), resent
     names = Counter(segment["name"] for segment in state["segments"])
-    assert names and set(names.values()) == {1}, names  # each segment created once
-    assert state["statuses"].get("429", 0) == 0, state["statuses"]  # one budget for all
+    assert len(names) == 3 + NEW_AUDIENCES and set(names.values()) == {1}, names  # each created once
+    marketing_calls = sum(count for endpoint, count in state["calls"].items() if endpoint != "events")
+    assert marketing_calls > RATE_LIMIT, state["calls"]  # more than a minute of budget...
+    assert state["statuses"].get("429", 0) == 0, state["statuses"]  # ...shared: never over it
     runs = [line for server in servers for line in log_text(server).splitlines() if "job ran job=housekeeping" in line]
     assert len(runs) == 1, runs
+    print(f"{about}: {tally}, answers {state['statuses']}, calls {state['calls']}, resent {len(resent)}")
     status = servers[0].segcrit("status")
     assert status.returncode == 0, status.stderr
     assert "dead letters: 0" in status.stdout and "set-aside events: 0" in status.stdout, status.stdout

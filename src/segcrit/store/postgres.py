@@ -97,6 +97,13 @@ _SETTLED_ACKED_BEFORE = (
     "acked_before = CASE WHEN l.how = 'other' THEN (CASE WHEN %(applied)s THEN 2 ELSE t.acked_before END) "
     "WHEN l.how = 'late' THEN t.acked_before ELSE NULL END"
 )
+# The rows `t` of one (audience, identifier type) with these values (a batch holds up to 50,000):
+# a join with the array, never `id_value = ANY(array)`, which the planner may check row by row
+# against the whole array (a generic plan, stale statistics: minutes for one batch).
+_KEYS_JOIN = (
+    "unnest(%(values)s::text[]) AS v(id_value) JOIN targets {t} ON {t}.audience = %(audience)s "
+    "AND {t}.id_type = %(id_type)s AND {t}.id_value = v.id_value"
+)
 _ENDS_CLAIM = (
     "claim_until = CASE WHEN l.how IN ('mine', 'direct') THEN NULL ELSE t.claim_until END, "
     "claim_holder = CASE WHEN l.how IN ('mine', 'direct') THEN NULL ELSE t.claim_holder END"
@@ -456,11 +463,11 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
             for (audience, id_type), values in groups.items():
                 rows = conn.execute(
                     f"UPDATE targets t SET acked_before = t.acked, acked = {UNKNOWN}, claim_until = %(until)s, "
-                    "claim_holder = %(me)s FROM (SELECT audience, id_type, id_value FROM targets c "
-                    "WHERE c.audience = %(audience)s AND c.id_type = %(id_type)s AND c.id_value = ANY(%(values)s) "
-                    "AND c.desired = %(add)s AND c.desired != c.acked AND c.dead_letter_id IS NULL "
+                    "claim_holder = %(me)s FROM (SELECT c.audience, c.id_type, c.id_value "
+                    f"FROM {_KEYS_JOIN.format(t='c')} "
+                    "WHERE c.desired = %(add)s AND c.desired != c.acked AND c.dead_letter_id IS NULL "
                     f"AND c.next_at <= %(now)s AND {UNCLAIMED.format(t='c')} "
-                    "ORDER BY c.id_value FOR UPDATE SKIP LOCKED) l "
+                    "ORDER BY c.id_value FOR UPDATE OF c SKIP LOCKED) l "
                     "WHERE t.audience = l.audience AND t.id_type = l.id_type AND t.id_value = l.id_value "
                     "RETURNING t.id_value",
                     {
@@ -517,10 +524,11 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
                 rows = conn.execute(
                     f"UPDATE targets t SET {assignments} FROM (SELECT audience, id_type, id_value, CASE "
                     "WHEN mine THEN 'mine' WHEN other THEN 'other' WHEN ours THEN 'late' ELSE 'direct' END AS how "
-                    "FROM (SELECT audience, id_type, id_value, coalesce(claim_holder = %(me)s, false) AS mine, "
-                    f"{CLAIMED_BY_OTHER.format(t='targets')} AS other, id_value = ANY(%(claimed)s) AS ours "
-                    "FROM targets WHERE audience = %(audience)s AND id_type = %(id_type)s "
-                    "AND id_value = ANY(%(values)s) ORDER BY id_value FOR UPDATE) c) l "
+                    "FROM (SELECT r.audience, r.id_type, r.id_value, coalesce(r.claim_holder = %(me)s, false) AS mine, "
+                    f"{CLAIMED_BY_OTHER.format(t='r')} AS other, o.id_value IS NOT NULL AS ours "
+                    f"FROM {_KEYS_JOIN.format(t='r')} "
+                    "LEFT JOIN unnest(%(claimed)s::text[]) AS o(id_value) ON o.id_value = r.id_value "
+                    "ORDER BY r.id_value FOR UPDATE OF r) c) l "
                     "WHERE t.audience = l.audience AND t.id_type = l.id_type AND t.id_value = l.id_value "
                     "RETURNING t.id_value, l.how",
                     {
@@ -578,9 +586,10 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
                 # Neither wanted nor held: the rows carry no information any more.
                 for (audience, id_type), values in _group(acked).items():
                     conn.execute(
-                        "DELETE FROM targets WHERE audience = %s AND id_type = %s AND id_value = ANY(%s) "
-                        "AND desired = 0 AND acked = 0 AND claim_until IS NULL",
-                        (audience, id_type, values),
+                        "DELETE FROM targets t USING unnest(%s::text[]) AS v(id_value) WHERE t.audience = %s "
+                        "AND t.id_type = %s AND t.id_value = v.id_value "
+                        "AND t.desired = 0 AND t.acked = 0 AND t.claim_until IS NULL",
+                        (values, audience, id_type),
                     )
 
     def defer_changes(self, keys: Iterable[TargetKey], next_at: float, now: float, *, maybe_applied: bool) -> None:
