@@ -175,7 +175,9 @@ def test_migrate_waits_for_no_serve_on_the_same_sqlite_file(tmp_path: Path) -> N
 
 # ------------------------------------------------------------------------------------ PostgreSQL
 
-PG_NOTE = Migration(2, "add_audience_note", "ALTER TABLE audiences ADD COLUMN note text;\n")
+SQLITE_ALL = [m.label for m in load_migrations("sqlite")]
+PG_ALL = [m.label for m in load_migrations("postgresql")]
+PG_NOTE = Migration(len(PG_ALL) + 1, "add_audience_note", "ALTER TABLE audiences ADD COLUMN note text;\n")
 
 
 @pytest.fixture
@@ -200,15 +202,18 @@ def test_on_postgresql_only_an_owner_migrates_and_the_other_commands_say_so(tmp_
     refused = segcrit("status", "--config", str(config), cwd=tmp_path)
     check = segcrit("migrate", "--check", "--config", str(config), cwd=tmp_path)
     assert assert_one_line_error(refused) == (
-        "error: the store's schema lacks 1 migration(s) (0001_initial...): run `segcrit migrate` "
+        f"error: the store's schema lacks {len(PG_ALL)} migration(s) (0001_initial...): run `segcrit migrate` "
         "(or start `segcrit serve`, which applies them)"
     )
-    assert check.stdout.splitlines() == ["pending: 0001_initial"] and check.returncode == 1
+    assert check.stdout.splitlines() == [f"pending: {label}" for label in PG_ALL] and check.returncode == 1
     assert pg_rows(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()") == [(0,)]
 
     applied = segcrit("migrate", "--config", str(config), cwd=tmp_path)
     status = segcrit("status", "--config", str(config), cwd=tmp_path)
-    assert applied.stdout.splitlines() == ["applied: 0001_initial", "schema up to date (1 migration(s) applied)"]
+    assert applied.stdout.splitlines() == [
+        *(f"applied: {label}" for label in PG_ALL),
+        f"schema up to date ({len(PG_ALL)} migration(s) applied)",
+    ]
     assert status.returncode == 0 and "backlog: 0" in status.stdout
 
 
@@ -239,8 +244,8 @@ def test_on_postgresql_processes_starting_together_apply_a_migration_once(
 
     assert errors == [] and len(stores) == 3
     assert pg_rows(pg_url, "SELECT version, name FROM schema_migrations ORDER BY version") == [
-        (1, "initial"),
-        (2, "add_audience_note"),
+        *((m.version, m.name) for m in load_migrations("postgresql")),
+        (PG_NOTE.version, "add_audience_note"),
     ]
 
 
@@ -249,7 +254,9 @@ def test_a_failing_postgresql_migration_leaves_nothing_half_done(pg_url: str, mo
 
     open_store(pg_url, owner=True).close()
     broken = Migration(
-        2, "broken", "CREATE TABLE notes (id integer PRIMARY KEY);\nALTER TABLE nowhere ADD COLUMN x int;\n"
+        len(PG_ALL) + 1,
+        "broken",
+        "CREATE TABLE notes (id integer PRIMARY KEY);\nALTER TABLE nowhere ADD COLUMN x int;\n",
     )
     monkeypatch.setattr(postgres_store, "load_migrations", lambda dialect: (*load_migrations(dialect), broken))
 
@@ -257,4 +264,6 @@ def test_a_failing_postgresql_migration_leaves_nothing_half_done(pg_url: str, mo
         open_store(pg_url, owner=True)
 
     assert pg_rows(pg_url, "SELECT to_regclass('notes')") == [(None,)]
-    assert pg_rows(pg_url, "SELECT version FROM schema_migrations") == [(1,)]
+    assert pg_rows(pg_url, "SELECT version FROM schema_migrations ORDER BY version") == [
+        (m.version,) for m in load_migrations("postgresql")
+    ]

@@ -97,13 +97,23 @@ _SETTLED_ACKED_BEFORE = (
     "acked_before = CASE WHEN l.how = 'other' THEN (CASE WHEN %(applied)s THEN 2 ELSE t.acked_before END) "
     "WHEN l.how = 'late' THEN t.acked_before ELSE NULL END"
 )
-# The rows `t` of one (audience, identifier type) with these values (a batch holds up to 50,000):
-# a join with the array, never `id_value = ANY(array)`, which the planner may check row by row
-# against the whole array (a generic plan, stale statistics: minutes for one batch).
-_KEYS_JOIN = (
-    "unnest(%(values)s::text[]) AS v(id_value) JOIN targets {t} ON {t}.audience = %(audience)s "
-    "AND {t}.id_type = %(id_type)s AND {t}.id_value = v.id_value"
+# Lock the rows of one (audience, identifier type) with these values (a batch holds up to 50,000),
+# each found by a primary-key probe of its own: the correlated subquery (LIMIT 1: the key is unique)
+# is neither flattened into a join nor given the conditions of `where`, so no plan (a table filled
+# since its last ANALYZE, a generic plan) can scan a whole audience for each value or compare every
+# row with the whole array; either took minutes for one batch. `where` filters the locked rows
+# (`r`); statements then reach them by their address (ctid), which the lock keeps until the
+# transaction ends. Rows are locked in the order of `values` (sorted).
+_LOCK_ROWS = (
+    "SELECT r.rid::text, r.id_value{columns} FROM unnest(%(values)s::text[]) AS v(id_value) CROSS JOIN LATERAL "
+    "(SELECT x.ctid AS rid, x.* FROM targets x WHERE x.audience = %(audience)s AND x.id_type = %(id_type)s "
+    "AND x.id_value = v.id_value LIMIT 1 FOR UPDATE{skip}) r WHERE true {where}"
 )
+_BY_ADDRESS = "ctid = ANY(%(rids)s::text[]::tid[])"
+# Before statements that use _BY_ADDRESS: a table filled since its last ANALYZE looks a few pages
+# long, and a sequential scan comparing every row with the whole array then looks cheaper than
+# fetching each row by its address (it took minutes for 50,000 rows).
+_BY_ADDRESS_ONLY = "SET LOCAL enable_seqscan = off"
 _ENDS_CLAIM = (
     "claim_until = CASE WHEN l.how IN ('mine', 'direct') THEN NULL ELSE t.claim_until END, "
     "claim_holder = CASE WHEN l.how IN ('mine', 'direct') THEN NULL ELSE t.claim_holder END"
@@ -459,27 +469,33 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         groups = _group(keys)
 
         def claim(conn: psycopg.Connection[Any]) -> list[TargetKey]:
+            conn.execute(_BY_ADDRESS_ONLY)
             claimed: list[TargetKey] = []
             for (audience, id_type), values in groups.items():
+                params = {
+                    "until": self.db_time(until),
+                    "me": self.holder,
+                    "audience": audience,
+                    "id_type": id_type,
+                    "values": values,
+                    "add": int(add),
+                    "now": now,
+                    "dbnow": self.db_time(now),
+                }
+                due = (
+                    "AND r.desired = %(add)s AND r.desired != r.acked AND r.dead_letter_id IS NULL "
+                    f"AND r.next_at <= %(now)s AND {UNCLAIMED.format(t='r')}"
+                )
+                locked = conn.execute(
+                    _LOCK_ROWS.format(columns="", where=due, skip=" SKIP LOCKED"), params, prepare=False
+                ).fetchall()
+                if not locked:
+                    continue
                 rows = conn.execute(
-                    f"UPDATE targets t SET acked_before = t.acked, acked = {UNKNOWN}, claim_until = %(until)s, "
-                    "claim_holder = %(me)s FROM (SELECT c.audience, c.id_type, c.id_value "
-                    f"FROM {_KEYS_JOIN.format(t='c')} "
-                    "WHERE c.desired = %(add)s AND c.desired != c.acked AND c.dead_letter_id IS NULL "
-                    f"AND c.next_at <= %(now)s AND {UNCLAIMED.format(t='c')} "
-                    "ORDER BY c.id_value FOR UPDATE OF c SKIP LOCKED) l "
-                    "WHERE t.audience = l.audience AND t.id_type = l.id_type AND t.id_value = l.id_value "
-                    "RETURNING t.id_value",
-                    {
-                        "until": self.db_time(until),
-                        "me": self.holder,
-                        "audience": audience,
-                        "id_type": id_type,
-                        "values": values,
-                        "add": int(add),
-                        "now": now,
-                        "dbnow": self.db_time(now),
-                    },
+                    f"UPDATE targets SET acked_before = acked, acked = {UNKNOWN}, claim_until = %(until)s, "
+                    f"claim_holder = %(me)s WHERE {_BY_ADDRESS} RETURNING id_value",
+                    {**params, "rids": [r[0] for r in locked]},
+                    prepare=False,
                 ).fetchall()
                 claimed += [TargetKey(audience, id_type, row[0]) for row in rows]
             return claimed
@@ -498,8 +514,8 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         params: dict[str, Any],
         prepare: Callable[[psycopg.Connection[Any]], dict[str, Any]] | None = None,
     ) -> dict[TargetKey, str]:
-        """One UPDATE per (audience, identifier type) over these keys, in one transaction (after
-        `prepare`, whose result adds parameters), the rows locked in key order. `assignments`
+        """Lock the rows of these keys in key order, then one UPDATE per (audience, identifier type,
+        case) over them, all in one transaction (after `prepare`, whose result adds parameters). `assignments`
         decide by what each row is to this store (`l.how`):
 
         - `mine`: this holder's claim (live or expired, as long as nobody took it over);
@@ -517,31 +533,38 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
             self._outstanding.difference_update(keys)
 
         def settle(conn: psycopg.Connection[Any]) -> dict[TargetKey, str]:
+            conn.execute(_BY_ADDRESS_ONLY)
             extra = prepare(conn) if prepare is not None else {}
             done: dict[TargetKey, str] = {}
             for (audience, id_type), values in groups.items():
-                claimed = [v for v in values if TargetKey(audience, id_type, v) in outstanding]
-                rows = conn.execute(
-                    f"UPDATE targets t SET {assignments} FROM (SELECT audience, id_type, id_value, CASE "
-                    "WHEN mine THEN 'mine' WHEN other THEN 'other' WHEN ours THEN 'late' ELSE 'direct' END AS how "
-                    "FROM (SELECT r.audience, r.id_type, r.id_value, coalesce(r.claim_holder = %(me)s, false) AS mine, "
-                    f"{CLAIMED_BY_OTHER.format(t='r')} AS other, o.id_value IS NOT NULL AS ours "
-                    f"FROM {_KEYS_JOIN.format(t='r')} "
-                    "LEFT JOIN unnest(%(claimed)s::text[]) AS o(id_value) ON o.id_value = r.id_value "
-                    "ORDER BY r.id_value FOR UPDATE OF r) c) l "
-                    "WHERE t.audience = l.audience AND t.id_type = l.id_type AND t.id_value = l.id_value "
-                    "RETURNING t.id_value, l.how",
-                    {
-                        **params,
-                        **extra,
-                        "me": self.holder,
-                        "dbnow": self.db_time(now),
-                        "audience": audience,
-                        "id_type": id_type,
-                        "values": values,
-                        "claimed": claimed,
-                    },
+                group = {
+                    **params,
+                    **extra,
+                    "me": self.holder,
+                    "dbnow": self.db_time(now),
+                    "audience": audience,
+                    "id_type": id_type,
+                    "values": values,
+                }
+                columns = f", coalesce(r.claim_holder = %(me)s, false), {CLAIMED_BY_OTHER.format(t='r')}"
+                locked = conn.execute(
+                    _LOCK_ROWS.format(columns=columns, where="", skip=""), group, prepare=False
                 ).fetchall()
+                by_case: dict[str, list[str]] = {}
+                for rid, value, mine, other in locked:
+                    ours = TargetKey(audience, id_type, value) in outstanding
+                    how = "mine" if mine else "other" if other else "late" if ours else "direct"
+                    by_case.setdefault(how, []).append(rid)
+                rows = [
+                    (value, how)
+                    for how, rids in sorted(by_case.items())
+                    for (value,) in conn.execute(
+                        f"UPDATE targets t SET {assignments} FROM (SELECT %(how)s::text AS how) l "
+                        f"WHERE t.{_BY_ADDRESS} RETURNING t.id_value",
+                        {**group, "how": how, "rids": rids},
+                        prepare=False,
+                    ).fetchall()
+                ]
                 done.update((TargetKey(audience, id_type, str(r[0])), str(r[1])) for r in rows)
             return done
 
@@ -585,12 +608,16 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
             if not add:
                 # Neither wanted nor held: the rows carry no information any more.
                 for (audience, id_type), values in _group(acked).items():
-                    conn.execute(
-                        "DELETE FROM targets t USING unnest(%s::text[]) AS v(id_value) WHERE t.audience = %s "
-                        "AND t.id_type = %s AND t.id_value = v.id_value "
-                        "AND t.desired = 0 AND t.acked = 0 AND t.claim_until IS NULL",
-                        (values, audience, id_type),
-                    )
+                    empty = "AND r.desired = 0 AND r.acked = 0 AND r.claim_until IS NULL"
+                    params = {"audience": audience, "id_type": id_type, "values": values}
+                    locked = conn.execute(
+                        _LOCK_ROWS.format(columns="", where=empty, skip=""), params, prepare=False
+                    ).fetchall()
+                    if locked:
+                        conn.execute(_BY_ADDRESS_ONLY)
+                        conn.execute(
+                            f"DELETE FROM targets WHERE {_BY_ADDRESS}", {"rids": [r[0] for r in locked]}, prepare=False
+                        )
 
     def defer_changes(self, keys: Iterable[TargetKey], next_at: float, now: float, *, maybe_applied: bool) -> None:
         """The call failed: this store's rows are due again at `next_at`, their claim ended, and

@@ -50,6 +50,9 @@ CONFLICT_RETRIES = 5
 SESSION_SETTINGS: Final = (
     "SET idle_in_transaction_session_timeout = '60s'",
     "SET lock_timeout = '30s'",
+    # Short statements only: compiling one (its cost estimate may pass jit_above_cost on a table
+    # filled since its last ANALYZE) costs more than running it.
+    "SET jit = off",
 )
 # SQLSTATEs of a transaction aborted because of another one: run it again.
 _CONFLICTS: Final = frozenset({"40001", "40P01", "55P03"})
