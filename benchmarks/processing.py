@@ -20,8 +20,9 @@ cache), filled with the same messages, drained by the simplest durable code that
 processing stores for them: per 500 events, one transaction that reads the chunk from the inbox,
 builds the tuples (profile ids from an in-memory map, no lookups, no decisions) and writes them with
 one prepared `executemany` per table (profiles, identifiers, memberships, targets, traits), then
-deletes the chunk from the inbox. Its chunks alternate with the processor's chunks, so that both
-see the same machine load; each side's figure counts only its own time.
+deletes the chunk from the inbox. It is filled and drained after the processor's run (the
+processor's side is exactly what the benchmark measured before it had a ceiling, so that
+benchmarks/compare.py compares like with like).
 
 Reported: events/s over the whole drain and over each tenth of it, CPU seconds per event, what the
 store holds at the end; the ceiling's events/s and the ratio (PASS/MISS for >= 0.25); the first
@@ -270,6 +271,15 @@ class Side:
         if self.done >= len(self.marks) * self.tenth:
             self.marks.append((self.done, self.elapsed))
 
+    def drain(self, deadline: float) -> bool:
+        """Drain the inbox; False when the deadline passed first."""
+        while not self.finished:
+            if time.monotonic() > deadline:
+                print(f"timed out after {self.done:,} events", file=sys.stderr)
+                return False
+            self.advance()
+        return True
+
     def rate(self) -> float:
         return self.done / self.elapsed if self.elapsed else 0.0
 
@@ -288,33 +298,29 @@ def run(args: argparse.Namespace, store: Store, count: Counted, folder: Path, ce
         while processor.drain_once() and time.monotonic() < deadline:
             pass
     fill(store, factory, args.events)
-    ceiling: Ceiling | None = None
-    if ceiling_store is not None:
-        # The same messages (the factory is seeded), through the same accept path.
-        ceiling_factory = EventFactory(Population(args.population))
-        ceiling = Ceiling(ceiling_store)
-        if args.warm:
-            fill(ceiling_store, ceiling_factory, args.warm)
-            while ceiling.drain_once():
-                pass
-        fill(ceiling_store, ceiling_factory, args.events)
     kind = "sqlite" if args.store == "sqlite" else "postgresql"
     print(
         f"processing benchmark ({kind}): {args.events:,} events ({args.warm:,} processed before), "
         f"population {args.population:,}; inbox filled in {time.perf_counter() - t:.1f} s"
     )
-
     segcrit = Side(args.events, processor.drain_once)
-    sides = [segcrit]
-    if ceiling is not None:
-        sides.append(Side(args.events, ceiling.drain_once))
-    while not all(side.finished for side in sides):
-        if time.monotonic() > deadline:
-            print(f"timed out after {segcrit.done:,} events", file=sys.stderr)
+    if not segcrit.drain(deadline):
+        return 2
+    top: Side | None = None
+    if ceiling_store is not None:
+        # Then the ceiling, the same way: the same messages (the factory is seeded) through the same
+        # accept path, then drained. One after the other rather than chunk by chunk: on one disk
+        # each side's fsyncs would also flush what the other had just written.
+        ceiling = Ceiling(ceiling_store)
+        ceiling_factory = EventFactory(Population(args.population))
+        if args.warm:
+            fill(ceiling_store, ceiling_factory, args.warm)
+            while ceiling.drain_once():
+                pass
+        fill(ceiling_store, ceiling_factory, args.events)
+        top = Side(args.events, ceiling.drain_once)
+        if not top.drain(deadline):
             return 2
-        for side in sides:  # chunk by chunk, alternately: the same machine load for both
-            if not side.finished:
-                side.advance()
 
     done, rate, rates = segcrit.done, segcrit.rate(), segcrit.tenths()
     per_event = segcrit.cpu / max(1, done) * 1e6
@@ -327,8 +333,7 @@ def run(args: argparse.Namespace, store: Store, count: Counted, folder: Path, ce
     )
     print(f"RESULT processing_events_per_sec={rate:.0f}")
     ok = True
-    if ceiling is not None:
-        top = sides[1]
+    if top is not None:
         ratio = rate / top.rate() if top.rate() else 0.0
         print(
             f"ceiling (executemany of the same rows, one transaction per {CHUNK}): {top.done:,} events in "

@@ -83,11 +83,13 @@ def rss(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in text.split()]
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # a child is listed under the thread that made it
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def tree_rss(pid: int) -> tuple[float, float]:

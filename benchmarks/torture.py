@@ -61,6 +61,8 @@ from typing import IO, Any
 
 import httpx
 
+from segcrit.emulator.settings import criteo_section, sources_section
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.e2e.crash_traffic
 from tests.e2e.crash_traffic import (
@@ -87,23 +89,11 @@ SECRET = "torture-secret"
 START_DEADLINE_SECS = 60.0
 STOP_DEADLINE_SECS = 10.0  # SPEC §2: serve stops within 10 s of SIGTERM
 KILL_SETTLE_SECS = 0.3  # after a kill, for the emulator to finish the requests it already had
+UNLIMITED = "  rate_limit_per_minute: 100000\n  events_rate_limit_per_minute: 1000000\n"
 CONFIG = """\
 store: sqlite:///{db}
 server: {{host: 127.0.0.1, port: {port}}}
-sources:
-  - {{name: web, type: tracking_api, write_key: {write_key}}}
-  - {{name: engage, type: webhook, shared_secret: {secret}}}
-criteo:
-  client_id: demo-client
-  client_secret: demo-secret
-  advertiser_id: "12345"
-  partner_id: "6789"
-  caller_id: torture
-  api_url: {api_url}
-  events_url: {api_url}/m/event?version=s2s_v0
-  rate_limit_per_minute: 100000
-  events_rate_limit_per_minute: 1000000
-identity:
+{sources}{criteo}identity:
   send: [email, madid]
 flows:
   - type: audience_sync
@@ -455,7 +445,14 @@ def torture(run: Run) -> Lines:
     serve_log = (run.folder / "serve.log").open("ab")
     port = free_port()
     config = run.folder / "segcrit.yaml"
-    config.write_text(CONFIG.format(db=run.db, port=port, write_key=WRITE_KEY, secret=SECRET, api_url=emulator_url))
+    config.write_text(
+        CONFIG.format(
+            db=run.db,
+            port=port,
+            sources=sources_section(WRITE_KEY, SECRET),
+            criteo=criteo_section(emulator_url, caller_id="torture", extra=UNLIMITED),
+        )
+    )
     serve = Serve(f"http://127.0.0.1:{port}", config, serve_log)
     stop = threading.Event()
     failures: list[BaseException] = []

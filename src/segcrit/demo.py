@@ -33,6 +33,7 @@ from segcrit.config import Config, LookalikeSeedFlow, parse_config
 from segcrit.emulator import EmulatorState
 from segcrit.emulator.profiles import ProfileApiState
 from segcrit.emulator.server import running_app, running_emulator
+from segcrit.emulator.settings import criteo_section, sources_section
 from segcrit.errors import SegcritError
 from segcrit.identity.normalize import email_hashes, phone_hashes
 from segcrit.status import enrichment_lines, flow_lines
@@ -48,18 +49,7 @@ SETTLE_TIMEOUT_SECS = 60.0
 CONFIG = """\
 store: sqlite:///{db}
 server: {{host: 127.0.0.1, port: 0}}
-sources:
-  - {{name: web, type: tracking_api, write_key: {write_key}}}
-  - {{name: engage, type: webhook, shared_secret: {secret}}}
-criteo:
-  client_id: demo-client
-  client_secret: demo-secret
-  advertiser_id: "12345"
-  partner_id: "6789"
-  caller_id: demo-caller
-  api_url: {api_url}
-  events_url: {api_url}/m/event?version=s2s_v0
-identity:
+{sources}{criteo}identity:
   send: [email, madid, phoneNumber]
 audiences:
   cart_abandoners: {{}}
@@ -154,7 +144,11 @@ def run_demo(*, keep: bool = False, console: Console | None = None) -> dict[str,
         profiles = ProfileApiState(PROFILES_SEED)
         _write_crm(folder / "crm.db")
         with running_emulator(state, profiles=profiles) as api_url:
-            names = {"write_key": WRITE_KEY, "secret": WEBHOOK_SECRET, "api_url": api_url}
+            names = {
+                "sources": sources_section(WRITE_KEY, WEBHOOK_SECRET),
+                "criteo": criteo_section(api_url, caller_id="demo-caller"),
+                "api_url": api_url,
+            }
             names |= {"space": PROFILES_SPACE, "token": PROFILES_TOKEN}
             config = parse_config(CONFIG.format(db=folder / "segcrit.db", crm=folder / "crm.db", **names), env={})
             (folder / "segcrit.yaml").write_text(CONFIG.format(db="segcrit.db", crm="crm.db", **names))

@@ -16,6 +16,8 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from segcrit.emulator.settings import DEMO_PARTNER_ID, criteo_section, sources_section
+
 WRITE_KEY = "e2e-write-key"
 SECRET = "e2e-secret"
 START_DEADLINE_SECS = 30.0
@@ -83,15 +85,7 @@ def emulator(tmp_path: Path) -> Iterator[Emulator]:
 CONFIG = """\
 store: sqlite:///{db}
 server: {{host: 127.0.0.1, port: {port}}}
-sources:
-  - {{name: web, type: tracking_api, write_key: {write_key}}}
-  - {{name: engage, type: webhook, shared_secret: {secret}}}
-criteo:
-  client_id: demo-client
-  client_secret: demo-secret
-  advertiser_id: "12345"
-  api_url: {api_url}
-{criteo_extra}identity:
+{sources}{criteo}identity:
   send: [email, madid]
 flows:
   - type: audience_sync
@@ -100,14 +94,9 @@ flows:
 """
 
 # The shop flows (SPEC §1): Events API on the emulator, catalog batches after half a second.
-SHOP_PARTNER_ID = "6789"
+SHOP_PARTNER_ID = DEMO_PARTNER_ID
 SHOP_CALLER_ID = "e2e-caller"
 SHOP_MERCHANT_ID = "6789"
-SHOP_CRITEO = """\
-  partner_id: "{partner_id}"
-  caller_id: {caller_id}
-  events_url: {api_url}/m/event?version=s2s_v0
-"""
 SHOP_FLOWS = """\
   - type: conversions
   - type: product_signals
@@ -160,19 +149,13 @@ def _server(tmp_path: Path, emulator: Emulator, *, shop: bool) -> Iterator[Serve
     """A `segcrit serve` (not started) on a config of its own; `shop` adds the commerce flows."""
     port = free_port()
     config_path = tmp_path / "segcrit.yaml"
-    criteo_extra = flows = ""
-    if shop:
-        criteo_extra = SHOP_CRITEO.format(partner_id=SHOP_PARTNER_ID, caller_id=SHOP_CALLER_ID, api_url=emulator.url)
-        flows = SHOP_FLOWS.format(merchant_id=SHOP_MERCHANT_ID)
     config_path.write_text(
         CONFIG.format(
             db="segcrit.db",
             port=port,
-            write_key=WRITE_KEY,
-            secret=SECRET,
-            api_url=emulator.url,
-            criteo_extra=criteo_extra,
-            flows=flows,
+            sources=sources_section(WRITE_KEY, SECRET),
+            criteo=criteo_section(emulator.url, caller_id=SHOP_CALLER_ID if shop else None),
+            flows=SHOP_FLOWS.format(merchant_id=SHOP_MERCHANT_ID) if shop else "",
         )
     )
     srv = Server(f"http://127.0.0.1:{port}", config_path, (tmp_path / "serve.log").open("ab"))

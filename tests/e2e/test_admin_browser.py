@@ -23,6 +23,7 @@ import httpx
 import pytest
 from segment.analytics.client import Client
 
+from segcrit.emulator.settings import criteo_section, sources_section
 from tests.e2e.conftest import WRITE_KEY, Emulator, Server, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -44,14 +45,7 @@ DEADLINE_SECS = 25.0
 CONFIG = """\
 store: sqlite:///segcrit.db
 server: {{host: 127.0.0.1, port: {port}, admin_token: {token}}}
-sources:
-  - {{name: web, type: tracking_api, write_key: {write_key}}}
-criteo:
-  client_id: demo-client
-  client_secret: demo-secret
-  advertiser_id: "12345"
-  api_url: {api_url}
-identity:
+{sources}{criteo}identity:
   send: [email]
 flows:
   - type: audience_sync
@@ -99,7 +93,9 @@ def browser() -> Iterator[Any]:
 def admin_server(tmp_path: Path, emulator: Emulator) -> Iterator[Server]:
     port = free_port()
     config = tmp_path / "segcrit.yaml"
-    config.write_text(CONFIG.format(port=port, token=TOKEN, write_key=WRITE_KEY, api_url=emulator.url))
+    config.write_text(
+        CONFIG.format(port=port, token=TOKEN, sources=sources_section(WRITE_KEY), criteo=criteo_section(emulator.url))
+    )
     server = Server(f"http://127.0.0.1:{port}", config, (tmp_path / "serve.log").open("ab"))
     try:
         server.start()

@@ -23,6 +23,7 @@ import orjson
 import pytest
 from segment.analytics.client import Client
 
+from segcrit.emulator.settings import criteo_section, sources_section
 from tests.e2e.conftest import (
     SECRET,
     START_DEADLINE_SECS,
@@ -52,15 +53,7 @@ RAW = [email.lower() for _, email, _, _ in CRM] + [PROFILE_EMAIL, "612345601", "
 CONFIG = """\
 store: sqlite:///segcrit.db
 server: {{host: 127.0.0.1, port: {port}}}
-sources:
-  - {{name: web, type: tracking_api, write_key: {write_key}}}
-  - {{name: engage, type: webhook, shared_secret: {secret}}}
-criteo:
-  client_id: demo-client
-  client_secret: demo-secret
-  advertiser_id: "12345"
-  api_url: {api_url}
-identity:
+{sources}{criteo}identity:
   send: [email, phoneNumber]
 flows:
   - type: audience_sync
@@ -140,7 +133,12 @@ def enriched_server(tmp_path: Path, profiles_emulator: Emulator) -> Iterator[Ser
     config_path = tmp_path / "segcrit.yaml"
     config_path.write_text(
         CONFIG.format(
-            port=port, write_key=WRITE_KEY, secret=SECRET, api_url=profiles_emulator.url, space=SPACE, token=TOKEN
+            port=port,
+            sources=sources_section(WRITE_KEY, SECRET),
+            criteo=criteo_section(profiles_emulator.url),
+            api_url=profiles_emulator.url,
+            space=SPACE,
+            token=TOKEN,
         )
     )
     server = Server(f"http://127.0.0.1:{port}", config_path, (tmp_path / "serve.log").open("ab"))

@@ -30,14 +30,13 @@ import httpx
 import pytest
 from segment.analytics.client import Client
 
+from segcrit.emulator.settings import criteo_section, sources_section
 from tests.e2e.conftest import (
     CONFIG,
     SECRET,
     SHOP_CALLER_ID,
-    SHOP_CRITEO,
     SHOP_FLOWS,
     SHOP_MERCHANT_ID,
-    SHOP_PARTNER_ID,
     WRITE_KEY,
     Emulator,
     Server,
@@ -81,15 +80,12 @@ NEW_AUDIENCES = 10
 
 def shop_config(url: str, port: int, emulator: Emulator) -> str:
     """The e2e shop config (tests/e2e/conftest.py) on the PostgreSQL store at `url`."""
-    criteo_extra = SHOP_CRITEO.format(partner_id=SHOP_PARTNER_ID, caller_id=SHOP_CALLER_ID, api_url=emulator.url)
-    criteo_extra += f"  timeout_secs: {CRITEO_TIMEOUT_SECS}\n  rate_limit_per_minute: {RATE_LIMIT}\n"
+    extra = f"  timeout_secs: {CRITEO_TIMEOUT_SECS}\n  rate_limit_per_minute: {RATE_LIMIT}\n"
     text = CONFIG.format(
         db="unused.db",
         port=port,
-        write_key=WRITE_KEY,
-        secret=SECRET,
-        api_url=emulator.url,
-        criteo_extra=criteo_extra,
+        sources=sources_section(WRITE_KEY, SECRET),
+        criteo=criteo_section(emulator.url, caller_id=SHOP_CALLER_ID, extra=extra),
         flows=SHOP_FLOWS.format(merchant_id=SHOP_MERCHANT_ID),
     )
     return text.replace("store: sqlite:///unused.db", f'store: "{url}"')

@@ -10,12 +10,15 @@ What crosses between the two:
 - ingest first: the parent's ingest writer publishes "a group waits for its commit" in a flag in
   shared memory (`SqliteStore.share_ingest_flag`); the child's chunk commits early and waits
   while it is set, as the processor thread does;
-- wake-ups: the parent sets an event after each ingest commit (`wake`), so the child starts at
-  once instead of at its next look;
+- wake-ups: the parent writes a byte down a pipe after each ingest commit (`wake`), so the child
+  starts at once instead of at its next look;
 - counts: each drain's counts (`Counts`) go up a pipe to the parent's metrics;
-- stop: the parent sets an event; the child finishes its chunk and exits. The child watches the
-  parent (multiprocessing's sentinel) and exits at once when it is gone (kill -9 included):
-  what it had not committed is rolled back by SQLite and done again by the next processor.
+- stop: the parent writes a byte down another pipe; the child finishes its chunk and exits. The
+  child watches the parent (multiprocessing's sentinel) and exits at once when it is gone (kill -9
+  included): what it had not committed is rolled back by SQLite and done again by the next processor.
+Pipes, not multiprocessing's Event: an Event is a lock in shared memory, and a child killed while
+it held that lock (in `wait`) would leave the parent's next `set` blocked for good, ingest with it.
+The parent's ends never block (a full wake pipe already says "wake up").
 
 A child that dies is started again (`RESTART_PAUSE_SECS`); /readyz reports the workers not ready
 while it is down. Tests step `Processor.drain_once()` directly, as before.
@@ -23,16 +26,18 @@ while it is down. Tests step `Processor.drain_once()` directly, as before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import signal
 import threading
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol
+from typing import Protocol
 
 from segcrit.clock import SystemClock
 from segcrit.config import Config
@@ -99,8 +104,8 @@ class ProcessorChild:
         self._config = config
         self._metrics = metrics
         self._ctx = multiprocessing.get_context("spawn")  # the parent runs threads: never fork
-        self._stop = self._ctx.Event()
-        self._wake = self._ctx.Event()
+        self._stop: multiprocessing.connection.Connection | None = None  # our ends of the pipes
+        self._wake: multiprocessing.connection.Connection | None = None
         self._process: BaseProcess | None = None
         self._counts: multiprocessing.connection.Connection | None = None
         self._stopping = threading.Event()
@@ -113,15 +118,23 @@ class ProcessorChild:
 
     def _spawn(self) -> None:
         receive, send = self._ctx.Pipe(duplex=False)
+        stop_r, stop_w = self._ctx.Pipe(duplex=False)
+        wake_r, wake_w = self._ctx.Pipe(duplex=False)
+        for end in (stop_w, wake_w):
+            os.set_blocking(end.fileno(), False)
         process = self._ctx.Process(
             target=child_main,
-            args=(self._store.path, self._config, self._store.share_ingest_flag(), self._stop, self._wake, send),
+            args=(self._store.path, self._config, self._store.share_ingest_flag(), stop_r, wake_r, send),
             name="segcrit-processor",
             daemon=True,  # multiprocessing ends it when the parent exits normally
         )
         process.start()
-        send.close()  # the child holds the sending end: EOF here means it is gone
-        self._process, self._counts = process, receive
+        for end in (send, stop_r, wake_r):
+            end.close()  # the child's ends: EOF on `receive` means it is gone
+        for old in (self._stop, self._wake, self._counts):
+            if old is not None:
+                old.close()
+        self._process, self._counts, self._stop, self._wake = process, receive, stop_w, wake_w
         log.info("processor started in a child process", extra={"pid": process.pid})
 
     def _watch(self) -> None:
@@ -140,13 +153,12 @@ class ProcessorChild:
             if process.is_alive() or self._stopping.is_set():
                 continue
             log.error("processor child exited, starting it again", extra={"exitcode": process.exitcode})
-            counts.close()
             if self._stopping.wait(RESTART_PAUSE_SECS):
                 return
             self._spawn()
 
     def wake(self) -> None:
-        self._wake.set()
+        _signal(self._wake)
 
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
@@ -156,8 +168,8 @@ class ProcessorChild:
         (what it had not committed is rolled back and done again later)."""
         deadline = time.monotonic() + timeout
         self._stopping.set()
-        self._stop.set()
-        self._wake.set()
+        _signal(self._stop)
+        _signal(self._wake)  # an idle child looks at once
         process = self._process
         if process is not None:
             process.join(max(0.0, min(STOP_GRACE_SECS, deadline - time.monotonic())))
@@ -171,12 +183,50 @@ class ProcessorChild:
             self._watcher.join(max(0.0, deadline - time.monotonic()))
 
 
+def _signal(end: multiprocessing.connection.Connection | None) -> None:
+    """One byte down a pipe, never blocking: when it is full, the child has signals to read already."""
+    if end is None:
+        return
+    with contextlib.suppress(BlockingIOError, OSError):  # full, or the child is gone (its watcher sees)
+        os.write(end.fileno(), b"!")
+
+
+class PipeEvent:
+    """The child's end of a signal pipe, as the Event `process_loop` waits on: set once a byte (or
+    EOF: the parent is gone) has arrived, until cleared."""
+
+    def __init__(self, end: multiprocessing.connection.Connection) -> None:
+        self._end = end  # kept open for as long as we read its descriptor
+        self._fd = end.fileno()
+        os.set_blocking(self._fd, False)
+        self._set = False
+
+    def _read(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            data = os.read(self._fd, 4096)
+            self._set = True  # bytes, or b"" at EOF
+            del data
+
+    def is_set(self) -> bool:
+        if not self._set:
+            self._read()
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._set and select.select([self._fd], [], [], timeout)[0]:
+            self._read()
+        return self._set
+
+    def clear(self) -> None:
+        self._set = False
+
+
 def child_main(
     path: str,
     config: Config,
     ingest_flag: IngestFlag,
-    stop: Any,
-    wake: Any,
+    stop: multiprocessing.connection.Connection,
+    wake: multiprocessing.connection.Connection,
     counts: multiprocessing.connection.Connection,
 ) -> None:
     """The child: the processor loop on its own connection to the parent's file."""
@@ -193,7 +243,7 @@ def child_main(
         from segcrit.cli import tune_gc
 
         tune_gc()  # as in the parent: a chunk parses thousands of objects
-        process_loop(processor, store, stop, wake)
+        process_loop(processor, store, PipeEvent(stop), PipeEvent(wake))
     finally:
         store.close()
 
