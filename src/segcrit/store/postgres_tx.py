@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import psycopg
+from psycopg import errors as pg_errors
 
 from segcrit.domain import Identifier, InboxEvent, ProfileState, TargetKey
 from segcrit.errors import StoreUnavailable
@@ -45,6 +46,13 @@ Key = tuple[str, str]
 NOT_HELD, HELD, UNKNOWN = 0, 1, 2
 ID_BLOCK: Final = 1000  # profile ids reserved at a time (the sequence's increment, 0001_initial.sql)
 _RESOLVE_ROUNDS: Final = 10
+# The rows of `table` with these (kind, value) keys, one primary-key probe per key: a plain join
+# with the arrays lets the planner hash the whole table (a sequential scan per chunk, its cost
+# growing with the table); LIMIT 1 keeps the subquery apart, so the plan stays a probe per key.
+_KEY_PROBES: Final = (
+    "unnest(%s::text[], %s::text[]) AS k(kind, value) CROSS JOIN LATERAL (SELECT {column} FROM {table} i "
+    "WHERE i.kind = k.kind AND i.value = k.value LIMIT 1) i"
+)
 
 
 @dataclass(slots=True)
@@ -101,6 +109,7 @@ class PgTx:
         self._target_sets: dict[int, tuple[frozenset[TargetKey], float]] = {}
         self._events: list[tuple[str, int | None, bytes, bytes, float]] = []
         self._lookup_marks: dict[tuple[str, int], float] = {}
+        self._orders: dict[str, tuple[int, float, float | None, str | None]] = {}
         self._counter_deltas: dict[str, int] = {}
         self._products: dict[tuple[str, str], tuple[bytes, str, str | None, float]] = {}
         self._product_rows: dict[tuple[str, str], tuple[dict[str, Any], str] | None] = {}
@@ -142,7 +151,10 @@ class PgTx:
         """The owners of these keys, after taking the advisory locks of `lock_first` (in key
         order); one round trip, the query a statement of its own so that it sees what was
         committed while the locks were awaited."""
+        tombstones = None
         with self.conn.pipeline():
+            if self._any_tombstone is None:  # `_has_tombstones`, asked in the same round trip
+                tombstones = self.conn.execute("SELECT EXISTS (SELECT 1 FROM tombstones)")
             if lock_first:
                 names = [f"identifier\x1f{kind}\x1f{value}" for kind, value in lock_first]
                 self.conn.execute(
@@ -150,10 +162,12 @@ class PgTx:
                     (lock_keys(self.store.namespace, names),),
                 )
             cursor = self.conn.execute(
-                "SELECT i.kind, i.value, i.profile_id FROM identifiers i "
-                "JOIN unnest(%s::text[], %s::text[]) AS k(kind, value) ON i.kind = k.kind AND i.value = k.value",
+                "SELECT k.kind, k.value, i.profile_id FROM "
+                + _KEY_PROBES.format(table="identifiers", column="profile_id"),
                 ([k[0] for k in keys], [k[1] for k in keys]),
             )
+        if tombstones is not None:
+            self._any_tombstone = tombstones.fetchone() == (True,)
         return {(r[0], r[1]): int(r[2]) for r in cursor.fetchall()}
 
     def _load(self, ids: Sequence[int]) -> None:
@@ -336,6 +350,7 @@ class PgTx:
         # Orders, waiting Events API events and lookups: rare enough to write at once.
         self._flush_events()
         self._flush_lookup_marks()
+        self._flush_orders()
         with self.conn.pipeline():
             self.conn.execute("UPDATE orders SET profile_id = %s WHERE profile_id = %s", (into, other))
             # One person, one document: the merged profile's waiting events join the survivor's.
@@ -458,8 +473,7 @@ class PgTx:
 
     def _read_tombstones(self, keys: Sequence[Key]) -> None:
         rows = self.conn.execute(
-            "SELECT t.kind, t.value, t.deleted_at FROM tombstones t "
-            "JOIN unnest(%s::text[], %s::text[]) AS k(kind, value) ON t.kind = k.kind AND t.value = k.value",
+            "SELECT k.kind, k.value, i.deleted_at FROM " + _KEY_PROBES.format(table="tombstones", column="deleted_at"),
             ([k[0] for k in keys], [k[1] for k in keys]),
         ).fetchall()
         for key in keys:
@@ -490,6 +504,7 @@ class PgTx:
         self._target_sets.pop(profile_id, None)
         self._flush_events()
         self._flush_lookup_marks()
+        self._flush_orders()
         with self.conn.pipeline():
             self.conn.execute("DELETE FROM criteo_events WHERE profile_id = %s", (profile_id,))
             self.conn.execute("DELETE FROM orders WHERE profile_id = %s", (profile_id,))
@@ -515,16 +530,20 @@ class PgTx:
     def record_order(
         self, order_id: str, profile_id: int, ts: float, revenue: float | None, currency: str | None
     ) -> bool:
-        cursor = self.conn.execute(
-            "INSERT INTO orders (order_id, profile_id, ts, revenue, currency) VALUES (%s, %s, %s, %s, %s) "
-            "ON CONFLICT (order_id) DO NOTHING",
-            (order_id, profile_id, ts, revenue, currency),
-        )
-        return cursor.rowcount > 0
+        """Remember the order; written with the unit of work's other rows (`_flush_orders`: one
+        statement per chunk, where a round trip per order cost more than the rest of its event).
+        The first delivery still wins (ON CONFLICT DO NOTHING, in the same transaction); the answer
+        is only whether this unit of work had not recorded the order yet: whether an earlier one had
+        is settled when the row is written (nothing in processing reads the answer)."""
+        if order_id in self._orders:
+            return False
+        self._orders[order_id] = (profile_id, ts, revenue, currency)
+        return True
 
     def mark_order_sent(self, order_id: str, now: float) -> bool:
         """Claim the order's one trackTransaction: an update that one transaction wins, whichever
         process sees the order (the other waits for it, then finds it sent)."""
+        self._flush_orders()
         cursor = self.conn.execute(
             "UPDATE orders SET sent_at = %s WHERE order_id = %s AND sent_at IS NULL", (now, order_id)
         )
@@ -640,21 +659,25 @@ class PgTx:
     def flush(self) -> None:
         """Write what this unit of work changed, a few multi-row statements per table (one round
         trip: the statements are pipelined)."""
-        with self.conn.pipeline():
-            check = self._flush_identity()
-            self._flush_profile_rows()
-            self._flush_targets()
-            self._flush_events()
-            self._flush_lookup_marks()
-            self._flush_products()
-            self._flush_counters()
-        if check is not None:
-            expected, cursor = check
-            if cursor.rowcount != expected:
-                # Another transaction holds an identifier we were sure nobody held: a lock was missed.
-                raise StoreUnavailable("store conflict: an identifier was taken by another transaction")
+        try:
+            with self.conn.pipeline():
+                self._flush_identity()
+                self._flush_profile_rows()
+                self._flush_targets()
+                self._flush_events()
+                self._flush_lookup_marks()
+                self._flush_orders()
+                self._flush_products()
+                self._flush_counters()
+        except pg_errors.UniqueViolation as error:
+            if error.diag.table_name != "identifiers":
+                raise
+            # Another transaction holds an identifier we were sure nobody held (a lock was missed):
+            # the unit of work is done again. A plain INSERT (rather than ON CONFLICT DO NOTHING
+            # and a count) spares every new identifier PostgreSQL's speculative insertion.
+            raise StoreUnavailable("store conflict: an identifier was taken by another transaction") from error
 
-    def _flush_identity(self) -> tuple[int, psycopg.Cursor[Any]] | None:
+    def _flush_identity(self) -> None:
         conn = self.conn
         new_profiles = [p for p in self._profiles.values() if p.new and p.dirty]
         if new_profiles:
@@ -703,13 +726,11 @@ class PgTx:
                 ),
             )
             self._ident_changed.clear()
-        check = None
         if self._ident_new:
             rows = sorted(self._ident_new.items())
-            cursor = conn.execute(
+            conn.execute(
                 "INSERT INTO identifiers (kind, value, profile_id, extra, active, active_ts) "
-                "SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::text[], %s::int2[], %s::float8[]) "
-                "ON CONFLICT (kind, value) DO NOTHING",
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::text[], %s::int2[], %s::float8[])",
                 (
                     [k[0] for k, _ in rows],
                     [k[1] for k, _ in rows],
@@ -719,9 +740,7 @@ class PgTx:
                     [r.active_ts for _, r in rows],
                 ),
             )
-            check = (len(rows), cursor)
             self._ident_new.clear()
-        return check
 
     def _flush_profile_rows(self) -> None:
         """Memberships and suppressions: the profile is locked, so its rows as decided here are the
@@ -855,6 +874,24 @@ class PgTx:
             "ORDER BY n ON CONFLICT (lookup, profile_id) DO UPDATE SET "
             "due_at = least(lookups.due_at, excluded.due_at), version = lookups.version + 1",
             ([k[0] for k, _ in marks], [k[1] for k, _ in marks], [due for _, due in marks]),
+        )
+
+    def _flush_orders(self) -> None:
+        if not self._orders:
+            return
+        rows = sorted(self._orders.items())  # key order: two chunks never wait for each other in a cycle
+        self._orders = {}
+        self.conn.execute(
+            "INSERT INTO orders (order_id, profile_id, ts, revenue, currency) "
+            "SELECT o, p, t, r, c FROM unnest(%s::text[], %s::int8[], %s::float8[], %s::float8[], %s::text[]) "
+            "WITH ORDINALITY AS u(o, p, t, r, c, n) ORDER BY n ON CONFLICT (order_id) DO NOTHING",
+            (
+                [k for k, _ in rows],
+                [v[0] for _, v in rows],
+                [v[1] for _, v in rows],
+                [v[2] for _, v in rows],
+                [v[3] for _, v in rows],
+            ),
         )
 
     def _flush_products(self) -> None:
