@@ -184,7 +184,9 @@ class ProcessingTx(Protocol):
     def record_order(
         self, order_id: str, profile_id: int, ts: float, revenue: float | None, currency: str | None
     ) -> bool:
-        """Remember an order once (the first delivery wins); True when it is new."""
+        """Remember an order once (the first delivery wins). True when this transaction has not
+        seen it before; whether an earlier one has is settled when the row is written (PostgreSQL
+        writes a chunk's orders together at its end), so callers must not count on it."""
         ...
 
     def mark_order_sent(self, order_id: str, now: float) -> bool:
