@@ -9,7 +9,10 @@ loopback port: delivery keeps failing and retrying in the background, as it woul
 while ingest must serve. Then, for 10 s of work on the backlog, the peak RSS of the server: the
 `serve` process and its children (the processor child on SQLite) together.
 
-    .venv/bin/python benchmarks/restart.py [--changes 1000000] [--inbox 100000] [--crash-after 3]
+    .venv/bin/python benchmarks/restart.py [--changes 1000000] [--inbox 100000] [--crash-after 3] [--cold]
+
+`--cold` also empties the kernel's page cache after the kill (as a reboot of the machine would;
+needs root, for /proc/sys/vm/drop_caches), so that what the start reads comes from the disk.
 """
 
 from __future__ import annotations
@@ -107,6 +110,16 @@ def start(config: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def drop_page_cache() -> None:
+    """Write back and drop the kernel's page cache: the next reads of the store come from the disk."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as error:
+        sys.exit(f"--cold needs root to drop the page cache: {error}")
+    print("page cache dropped: the start reads the store from the disk")
+
+
 def wait_ready(url: str, deadline: float) -> bool:
     while time.monotonic() < deadline:
         try:
@@ -123,6 +136,7 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=1_000_000)
     parser.add_argument("--inbox", type=int, default=100_000)
     parser.add_argument("--crash-after", type=float, default=3.0, help="seconds of work before the SIGKILL")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache after the kill (root)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="segcrit-restart-") as folder:
         db = Path(folder) / "segcrit.db"
@@ -152,6 +166,8 @@ def main() -> int:
             f"killed serve (pid {pending[0]}, children {pending[1]}) with SIGKILL "
             f"after {args.crash_after:.0f} s of work"
         )
+        if args.cold:
+            drop_page_cache()
         started = time.monotonic()
         process = start(config)
         ready = acked = None

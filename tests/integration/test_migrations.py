@@ -26,8 +26,10 @@ from tests.helpers import audience_event, put
 from tests.integration.test_cli import assert_one_line_error, segcrit, write_config
 from tests.postgres import fresh_schema
 
-INITIAL = load_migrations("sqlite")[0]
-ADD_NOTE = Migration(2, "add_audience_note", "ALTER TABLE audiences ADD COLUMN note TEXT;\n")
+SQLITE = load_migrations("sqlite")
+SQLITE_ALL = [m.label for m in SQLITE]
+INITIAL = SQLITE[0]
+ADD_NOTE = Migration(len(SQLITE) + 1, "add_audience_note", "ALTER TABLE audiences ADD COLUMN note TEXT;\n")
 
 
 def rows(db: Path, query: str) -> list[tuple[object, ...]]:
@@ -42,7 +44,7 @@ def columns(db: Path, table: str) -> list[str]:
 @pytest.fixture
 def with_note(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A release whose SQLite folder holds a second migration."""
-    monkeypatch.setattr(sqlite_store, "load_migrations", lambda dialect: (INITIAL, ADD_NOTE))
+    monkeypatch.setattr(sqlite_store, "load_migrations", lambda dialect: (*SQLITE, ADD_NOTE))
     yield
 
 
@@ -54,7 +56,7 @@ def test_a_new_store_is_created_at_the_latest_version(tmp_path: Path) -> None:
     finally:
         store.close()
 
-    assert [row[:2] for row in rows(db, "SELECT version, name FROM schema_migrations")] == [(1, "initial")]
+    assert rows(db, "SELECT version, name FROM schema_migrations") == [(m.version, m.name) for m in SQLITE]
     assert {"inbox", "targets", "counters"} <= {str(r[0]) for r in rows(db, "SELECT name FROM sqlite_master")}
 
 
@@ -72,19 +74,19 @@ def test_a_database_made_before_versions_is_adopted_with_its_data(tmp_path: Path
         assert store.held_audience_count() == 1  # counted once, by the old start, not twice
     finally:
         store.close()
-    assert [row[0] for row in rows(db, "SELECT version FROM schema_migrations")] == [1]
+    assert [row[0] for row in rows(db, "SELECT version FROM schema_migrations")] == [m.version for m in SQLITE]
 
 
 def test_a_pending_migration_is_applied_once_at_open(tmp_path: Path, with_note: None) -> None:
     db = tmp_path / "segcrit.db"
     with contextlib.closing(sqlite3.connect(db)) as old:
         old.executescript(INITIAL.sql)
-    SqliteStore(str(db)).close()  # adopts version 1, applies version 2
+    SqliteStore(str(db)).close()  # adopts version 1, applies the later ones and the note
 
     assert "note" in columns(db, "audiences")
-    assert [row[:2] for row in rows(db, "SELECT version, name FROM schema_migrations")] == [
-        (1, "initial"),
-        (2, "add_audience_note"),
+    assert rows(db, "SELECT version, name FROM schema_migrations") == [
+        *((m.version, m.name) for m in SQLITE),
+        (ADD_NOTE.version, "add_audience_note"),
     ]
     store = SqliteStore(str(db))  # nothing left to do: an ALTER run twice would fail
     try:
@@ -97,23 +99,25 @@ def test_a_pending_migration_is_applied_once_at_open(tmp_path: Path, with_note: 
 def test_a_failing_migration_leaves_nothing_half_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "segcrit.db"
     SqliteStore(str(db)).close()
-    broken = Migration(2, "broken", "CREATE TABLE notes (id INTEGER PRIMARY KEY);\nALTER TABLE nowhere ADD COLUMN x;\n")
-    monkeypatch.setattr(sqlite_store, "load_migrations", lambda dialect: (INITIAL, broken))
+    broken = Migration(
+        len(SQLITE) + 1, "broken", "CREATE TABLE notes (id INTEGER PRIMARY KEY);\nALTER TABLE nowhere ADD COLUMN x;\n"
+    )
+    monkeypatch.setattr(sqlite_store, "load_migrations", lambda dialect: (*SQLITE, broken))
 
     with pytest.raises(StoreError, match="no such table: nowhere"):
         open_store(f"sqlite:///{db}")
 
     assert rows(db, "SELECT name FROM sqlite_master WHERE name = 'notes'") == []
-    assert [row[0] for row in rows(db, "SELECT version FROM schema_migrations")] == [1]
+    assert [row[0] for row in rows(db, "SELECT version FROM schema_migrations")] == [m.version for m in SQLITE]
 
 
 def test_a_store_newer_than_this_segcrit_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "segcrit.db"
     SqliteStore(str(db)).close()
     with contextlib.closing(sqlite3.connect(db)) as newer, newer:
-        newer.execute("INSERT INTO schema_migrations VALUES (2, 'from_the_future', 0)")
+        newer.execute("INSERT INTO schema_migrations VALUES (?, 'from_the_future', 0)", (len(SQLITE) + 1,))
 
-    with pytest.raises(StoreError, match="schema is at version 2, newer than this segcrit knows"):
+    with pytest.raises(StoreError, match=f"schema is at version {len(SQLITE) + 1}, newer than this segcrit knows"):
         open_store(f"sqlite:///{db}")
 
 
@@ -137,10 +141,10 @@ def test_migrate_check_lists_what_is_pending_and_creates_nothing(tmp_path: Path)
 
     result = segcrit("migrate", "--check", "--config", str(config), cwd=tmp_path)
 
-    assert result.stdout.splitlines() == ["pending: 0001_initial"]
-    assert assert_one_line_error(result) == "error: 1 migration(s) pending: run `segcrit migrate`"
+    assert result.stdout.splitlines() == [f"pending: {label}" for label in SQLITE_ALL]
+    assert assert_one_line_error(result) == f"error: {len(SQLITE)} migration(s) pending: run `segcrit migrate`"
     assert not db.exists()
-    assert [m.label for m in pending_migrations(f"sqlite:///{db}")] == ["0001_initial"]
+    assert [m.label for m in pending_migrations(f"sqlite:///{db}")] == SQLITE_ALL
 
 
 def test_migrate_applies_what_is_pending_and_check_then_passes(tmp_path: Path) -> None:
@@ -153,7 +157,7 @@ def test_migrate_applies_what_is_pending_and_check_then_passes(tmp_path: Path) -
 
     assert (applied.returncode, applied.stdout.splitlines()) == (
         0,
-        ["applied: 0001_initial", "schema up to date (1 migration(s) applied)"],
+        [*(f"applied: {label}" for label in SQLITE_ALL), f"schema up to date ({len(SQLITE)} migration(s) applied)"],
     )
     assert (again.returncode, again.stdout) == (0, "schema up to date\n")
     assert (check.returncode, check.stdout, check.stderr) == (0, "schema up to date\n", "")
@@ -175,7 +179,6 @@ def test_migrate_waits_for_no_serve_on_the_same_sqlite_file(tmp_path: Path) -> N
 
 # ------------------------------------------------------------------------------------ PostgreSQL
 
-SQLITE_ALL = [m.label for m in load_migrations("sqlite")]
 PG_ALL = [m.label for m in load_migrations("postgresql")]
 PG_NOTE = Migration(len(PG_ALL) + 1, "add_audience_note", "ALTER TABLE audiences ADD COLUMN note text;\n")
 

@@ -737,8 +737,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         API events and catalog products live in memory (`MemoryClaims`): they went with that process."""
         with self._write() as conn:
             return conn.execute(
-                "UPDATE targets SET claim_until = NULL, acked_before = NULL "
-                "WHERE desired != acked AND dead_letter_id IS NULL AND claim_until IS NOT NULL"
+                "UPDATE targets INDEXED BY targets_claimed SET claim_until = NULL, acked_before = NULL "
+                "WHERE claim_until IS NOT NULL AND desired != acked AND dead_letter_id IS NULL"
             ).rowcount
 
     def ack_changes(self, keys: Iterable[TargetKey], add: bool, now: float) -> None:
