@@ -13,6 +13,10 @@ are given up on as "source down" and the worker backs off as a whole; a 401/403 
 like any other ("unknown"), cached until the next refresh. The ids in the URL are lower-cased and
 URL-encoded, as Segment asks.
 
+The client is aiohttp rather than httpx (which the Criteo client uses): at the API's 100 requests a
+second, a request cost about 1.3 ms of CPU through httpx and 0.3 ms through aiohttp (measured on
+loopback against the emulator), and that CPU is taken from ingest, which runs in the same process.
+
 External id types become identifiers: `email`, `phone` (hashed like ingested ones), `ios.idfa`
 and `android.idfa` (mobile advertising ids), `user_id` and `anonymous_id` (linking the person's
 other ids). Consent is not in the Profile API.
@@ -21,13 +25,15 @@ other ids). Consent is not in the Profile API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
-import httpx
+import aiohttp
+import orjson
 
 from segcrit.clock import Clock
 from segcrit.config import SegmentProfilesLookup
@@ -56,9 +62,9 @@ MAX_PAGES: Final = 5  # a person with more ids than this many pages hold is cut 
 MAX_ATTEMPTS: Final = 4  # per request, for 429, 5xx and network errors
 BACKOFF_INITIAL_SECS: Final = 0.5
 BACKOFF_MAX_SECS: Final = 8.0
-# Requests in flight at once: 100/s up to 80 ms of latency. More costs CPU for nothing: httpcore's
-# pool checks every connection (two system calls each) for every request it assigns.
+# Requests in flight at once: 100/s up to 80 ms of latency.
 CONCURRENCY: Final = 8
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024  # an answer larger than this is not a page of the API
 
 
 class _Down(LookupUnavailable):
@@ -86,9 +92,9 @@ def read_external_ids(items: Any, answer: Answer) -> None:
             answer.ids.append((kind, value))
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     try:
-        return max(0.0, float(response.headers["retry-after"]))
+        return max(0.0, float(headers["retry-after"]))
     except (KeyError, ValueError):
         return None
 
@@ -103,20 +109,20 @@ class ProfilesSource:
         metrics: Metrics,
         *,
         sleep: Sleep = asyncio.sleep,
-        transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """Call inside the event loop that will run the lookups (aiohttp's session belongs to it)."""
         self.lookup = lookup
         self._metrics = metrics
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._base = lookup.url + PROFILES_PATH.format(space_id=lookup.space_id)
-        self._http = httpx.AsyncClient(
-            auth=httpx.BasicAuth(lookup.access_token.get_secret_value(), ""),
-            timeout=lookup.timeout_secs,
-            transport=transport,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
+        token = base64.b64encode(f"{lookup.access_token.get_secret_value()}:".encode()).decode("ascii")
+        self._http = aiohttp.ClientSession(
+            headers={"Authorization": f"Basic {token}", "Accept": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=lookup.timeout_secs),
+            connector=aiohttp.TCPConnector(limit=CONCURRENCY),
+            raise_for_status=False,
         )
         # Counted as Segment counts them, on arrival (segcrit.enrichment.pacing).
         self._pace = ArrivalWindowLimiter(lookup.max_per_second, clock, sleep)
@@ -196,16 +202,15 @@ class ProfilesSource:
             self._requests += 1
             try:
                 async with self._pace.slot():
-                    response = await self._http.get(url, params=params)
-            except httpx.HTTPError as error:
+                    status, headers, content = await self._fetch(url, params)
+            except (aiohttp.ClientError, TimeoutError) as error:
                 self._count("network")
                 problem = f"network error ({error.__class__.__name__})"
                 await self._sleep(full_jitter(attempt, BACKOFF_INITIAL_SECS, BACKOFF_MAX_SECS, self._rng))
                 continue
-            self._count(str(response.status_code))
-            status = response.status_code
+            self._count(str(status))
             if status == 200:
-                body = _json_object(response)
+                body = _json_object(content)
                 if body is not None:
                     return body
                 problem = "an answer that is not a JSON object"
@@ -224,21 +229,33 @@ class ProfilesSource:
             else:
                 problem = f"the Profile API answered {status}"
             delay = full_jitter(attempt, BACKOFF_INITIAL_SECS, BACKOFF_MAX_SECS, self._rng)
-            wait = _retry_after(response)
+            wait = _retry_after(headers)
             await self._sleep(max(delay, min(wait, BACKOFF_MAX_SECS)) if wait is not None else delay)
         self._down = f"{problem}, {MAX_ATTEMPTS} times"
         raise _Down(self._down)
+
+    async def _fetch(self, url: str, params: Mapping[str, Any]) -> tuple[int, Mapping[str, str], bytes | None]:
+        """One GET: its status, headers and body (None when larger than MAX_BODY_BYTES)."""
+        async with self._http.get(url, params=params, allow_redirects=False) as response:
+            content = None
+            if response.status == 200:
+                content = await response.content.read(MAX_BODY_BYTES + 1)
+                if len(content) > MAX_BODY_BYTES:
+                    content = None
+            return response.status, response.headers, content
 
     def _count(self, status: str) -> None:
         self._metrics.lookup_requests.labels(self.lookup.name, status).inc()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._http.close()
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+def _json_object(content: bytes | None) -> dict[str, Any] | None:
+    if content is None:
+        return None
     try:
-        body = response.json()
-    except ValueError:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
         return None
     return body if isinstance(body, dict) else None

@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import httpx
 import orjson
 
 from segcrit.clock import Clock
@@ -70,7 +69,6 @@ def build_source(
     metrics: Metrics,
     *,
     sleep: Sleep = asyncio.sleep,
-    transport: httpx.AsyncBaseTransport | None = None,
     rng: random.Random | None = None,
 ) -> Source:
     if isinstance(lookup, SqlLookup):
@@ -79,7 +77,7 @@ def build_source(
         return SqlSource(lookup, clock, metrics, sleep)
     from segcrit.enrichment.profiles import ProfilesSource
 
-    return ProfilesSource(lookup, clock, metrics, sleep=sleep, transport=transport, rng=rng)
+    return ProfilesSource(lookup, clock, metrics, sleep=sleep, rng=rng)
 
 
 def batch_size(lookup: SqlLookup | SegmentProfilesLookup) -> int:
@@ -264,7 +262,6 @@ def build_enrichment(
     clock: Clock,
     metrics: Metrics,
     *,
-    transport: httpx.AsyncBaseTransport | None = None,
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
     memory: EmailMemory = EMAILS,
@@ -272,8 +269,6 @@ def build_enrichment(
 ) -> EnrichmentWorker:
     """The worker with a source per configured lookup (call inside the event loop that runs it)."""
     rng = rng or random.Random()
-    sources = [
-        build_source(lookup, clock, metrics, sleep=sleep, transport=transport, rng=rng) for lookup in config.enrichment
-    ]
+    sources = [build_source(lookup, clock, metrics, sleep=sleep, rng=rng) for lookup in config.enrichment]
     backoff = Backoff.from_config(config.delivery, rng)
     return EnrichmentWorker(store, config, clock, metrics, sources, backoff=backoff, memory=memory, wake=wake)

@@ -163,6 +163,11 @@ class ProcessorChild:
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (benchmarks read its CPU time); None before it started."""
+        return None if self._process is None else self._process.pid
+
     def stop(self, timeout: float) -> None:
         """Ask the child to finish its chunk and exit; SIGTERM, then SIGKILL, if it takes too long
         (what it had not committed is rolled back and done again later)."""

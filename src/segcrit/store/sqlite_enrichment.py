@@ -51,7 +51,7 @@ class EnrichmentStoreMixin:
     def _conn(self) -> sqlite3.Connection:
         raise NotImplementedError  # provided by SqliteStore
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+    def _write(self, *, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError  # provided by SqliteStore
 
     # ------------------------------------------------------------------ the worker
@@ -92,9 +92,10 @@ class EnrichmentStoreMixin:
         """Queue the answers for the processor and reschedule the profiles, in one transaction.
 
         A row whose version moved on since it was read stays due: processing asked for a lookup
-        (a new key) while this one was in flight.
+        (a new key) while this one was in flight. Not fsynced (it shares the write lock with
+        ingest): answers lost to a power cut leave their profiles due, and they are looked up again.
         """
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             if messages:
                 conn.executemany(
                     "INSERT INTO inbox (source, received_at, body) VALUES (?, ?, ?)",
