@@ -10,6 +10,9 @@ What crosses between the two:
 - ingest first: the parent's ingest writer publishes "a group waits for its commit" in a flag in
   shared memory (`SqliteStore.share_ingest_flag`); the child's chunk commits early and waits
   while it is set, as the processor thread does;
+- but turns: while ingest waits, the child asks for a turn in another value in shared memory
+  (`SqliteStore.share_turn_flag`) and the ingest writer gives it between two groups, so that a
+  load that never lets up cannot keep processing from the lock (and its core idle) for good;
 - wake-ups: the parent writes a byte down a pipe after each ingest commit (`wake`), so the child
   starts at once instead of at its next look;
 - counts: each drain's counts (`Counts`) go up a pipe to the parent's metrics;
@@ -45,7 +48,7 @@ from segcrit.errors import StoreUnavailable
 from segcrit.metrics import Metrics
 from segcrit.processing.engine import Counts, Processor
 from segcrit.store.base import ProcessingStore
-from segcrit.store.sqlite import IngestFlag, SqliteStore
+from segcrit.store.sqlite import IngestFlag, SqliteStore, TurnFlag
 
 log = logging.getLogger("segcrit.processing.child")
 
@@ -124,7 +127,15 @@ class ProcessorChild:
             os.set_blocking(end.fileno(), False)
         process = self._ctx.Process(
             target=child_main,
-            args=(self._store.path, self._config, self._store.share_ingest_flag(), stop_r, wake_r, send),
+            args=(
+                self._store.path,
+                self._config,
+                self._store.share_ingest_flag(),
+                self._store.share_turn_flag(),
+                stop_r,
+                wake_r,
+                send,
+            ),
             name="segcrit-processor",
             daemon=True,  # multiprocessing ends it when the parent exits normally
         )
@@ -230,6 +241,7 @@ def child_main(
     path: str,
     config: Config,
     ingest_flag: IngestFlag,
+    turn_flag: TurnFlag,
     stop: multiprocessing.connection.Connection,
     wake: multiprocessing.connection.Connection,
     counts: multiprocessing.connection.Connection,
@@ -241,7 +253,7 @@ def child_main(
     # Ctrl-C reaches the whole process group: the parent decides when the child stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
-    store = SqliteStore(path, migrate=False, ingest_flag=ingest_flag)
+    store = SqliteStore(path, migrate=False, ingest_flag=ingest_flag, turn_flag=turn_flag)
     try:
         processor = Processor(store, config, SystemClock(), Metrics())
         processor.report = _sender(counts)

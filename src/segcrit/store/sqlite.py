@@ -83,7 +83,12 @@ INGEST_FIRST_MAX_WAIT_SECS = 0.05
 # A processing transaction that ingest waits for commits and gives way once it has run this long
 # (less would spend the processor's time on commits, more would delay acks).
 GIVE_WAY_AFTER_SECS = 0.005
-REMOTE_INGEST_POLL_SECS = 0.0005  # the processor child: how often it looks whether ingest still waits
+REMOTE_INGEST_POLL_SECS = 0.0005  # how often each side of a turn (`share_turn_flag`) looks at the other
+# The longest either side of a turn waits for the other (`share_turn_flag`): the ingest writer for
+# the child's transaction to end (it gives way after GIVE_WAY_AFTER_SECS), the child for the writer
+# to finish its group.
+TURN_MAX_WAIT_SECS = 0.05
+TURN_EVENTS = 100  # events a processor child claims for a turn taken while ingest waits
 # targets.acked: what Criteo holds of an identifier as far as we know. UNKNOWN while a call that
 # may change it is in flight or after its answer was lost (SPEC §1, Uncertain calls): such a row is
 # pending whatever it desires, and neither wanted nor held only once an answered call settles it.
@@ -117,6 +122,16 @@ class IngestFlag(Protocol):
     """A boolean in shared memory (multiprocessing's RawValue of a c_bool)."""
 
     value: bool
+
+
+class TurnFlag(Protocol):
+    """An integer in shared memory (multiprocessing's RawValue of a c_int): NO_TURN, TURN_WANTED
+    or TURN_GIVEN (`SqliteStore.share_turn_flag`)."""
+
+    value: int
+
+
+NO_TURN, TURN_WANTED, TURN_GIVEN = 0, 1, 2
 
 
 def _connect(path: str, busy_timeout_ms: int, pragmas: Mapping[str, int | str]) -> sqlite3.Connection:
@@ -209,6 +224,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
         pragmas: Mapping[str, int | str] | None = None,
         ingest_flag: IngestFlag | None = None,
+        turn_flag: TurnFlag | None = None,
     ) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
@@ -226,6 +242,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         # flag says whether the parent's ingest waits for the write lock (`ingest_waiting`).
         self._remote_ingest = ingest_flag
         self._shared_busy: IngestFlag | None = ingest_flag
+        # How the processor child and the ingest writer take turns on the lock (`share_turn_flag`).
+        self._turn = turn_flag
         self._busy = False  # the writer holds a group it has not committed yet (`_ingest_busy`)
         self._ingest_idle = threading.Condition()
         self._writer_queue: queue.SimpleQueue[_AcceptRequest | None] = queue.SimpleQueue()
@@ -459,6 +477,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
                 batch.append(item)
             self._ingest_busy = True
             try:
+                self._give_turn()
                 self._commit_group(batch)
             finally:
                 if self._writer_queue.empty():
@@ -505,6 +524,51 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
             flag = multiprocessing.get_context("spawn").RawValue(ctypes.c_bool, self._busy)
             self._shared_busy = flag
         return self._shared_busy
+
+    def share_turn_flag(self) -> TurnFlag:
+        """An integer in shared memory by which the processor child and the ingest writer take
+        turns on the write lock.
+
+        SQLite's lock is not fair: a writer waiting in another process sleeps in SQLite's busy
+        handler and looks again later, and an ingest writer that commits group after group under a
+        load that never lets up finds the lock free first every time. The child would never get a
+        turn (the backlog only growing until ingest refuses with 429), and its core would stay idle
+        while ingest uses the other. So while ingest waits, the child asks for a turn (TURN_WANTED)
+        rather than waiting for ingest to be idle; the writer, between two groups, gives it
+        (TURN_GIVEN) and waits until the child's transaction ends (NO_TURN), which gives way after
+        GIVE_WAY_AFTER_SECS since ingest waits. Ingest and processing then alternate: a group, a
+        short chunk of TURN_EVENTS at most, a group... and the event loop goes on preparing requests
+        meanwhile. Either side waits TURN_MAX_WAIT_SECS at most for the other."""
+        if self._turn is None:
+            self._turn = multiprocessing.get_context("spawn").RawValue(ctypes.c_int, NO_TURN)
+        return self._turn
+
+    def _give_turn(self) -> None:
+        """The ingest writer, before a group: the processor child's turn first, when it asked."""
+        turn = self._turn
+        if turn is None or self._remote_ingest is not None or turn.value != TURN_WANTED:
+            return
+        turn.value = TURN_GIVEN
+        deadline = time.monotonic() + TURN_MAX_WAIT_SECS
+        while turn.value == TURN_GIVEN and time.monotonic() < deadline:
+            time.sleep(REMOTE_INGEST_POLL_SECS)
+
+    def _take_turn(self) -> bool:
+        """The processor child, before its transaction: while ingest waits, ask for a turn and wait
+        until the writer gives it (or ingest no longer waits). Returns whether a turn was asked for
+        (`_end_turn` then ends it)."""
+        turn = self._turn
+        if turn is None or not self.ingest_waiting():
+            return False
+        turn.value = TURN_WANTED
+        deadline = time.monotonic() + TURN_MAX_WAIT_SECS
+        while turn.value == TURN_WANTED and self.ingest_waiting() and time.monotonic() < deadline:
+            time.sleep(REMOTE_INGEST_POLL_SECS)
+        return True
+
+    def _end_turn(self) -> None:
+        if self._turn is not None:
+            self._turn.value = NO_TURN
 
     def ingest_waiting(self) -> bool:
         """True while ingest requests wait for their commit: a long write transaction should commit
@@ -577,11 +641,14 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
 
         One chunk at a time (`_chunk_lock`): that is the claim, since one process owns the file. The
         events are read before the write transaction starts, so that ingest never waits for the
-        read; then ingest goes first (`give_way_to_ingest`), and the chunk ends early when ingest
-        starts waiting for the write lock (`SqliteChunk.should_commit_early`).
+        read; then ingest goes first (`give_way_to_ingest`; the processor child takes turns with it
+        instead, `share_turn_flag`), and the chunk ends early when ingest starts waiting for the
+        write lock (`SqliteChunk.should_commit_early`).
         """
         with self._chunk_lock:
             self._use_large_cache()
+            if self._turn is not None and self._remote_ingest is not None and self.ingest_waiting():
+                limit = min(limit, TURN_EVENTS)  # a turn between two ingest groups (`share_turn_flag`)
             events = self._waiting_inbox(limit, only)
             if not events:
                 # Nothing to apply: a read transaction, so an idle processor never takes the write lock.
@@ -592,11 +659,20 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
                 finally:
                     _rollback(conn)
                 return
-            self.give_way_to_ingest()
-            with self._write(proves_space=True) as conn:
-                chunk = SqliteChunk(conn, events, self.ingest_waiting)
-                yield chunk
-                chunk.flush_seen()
+            # The processor child takes turns with the ingest writer; a processor thread lets it go first.
+            turn = False
+            if self._remote_ingest is not None:
+                turn = self._take_turn()
+            else:
+                self.give_way_to_ingest()
+            try:
+                with self._write(proves_space=True) as conn:
+                    chunk = SqliteChunk(conn, events, self.ingest_waiting)
+                    yield chunk
+                    chunk.flush_seen()
+            finally:
+                if turn:
+                    self._end_turn()
 
     def _waiting_inbox(self, limit: int, only: Sequence[int] | None) -> list[InboxEvent]:
         conn = self._conn()
