@@ -666,7 +666,10 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
             else:
                 self.give_way_to_ingest()
             try:
-                with self._write(proves_space=True) as conn:
+                # Not fsynced: the inbox rows stay durable until this commit reaches the disk with the
+                # next fsync of the log; lost to a power cut before, they are processed again
+                # (docs/architecture.md, Durability).
+                with self._write(proves_space=True, durable=False) as conn:
                     chunk = SqliteChunk(conn, events, self.ingest_waiting)
                     yield chunk
                     chunk.flush_seen()
