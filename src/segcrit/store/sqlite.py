@@ -533,12 +533,14 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         handler and looks again later, and an ingest writer that commits group after group under a
         load that never lets up finds the lock free first every time. The child would never get a
         turn (the backlog only growing until ingest refuses with 429), and its core would stay idle
-        while ingest uses the other. So while ingest waits, the child asks for a turn (TURN_WANTED)
-        rather than waiting for ingest to be idle; the writer, between two groups, gives it
+        while ingest uses the other. So when ingest has not let up for INGEST_FIRST_MAX_WAIT_SECS,
+        the child asks for a turn (TURN_WANTED); the writer, between two groups, gives it
         (TURN_GIVEN) and waits until the child's transaction ends (NO_TURN), which gives way after
-        GIVE_WAY_AFTER_SECS since ingest waits. Ingest and processing then alternate: a group, a
-        short chunk of TURN_EVENTS at most, a group... and the event loop goes on preparing requests
-        meanwhile. Either side waits TURN_MAX_WAIT_SECS at most for the other."""
+        GIVE_WAY_AFTER_SECS since ingest waits. Under such a load, ingest then commits group after
+        group with a short chunk (TURN_EVENTS at most) between two of them about every
+        INGEST_FIRST_MAX_WAIT_SECS: processing progresses, most groups wait for nothing, and the
+        event loop goes on preparing requests meanwhile. Either side waits TURN_MAX_WAIT_SECS at
+        most for the other."""
         if self._turn is None:
             self._turn = multiprocessing.get_context("spawn").RawValue(ctypes.c_int, NO_TURN)
         return self._turn
@@ -554,11 +556,14 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
             time.sleep(REMOTE_INGEST_POLL_SECS)
 
     def _take_turn(self) -> bool:
-        """The processor child, before its transaction: while ingest waits, ask for a turn and wait
-        until the writer gives it (or ingest no longer waits). Returns whether a turn was asked for
-        (`_end_turn` then ends it)."""
+        """The processor child, before its transaction: let ingest go first, and when it still
+        waits after INGEST_FIRST_MAX_WAIT_SECS, ask for a turn and wait until the writer gives it
+        (or ingest no longer waits). Returns whether a turn was asked for (`_end_turn` ends it)."""
         turn = self._turn
-        if turn is None or not self.ingest_waiting():
+        if turn is None:
+            return False
+        self.give_way_to_ingest()  # ingest first, as long as it lets up within INGEST_FIRST_MAX_WAIT_SECS
+        if not self.ingest_waiting():
             return False
         turn.value = TURN_WANTED
         deadline = time.monotonic() + TURN_MAX_WAIT_SECS
