@@ -89,6 +89,9 @@ REMOTE_INGEST_POLL_SECS = 0.0005  # how often each side of a turn (`share_turn_f
 # to finish its group.
 TURN_MAX_WAIT_SECS = 0.05
 TURN_EVENTS = 100  # events a processor child claims for a turn taken while ingest waits
+# How long ingest must keep the processor child waiting before it asks for a turn: rare turns keep
+# what they cost ingest small (about one 5-10 ms pause of the writer per interval).
+TURN_AFTER_SECS = 0.25
 # targets.acked: what Criteo holds of an identifier as far as we know. UNKNOWN while a call that
 # may change it is in flight or after its answer was lost (SPEC §1, Uncertain calls): such a row is
 # pending whatever it desires, and neither wanted nor held only once an answered call settles it.
@@ -533,12 +536,12 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         handler and looks again later, and an ingest writer that commits group after group under a
         load that never lets up finds the lock free first every time. The child would never get a
         turn (the backlog only growing until ingest refuses with 429), and its core would stay idle
-        while ingest uses the other. So when ingest has not let up for INGEST_FIRST_MAX_WAIT_SECS,
-        the child asks for a turn (TURN_WANTED); the writer, between two groups, gives it
+        while ingest uses the other. So when ingest has not let up for TURN_AFTER_SECS, the child
+        asks for a turn (TURN_WANTED); the writer, between two groups, gives it
         (TURN_GIVEN) and waits until the child's transaction ends (NO_TURN), which gives way after
         GIVE_WAY_AFTER_SECS since ingest waits. Under such a load, ingest then commits group after
         group with a short chunk (TURN_EVENTS at most) between two of them about every
-        INGEST_FIRST_MAX_WAIT_SECS: processing progresses, most groups wait for nothing, and the
+        TURN_AFTER_SECS: processing progresses, most groups wait for nothing, and the
         event loop goes on preparing requests meanwhile. Either side waits TURN_MAX_WAIT_SECS at
         most for the other."""
         if self._turn is None:
@@ -557,12 +560,12 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
 
     def _take_turn(self) -> bool:
         """The processor child, before its transaction: let ingest go first, and when it still
-        waits after INGEST_FIRST_MAX_WAIT_SECS, ask for a turn and wait until the writer gives it
-        (or ingest no longer waits). Returns whether a turn was asked for (`_end_turn` ends it)."""
+        waits after TURN_AFTER_SECS, ask for a turn and wait until the writer gives it (or ingest
+        no longer waits). Returns whether a turn was asked for (`_end_turn` ends it)."""
         turn = self._turn
         if turn is None:
             return False
-        self.give_way_to_ingest()  # ingest first, as long as it lets up within INGEST_FIRST_MAX_WAIT_SECS
+        self.give_way_to_ingest(TURN_AFTER_SECS)  # ingest first, as long as it lets up within that
         if not self.ingest_waiting():
             return False
         turn.value = TURN_WANTED
