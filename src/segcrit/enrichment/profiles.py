@@ -235,20 +235,28 @@ class ProfilesSource:
         raise _Down(self._down)
 
     async def _fetch(self, url: str, params: Mapping[str, Any]) -> tuple[int, Mapping[str, str], bytes | None]:
-        """One GET: its status, headers and body (None when larger than MAX_BODY_BYTES)."""
+        """One GET: its status, headers and body (None when larger than MAX_BODY_BYTES). The body
+        is read whatever the status, so that the connection is kept for the next request."""
         async with self._http.get(url, params=params, allow_redirects=False) as response:
-            content = None
-            if response.status == 200:
-                content = await response.content.read(MAX_BODY_BYTES + 1)
-                if len(content) > MAX_BODY_BYTES:
-                    content = None
-            return response.status, response.headers, content
+            return response.status, response.headers, await _read_bounded(response.content, MAX_BODY_BYTES)
 
     def _count(self, status: str) -> None:
         self._metrics.lookup_requests.labels(self.lookup.name, status).inc()
 
     async def aclose(self) -> None:
         await self._http.close()
+
+
+async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body as it arrives, or None once it passes `limit` bytes."""
+    blocks: list[bytes] = []
+    size = 0
+    while block := await stream.readany():
+        size += len(block)
+        if size > limit:
+            return None
+        blocks.append(block)
+    return b"".join(blocks)
 
 
 def _json_object(content: bytes | None) -> dict[str, Any] | None:

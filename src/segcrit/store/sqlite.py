@@ -563,10 +563,9 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         waits after TURN_AFTER_SECS, ask for a turn and wait until the writer gives it (or ingest
         no longer waits). Returns whether a turn was asked for (`_end_turn` ends it)."""
         turn = self._turn
-        if turn is None:
-            return False
-        self.give_way_to_ingest(TURN_AFTER_SECS)  # ingest first, as long as it lets up within that
-        if not self.ingest_waiting():
+        # Ingest first, as long as it lets up within that (without turns, as a processor thread does).
+        self.give_way_to_ingest(INGEST_FIRST_MAX_WAIT_SECS if turn is None else TURN_AFTER_SECS)
+        if turn is None or not self.ingest_waiting():
             return False
         turn.value = TURN_WANTED
         deadline = time.monotonic() + TURN_MAX_WAIT_SECS
