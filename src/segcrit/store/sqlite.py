@@ -85,10 +85,15 @@ INGEST_FIRST_MAX_WAIT_SECS = 0.05
 GIVE_WAY_AFTER_SECS = 0.005
 REMOTE_INGEST_POLL_SECS = 0.0005  # how often each side of a turn (`share_turn_flag`) looks at the other
 # The longest either side of a turn waits for the other (`share_turn_flag`): the ingest writer for
-# the child's transaction to end (it gives way after GIVE_WAY_AFTER_SECS), the child for the writer
-# to finish its group.
-TURN_MAX_WAIT_SECS = 0.05
-TURN_EVENTS = 100  # events a processor child claims for a turn taken while ingest waits
+# the child's turn to end (it commits after TURN_SECS), the child for the writer to finish its group
+# (on a slow disk a group of 256 requests takes a good part of a second). Only a child that died
+# during its turn makes the writer wait that long.
+TURN_MAX_WAIT_SECS = 1.0
+# How long a turn lasts: the child's transaction commits once it has run this long, or when its
+# TURN_EVENTS are done (a turn shorter than the transaction's fixed costs would process nothing on
+# a slow machine).
+TURN_SECS = 0.025
+TURN_EVENTS = 200  # events a processor child claims for a turn taken while ingest waits
 # How long ingest must keep the processor child waiting before it asks for a turn: rare turns keep
 # what they cost ingest small (about one 5-10 ms pause of the writer per interval).
 TURN_AFTER_SECS = 0.25
@@ -537,13 +542,13 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         load that never lets up finds the lock free first every time. The child would never get a
         turn (the backlog only growing until ingest refuses with 429), and its core would stay idle
         while ingest uses the other. So when ingest has not let up for TURN_AFTER_SECS, the child
-        asks for a turn (TURN_WANTED); the writer, between two groups, gives it
-        (TURN_GIVEN) and waits until the child's transaction ends (NO_TURN), which gives way after
-        GIVE_WAY_AFTER_SECS since ingest waits. Under such a load, ingest then commits group after
-        group with a short chunk (TURN_EVENTS at most) between two of them about every
-        TURN_AFTER_SECS: processing progresses, most groups wait for nothing, and the
-        event loop goes on preparing requests meanwhile. Either side waits TURN_MAX_WAIT_SECS at
-        most for the other."""
+        asks for a turn (TURN_WANTED) and waits for it; the writer, between two groups, gives it
+        (TURN_GIVEN) and waits until the child's transaction ends (NO_TURN), which commits after
+        TURN_SECS. Under such a load, ingest then commits group after group with a short chunk
+        (TURN_EVENTS at most) between two of them about every TURN_AFTER_SECS: processing
+        progresses, most groups wait for nothing, and the event loop goes on preparing requests
+        meanwhile. Either side waits TURN_MAX_WAIT_SECS at most for the other (a group on a slow
+        disk; a child that died during its turn)."""
         if self._turn is None:
             self._turn = multiprocessing.get_context("spawn").RawValue(ctypes.c_int, NO_TURN)
         return self._turn
@@ -677,7 +682,8 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
                 # next fsync of the log; lost to a power cut before, they are processed again
                 # (docs/architecture.md, Durability).
                 with self._write(proves_space=True, durable=False) as conn:
-                    chunk = SqliteChunk(conn, events, self.ingest_waiting)
+                    give_way_after = TURN_SECS if turn else GIVE_WAY_AFTER_SECS
+                    chunk = SqliteChunk(conn, events, self.ingest_waiting, give_way_after)
                     yield chunk
                     chunk.flush_seen()
             finally:
@@ -1539,10 +1545,17 @@ class SqliteTx(CommerceTxMixin, CohortTxMixin, EnrichmentTxMixin):
 class SqliteChunk(SqliteTx):
     """A unit of work with the inbox events it claimed (`SqliteStore.claim_chunk`)."""
 
-    def __init__(self, conn: sqlite3.Connection, events: list[InboxEvent], ingest_waiting: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        events: list[InboxEvent],
+        ingest_waiting: Callable[[], bool],
+        give_way_after: float = GIVE_WAY_AFTER_SECS,
+    ) -> None:
         super().__init__(conn)
         self._events = events
         self._ingest_waiting = ingest_waiting
+        self._give_way_after = give_way_after
         self._started = time.monotonic()
 
     @property
@@ -1550,8 +1563,9 @@ class SqliteChunk(SqliteTx):
         return self._events
 
     def should_commit_early(self) -> bool:
-        """Ingest waits for the write lock and this transaction has run for GIVE_WAY_AFTER_SECS."""
-        return self._ingest_waiting() and time.monotonic() - self._started >= GIVE_WAY_AFTER_SECS
+        """Ingest waits for the write lock and this transaction has run for GIVE_WAY_AFTER_SECS (for
+        TURN_SECS in a turn the processor child asked for)."""
+        return self._ingest_waiting() and time.monotonic() - self._started >= self._give_way_after
 
     def done(self, events: Sequence[InboxEvent]) -> None:
         seqs = [event.seq for event in events]
