@@ -65,14 +65,17 @@ _INTERNATIONAL_PHONE = re.compile(r"\+[1-9](?:[\s().\-]{0,2}[0-9]){6,14}")
 # (separators may be JSON escapes or multi-byte spaces); it cannot cross a string's end quote,
 # so the "+01:00" of timestamps does not set it off.
 _INTERNATIONAL_PHONE_HINT = re.compile(rb'\+[1-9](?:[^0-9"]{0,12}[0-9]){6,14}')
-# The end of a phone-named key in the JSON text, read backwards: orjson writes a key as `"...":`,
-# so in the reversed text every key end starts with the literal `:"`, which the regex engine
-# finds at C speed (a forward search would try every p, m, c, t and f of the text), and the
-# lookahead drops most keys at their last letter. Then, reversed: digits and separators, a plural
-# or a "number" suffix, a phone word (`is_phone_key`).
-_PHONE_KEY_END_REVERSED = re.compile(
-    rb':"(?=[0-9 _.\-srnomelx])[0-9 _.\-]*(?:s?(?:rebmun|on|mun|rn)[ _.\-]*|s)?(?:enohp|elibom|llec|let|ndsism|xaf)'
+# The end of a phone-named key in JSON text made "key text" (`_key_text`: ASCII lowercased, digits
+# and the separators ` _.-` deleted, so that `Phone_Number_2` reads `phonenumber`): a phone word,
+# then a plural or a "number" suffix, then the `":` that orjson writes after every key. One search
+# per word, each finding its word at C speed (a single pattern that starts with any of six words
+# would try every p, m, c, t and f of the text); text only holds the ends of keys before `":`.
+_PHONE_KEY_ENDS: Final = tuple(
+    re.compile(re.escape(word) + rb'(?:s|(?:number|num|no|nr)s?)?":')
+    for word in (b"phone", b"mobile", b"cell", b"tel", b"fax", b"msisdn")
 )
+_KEY_TEXT_TABLE: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+_KEY_TEXT_DELETE: Final = b"0123456789 _.-"
 PHONE_CHECKS: Final = 32  # numbers in free text checked with phonenumbers per message (_PhoneFinder)
 # A phone-named key (`is_phone_key`) ends with one of these words, or is written as one word that
 # ends with one of the endings, or ends with "<phone word> number".
@@ -92,8 +95,10 @@ _PHONE_ENDINGS: Final = (
 )
 _NUMBER_WORDS: Final = frozenset({"number", "no", "num", "nr"})
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_KEY_SEPARATORS = re.compile(r"[ _\-.]+")  # ASCII only, as _PHONE_KEY_END_REVERSED reads them
+_KEY_SEPARATORS = re.compile(r"[ _\-.]+")  # ASCII only, as `_key_text` deletes them
 _MAX_EMAIL_CHARS: Final = 254
+_MAX_RAW_EMAIL_CHARS: Final = 1024  # with the spaces around it: anything longer is not an email
+EMAIL_CACHE_SIZE: Final = 4096
 _MAX_PHONE_CHARS: Final = 64
 # Deeper than any real payload; ingest already rejects bodies nested beyond 32 levels, this only
 # keeps the recursion safe for callers that skip that check (imports, tests).
@@ -102,14 +107,22 @@ _MAX_REDACT_DEPTH: Final = 64
 
 def normalize_email(raw: object) -> str | None:
     """Trim and lowercase; None when the value is not shaped like an email."""
-    if not isinstance(raw, str):
+    if not isinstance(raw, str) or len(raw) > _MAX_RAW_EMAIL_CHARS:
         return None
+    return _normalized_email(raw)
+
+
+# A person's email comes back with every event they send (`context.traits`): the last ones seen are
+# remembered, in memory only, with their hashes (a few MB at most: emails are short).
+@functools.lru_cache(maxsize=EMAIL_CACHE_SIZE)
+def _normalized_email(raw: str) -> str | None:
     email = raw.strip().lower()
     if len(email) > _MAX_EMAIL_CHARS or not _EMAIL.fullmatch(email):
         return None
     return email
 
 
+@functools.lru_cache(maxsize=EMAIL_CACHE_SIZE)
 def email_hashes(normalized: str) -> tuple[str, str]:
     """(sha256 hex, md5 hex) of an already normalised email."""
     data = normalized.encode("utf-8")
@@ -153,7 +166,7 @@ def is_phone_key(key: str) -> bool:
 
     Case, separators (`_`, `-`, `.`, space, camelCase), a trailing number and a plural do not
     matter; a phone word inside another word (`hotel`, `cellular`, `automobile`) does not count.
-    `_PHONE_KEY_END_REVERSED` finds every such key in JSON text: the two must agree.
+    `_PHONE_KEY_ENDS` find every such key in JSON text: the two must agree.
     """
     spaced = _CAMEL_BOUNDARY.sub(" ", key).lower().rstrip("0123456789 _-.")
     words = _KEY_SEPARATORS.split(spaced)
@@ -219,6 +232,10 @@ def sanitize_message(
     out.pop(RESERVED_KEY, None)
     hints = _hints_of(serialised, phone_keys)
     searching = hints is not _NO_SEARCH
+    if not searching and not _holds_email_key(out):
+        # The usual page or track call: no "@", no number, no phone-named key, no `email` key.
+        out[RESERVED_KEY] = {"emails": [], "phones": []}
+        return out
     found = _Identifiers(phone_region, on_email=on_email)
     if hints.emails or hints.phones_in_text:
         for key in _ID_FIELDS:
@@ -245,6 +262,18 @@ def sanitize_message(
             out = _Scrubber(left).walk(out, 0)
     out[RESERVED_KEY] = {"emails": found.emails, "phones": found.phones}
     return out
+
+
+def _holds_email_key(message: dict[str, Any]) -> bool:
+    """Whether an `email` key is at the top of `traits`, `properties` or `context.traits` (taken
+    out whatever its value, even one that is not an email)."""
+    for key in _PERSON_CONTAINERS:
+        container = message.get(key)
+        if isinstance(container, dict) and "email" in container:
+            return True
+    context = message.get("context")
+    traits = context.get("traits") if isinstance(context, dict) else None
+    return isinstance(traits, dict) and "email" in traits
 
 
 def _only_identifiers(hints: _Hints, serialised: bytes | None, found: _Identifiers) -> bool:
@@ -288,25 +317,32 @@ def _hints_of(serialised: bytes | None, phone_keys: bool | None = None) -> _Hint
 
 def _may_hold_phone_key(serialised: bytes) -> bool:
     """False when no object key can be phone-named (a hint for `is_phone_key`, never narrower)."""
-    return _PHONE_KEY_END_REVERSED.search(serialised.lower()[::-1]) is not None
+    return bool(_phone_key_ends(_key_text(serialised)))
+
+
+def _key_text(text: bytes) -> bytes:
+    return text.translate(_KEY_TEXT_TABLE, _KEY_TEXT_DELETE)
+
+
+def _phone_key_ends(key_text: bytes) -> list[int]:
+    """Where phone-named keys end in `key_text`, in no order."""
+    return [match.end() for pattern in _PHONE_KEY_ENDS for match in pattern.finditer(key_text)]
 
 
 def phone_key_hints(serialised: Sequence[bytes]) -> list[bool]:
     """`_may_hold_phone_key` of each serialisation, in one search of them all: the search's cost
-    is mostly per call (lowering, reversing, starting the engine), and most batches hold no
-    phone-named key at all. A newline separates the texts: orjson escapes it inside strings and
-    the pattern matches none, so no match spans two messages."""
+    is mostly per call, and most batches hold no phone-named key at all. A newline separates the
+    texts: orjson escapes it inside strings and the patterns match none, so no match spans two
+    messages."""
     if not serialised:
         return []
-    joined = b"\n".join(serialised)
+    key_text = _key_text(b"\n".join(serialised))
     hints = [False] * len(serialised)
-    ends: list[int] | None = None
-    last = len(joined) - 1
-    for match in _PHONE_KEY_END_REVERSED.finditer(joined.lower()[::-1]):
-        if ends is None:
-            ends = list(itertools.accumulate(len(text) + 1 for text in serialised))
-        # The match starts at the key's closing quote, read backwards: its place in `joined`.
-        hints[bisect.bisect_right(ends, last - match.start())] = True
+    found = _phone_key_ends(key_text)
+    if found:
+        starts = list(itertools.accumulate(len(text) + 1 for text in key_text.split(b"\n")))
+        for end in found:
+            hints[bisect.bisect_right(starts, end - 1)] = True
     return hints
 
 

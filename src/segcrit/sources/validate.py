@@ -291,10 +291,10 @@ def _receipt(message: dict[str, Any], rules: MessageRules, received_at: float, r
 def _normalize_id(message: dict[str, Any], key: str) -> str | Literal[False] | None:
     """The id at `key` as a string (stored back), None when absent/null/empty, False when invalid."""
     value = message.get(key)
-    if value is None or value == "":
+    if isinstance(value, str):  # the usual case first
+        return value or None
+    if value is None:
         return None
-    if isinstance(value, str):
-        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     # JavaScript clients send numeric ids as numbers; Segment stores them as strings, "1" not "1.0".
