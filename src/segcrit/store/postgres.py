@@ -56,6 +56,7 @@ from segcrit.domain import (
 )
 from segcrit.errors import StoreError, StoreUnavailable
 from segcrit.ratelimit import RateLimiter, Sleep
+from segcrit.store.ingest_rows import IngestRequest, first_seen, inbox_rows, split_fresh
 from segcrit.store.migrations import Migration, load_migrations, pending, run_migrations
 from segcrit.store.postgres_admin import AdminStoreMixin
 from segcrit.store.postgres_base import AUDIENCE_TOTALS, POOL_MAX, lock_keys, new_dead_letter, safe_url
@@ -323,11 +324,11 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
             self._start_writer()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AcceptResult] = loop.create_future()
-        self._writer_queue.put(_AcceptRequest(source, _inbox_rows(messages), received_at, loop, future))
+        self._writer_queue.put(_AcceptRequest(source, inbox_rows(messages), received_at, loop, future))
         return await future
 
     def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
-        rows = _inbox_rows(messages)
+        rows = inbox_rows(messages)
         with self._write() as conn:
             result = _insert_messages(conn, [(source, rows, received_at)])[0]
         self.inbox_changed(result.stored)
@@ -950,16 +951,10 @@ def _release_dead_letters(conn: psycopg.Connection[Any], *, ids: list[int], now:
     return []
 
 
-def _insert_messages(
-    conn: psycopg.Connection[Any], requests: Sequence[tuple[str, Sequence[tuple[str, bytes]], float]]
-) -> list[AcceptResult]:
+def _insert_messages(conn: psycopg.Connection[Any], requests: Sequence[IngestRequest]) -> list[AcceptResult]:
     """Store the messages of these requests whose (source, messageId) is new, in order; count the
     others. Three statements for the whole group: the dedupe insert, the inbox COPY, the commit."""
-    seen_rows: dict[tuple[str, str], float] = {}
-    for source, rows, received_at in requests:
-        for message_id, _ in rows:
-            if message_id:
-                seen_rows.setdefault((source, message_id), received_at)
+    seen_rows = first_seen(requests)
     fresh: set[tuple[str, str]] = set()
     if seen_rows:
         # In key order: two groups with messageIds in common (a batch retried through another
@@ -974,20 +969,7 @@ def _insert_messages(
                 ([k[0] for k in keys], [k[1] for k in keys], [seen_rows[k] for k in keys]),
             ).fetchall()
         }
-    results: list[AcceptResult] = []
-    inbox: list[tuple[str, float, bytes]] = []
-    for source, rows, received_at in requests:
-        stored = duplicates = 0
-        for message_id, body in rows:
-            if message_id:
-                key = (source, message_id)
-                if key not in fresh:  # seen before, or earlier in this group
-                    duplicates += 1
-                    continue
-                fresh.discard(key)
-            inbox.append((source, received_at, body))
-            stored += 1
-        results.append(AcceptResult(stored=stored, duplicates=duplicates))
+    results, inbox = split_fresh(requests, fresh)
     if inbox:
         with (
             conn.cursor() as cursor,
@@ -1005,10 +987,6 @@ def _group(keys: Iterable[TargetKey]) -> dict[tuple[str, str], list[str]]:
     for key in keys:
         groups.setdefault((key.audience, key.id_type), set()).add(key.id_value)
     return {group: sorted(values) for group, values in sorted(groups.items())}
-
-
-def _inbox_rows(messages: Iterable[dict[str, Any]]) -> list[tuple[str, bytes]]:
-    return [(str(message.get("messageId") or ""), orjson.dumps(message)) for message in messages]
 
 
 def _inbox_event(row: Sequence[Any]) -> InboxEvent:

@@ -61,6 +61,7 @@ from segcrit.errors import StoreError, StoreUnavailable
 from segcrit.ratelimit import DEFAULT_MARGIN_SECS, CallWindow, RateLimiter, Sleep, SlidingWindowLimiter
 from segcrit.store import sqlite_path
 from segcrit.store.base import LAST_SEEN_SLACK_SECS
+from segcrit.store.ingest_rows import IngestRequest, first_seen, inbox_rows, split_fresh
 from segcrit.store.migrations import Migration, load_migrations, pending, run_migrations
 from segcrit.store.sqlite_admin import AdminStoreMixin
 from segcrit.store.sqlite_cohorts import CohortStoreMixin, CohortTxMixin
@@ -185,7 +186,7 @@ def _make_private(path: str) -> None:
 @dataclass(slots=True)
 class _AcceptRequest:
     source: str
-    rows: list[tuple[str, bytes]]  # (messageId or "", body) per message, from `_inbox_rows`
+    rows: list[tuple[str, bytes]]  # (messageId or "", body) per message, from `inbox_rows`
     received_at: float
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[AcceptResult]
@@ -452,14 +453,14 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AcceptResult] = loop.create_future()
         # Serialised here, so that the writer thread holds the write lock for SQL only.
-        self._writer_queue.put(_AcceptRequest(source, _inbox_rows(messages), received_at, loop, future))
+        self._writer_queue.put(_AcceptRequest(source, inbox_rows(messages), received_at, loop, future))
         return await future
 
     def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
         """The same as `accept` for callers without an event loop (import, tests)."""
-        rows = _inbox_rows(messages)
+        rows = inbox_rows(messages)
         with self._write(proves_space=True) as conn:
-            return self._insert_messages(conn, source, rows, received_at)
+            return self._insert_messages(conn, [(source, rows, received_at)])[0]
 
     def _start_writer(self) -> None:
         with self._conns_lock:
@@ -496,11 +497,9 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
                 return
 
     def _commit_group(self, batch: list[_AcceptRequest]) -> None:
-        results: list[AcceptResult] = []
         try:
             with self._write(proves_space=True, counts_inbox=True) as conn:
-                for request in batch:
-                    results.append(self._insert_messages(conn, request.source, request.rows, request.received_at))
+                results = self._insert_messages(conn, [(r.source, r.rows, r.received_at) for r in batch])
         except Exception as exc:  # the whole group failed: every request gets the error, none is acked
             error = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
             if not isinstance(exc, StoreUnavailable):  # that one is logged by `_unavailable`
@@ -603,33 +602,35 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
             self._ingest_idle.wait_for(lambda: not self.ingest_waiting(), timeout)
 
     @staticmethod
-    def _insert_messages(
-        conn: sqlite3.Connection, source: str, rows: Sequence[tuple[str, bytes]], received_at: float
-    ) -> AcceptResult:
-        """Store the messages whose (source, messageId) is new, in order; count the others.
+    def _insert_messages(conn: sqlite3.Connection, requests: Sequence[IngestRequest]) -> list[AcceptResult]:
+        """Store the messages of these requests whose (source, messageId) is new, in order; count
+        the others.
 
-        Two multi-row statements per request (up to 256 messages) rather than two per message:
-        every statement hands the GIL over and back, and under load each handover can wait for
-        the other threads. The dedupe is one statement: `INSERT OR IGNORE ... RETURNING` names
-        the messageIds that were new.
+        Three multi-row statements per INGEST_PIECE_MAX messages of the whole group (often three
+        for all of it), rather than a few per request or per message: every statement hands the
+        GIL over and back, and under load the writer waits for the event loop's thread at each
+        handover (up to its switch interval, 5 ms). For the same reason the dedupe reads which
+        messageIds were seen before (usually none: a row returned is a handover) and inserts the
+        others, rather than `INSERT ... RETURNING` the new ones (a handover for every message).
+        Nothing else writes `seen` meanwhile: the transaction holds the write lock.
         """
-        ids = list(dict.fromkeys(message_id for message_id, _ in rows if message_id))
-        fresh: set[str] = set()
-        for piece in _pieces(ids):
-            params = [v for message_id in piece for v in (source, message_id, received_at)]
-            fresh.update(row[0] for row in conn.execute(_seen_insert_sql(len(piece)), params))
-        inbox_rows: list[tuple[str, float, bytes]] = []
-        duplicates = 0
-        for message_id, body in rows:
-            if message_id:
-                if message_id not in fresh:  # seen before, or earlier in this batch
-                    duplicates += 1
-                    continue
-                fresh.discard(message_id)
-            inbox_rows.append((source, received_at, body))
-        for inbox_piece in _pieces(inbox_rows):
+        seen_rows = first_seen(requests)
+        by_source: dict[str, list[str]] = {}
+        for source, message_id in seen_rows:
+            by_source.setdefault(source, []).append(message_id)
+        known: set[tuple[str, str]] = set()
+        for source, ids in by_source.items():
+            for id_piece in _pieces(ids, INGEST_PIECE_MAX):
+                rows = conn.execute(_seen_select_sql(len(id_piece)), [source, *id_piece])
+                known.update((source, row[0]) for row in rows)
+        fresh = [key for key in seen_rows if key not in known]
+        for piece in _pieces(fresh, INGEST_PIECE_MAX):
+            params = [v for key in piece for v in (key[0], key[1], seen_rows[key])]
+            conn.execute(_insert_sql(_SEEN_INSERT, len(piece)), params)
+        results, inbox = split_fresh(requests, set(fresh))
+        for inbox_piece in _pieces(inbox, INGEST_PIECE_MAX):
             conn.execute(_insert_sql(_INBOX_INSERT, len(inbox_piece)), [v for row in inbox_piece for v in row])
-        return AcceptResult(stored=len(inbox_rows), duplicates=duplicates)
+        return results
 
     def backlog(self) -> int:
         """Events accepted and not processed. Ingest asks on every request (its 429), on the event
@@ -1137,6 +1138,15 @@ _SCHEMA_MIGRATIONS = (
     "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
 )
 _PIECE_MAX = 256
+
+
+def _max_rows_per_insert(columns: int, wanted: int) -> int:
+    """`wanted`, or fewer where this SQLite allows fewer parameters a statement (999 before 3.32)."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        return min(wanted, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // columns)
+
+
+INGEST_PIECE_MAX = _max_rows_per_insert(3, 2_048)  # rows an ingest statement inserts at most
 # Ends a call's claim on a row; its parameter says whether the call may have been applied: if not,
 # acked goes back to what it was before the call (a row not claimed keeps its acked).
 _END_CLAIM = (
@@ -1189,15 +1199,11 @@ def _statements(script: str) -> Iterator[str]:
         raise StoreError(f"a migration ends in an incomplete statement: {leftover[0][:80]!r}")
 
 
-def _inbox_rows(messages: Iterable[dict[str, Any]]) -> list[tuple[str, bytes]]:
-    return [(str(message.get("messageId") or ""), orjson.dumps(message)) for message in messages]
-
-
-def _pieces(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    """`items` in runs of at most 256, one multi-row statement each (batches mostly have the same
-    size, so their statements stay in the connection's statement cache)."""
-    for start in range(0, len(items), _PIECE_MAX):
-        yield items[start : start + _PIECE_MAX]
+def _pieces(items: Sequence[_T], size: int = _PIECE_MAX) -> Iterator[Sequence[_T]]:
+    """`items` in runs of at most `size`, one multi-row statement each (batches mostly have the
+    same size, so their statements stay in the connection's statement cache)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 @functools.cache
@@ -1206,9 +1212,9 @@ def _insert_sql(prefix: str, rows: int) -> str:
 
 
 @functools.cache
-def _seen_insert_sql(rows: int) -> str:
-    """The dedupe: the rows that were not there yet come back (an ignored row returns nothing)."""
-    return _insert_sql(_SEEN_INSERT, rows) + " RETURNING message_id"
+def _seen_select_sql(ids: int) -> str:
+    """The messageIds of one source, among `ids` of them, that were seen before."""
+    return "SELECT message_id FROM seen WHERE source = ? AND message_id IN (" + ", ".join(["?"] * ids) + ")"
 
 
 def _set_result(future: asyncio.Future[AcceptResult], result: AcceptResult) -> None:
