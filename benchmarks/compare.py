@@ -64,6 +64,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             Figure("ingest events/s", r"^segcrit\s+([\d,]+) events/s"),
             Figure("ingest p99 ack ms", r"p99 ([\d.]+)", higher_is_better=False),
             Figure("ingest us CPU/event", r"\((\d+) us per event\)", higher_is_better=False),
+            # What the processor got done while ingest was saturated (SQLite: its turns on the lock).
+            Figure("ingest processed meanwhile/s", r"processed meanwhile: ([\d,]+) events/s"),
         ),
         same_script=True,
     ),

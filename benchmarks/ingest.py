@@ -6,7 +6,7 @@ against its ceiling measured in the same run on the same load.
 Starts, each in a temporary folder and as a subprocess:
 
 - a bare Starlette app under uvicorn with the same settings as `segcrit serve`
-  (`segcrit.cli.uvicorn_options`, `tune_gc`) whose `/v1/batch` only reads the body, parses it with
+  (`segcrit.cli.uvicorn_options`, `tune_runtime`) whose `/v1/batch` only reads the body, parses it with
   orjson and answers 200: the ceiling that the HTTP stack alone sets on this machine;
 - `segcrit emulator` (or, with `--criteo closed`, nothing: the API URL is then a closed loopback
   port), so that the server's delivery thread runs as it does in production;
@@ -174,7 +174,7 @@ def serve_bare(port: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from segcrit.cli import tune_gc, uvicorn_options
+    from segcrit.cli import tune_runtime, uvicorn_options
 
     success = orjson.dumps({"success": True})
 
@@ -189,7 +189,7 @@ def serve_bare(port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: None)
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options("127.0.0.1", port)))
-    tune_gc()
+    tune_runtime()
     server.run()
 
 

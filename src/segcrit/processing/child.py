@@ -257,9 +257,9 @@ def child_main(
     try:
         processor = Processor(store, config, SystemClock(), Metrics())
         processor.report = _sender(counts)
-        from segcrit.cli import tune_gc
+        from segcrit.cli import tune_runtime
 
-        tune_gc()  # as in the parent: a chunk parses thousands of objects
+        tune_runtime()  # as in the parent: a chunk parses thousands of objects
         process_loop(processor, store, PipeEvent(stop), PipeEvent(wake))
     finally:
         store.close()
