@@ -307,12 +307,12 @@ def _hints_of(serialised: bytes | None, phone_keys: bool | None = None) -> _Hint
     message ingest takes."""
     if serialised is None:
         return _EVERY_SEARCH
-    hints = _Hints(
-        b"@" in serialised or (b"%" in serialised and (b"%40" in serialised or b"%2540" in serialised)),
-        _may_hold_phone_key(serialised) if phone_keys is None else phone_keys,
-        b"+" in serialised and _INTERNATIONAL_PHONE_HINT.search(serialised) is not None,
-    )
-    return _NO_SEARCH if hints == _NO_SEARCH else hints
+    emails = b"@" in serialised or (b"%" in serialised and (b"%40" in serialised or b"%2540" in serialised))
+    phones = b"+" in serialised and _INTERNATIONAL_PHONE_HINT.search(serialised) is not None
+    keys = _may_hold_phone_key(serialised) if phone_keys is None else phone_keys
+    if not (emails or phones or keys):
+        return _NO_SEARCH  # the usual message: one shared answer, nothing built
+    return _Hints(emails, keys, phones)
 
 
 def _may_hold_phone_key(serialised: bytes) -> bool:

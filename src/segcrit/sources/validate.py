@@ -246,7 +246,11 @@ def _event_time(
     sent_at: float | None,
 ) -> float | str:
     """The event time (module docstring), or the reason the message's times are refused."""
-    receipt = _receipt(message, rules, received_at, received_iso)
+    if rules.keep_received_at:
+        receipt = _receipt(message, received_at, received_iso)
+    else:
+        receipt = received_at
+        message["receivedAt"] = received_iso
     ts = _client_time(message, rules, receipt, sent_at)
     if isinstance(ts, float):
         return min(ts, receipt)
@@ -277,13 +281,13 @@ def _client_time(
     return corrected if corrected >= MIN_EPOCH else "timestamp is out of range once corrected with sentAt"
 
 
-def _receipt(message: dict[str, Any], rules: MessageRules, received_at: float, received_iso: str) -> float:
-    """When the message was first received: Segment's `receivedAt` for its own messages (never
-    later than our receipt, whose clock may differ), else ours, stored as `receivedAt`."""
-    if rules.keep_received_at:
-        theirs = parse_timestamp(message.get("receivedAt"))
-        if theirs is not None:
-            return min(theirs, received_at)
+def _receipt(message: dict[str, Any], received_at: float, received_iso: str) -> float:
+    """When a message from Segment itself was first received: Segment's `receivedAt` (never later
+    than our receipt, whose clock may differ), else ours, stored as `receivedAt`. (Ours is the
+    receipt of every other message.)"""
+    theirs = parse_timestamp(message.get("receivedAt"))
+    if theirs is not None:
+        return min(theirs, received_at)
     message["receivedAt"] = received_iso
     return received_at
 
