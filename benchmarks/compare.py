@@ -166,7 +166,8 @@ def report(ref: Side, head: Side, benches: list[Benchmark]) -> None:
             ma, mb = statistics.median(a), statistics.median(b)
             ratio = mb / ma if ma else float("nan")
             better = "higher is better" if figure.higher_is_better else "lower is better"
-            print(f"{figure.name:32} {ma:>14,.1f} {mb:>14,.1f} {ratio:>8.2f}x  ({better}; {len(a)}+{len(b)} runs)")
+            shown = f"{ratio:>8.2f}x" if ma else f"{'-':>9}"  # nothing to divide by: REF's figure is 0
+            print(f"{figure.name:32} {ma:>14,.1f} {mb:>14,.1f} {shown}  ({better}; {len(a)}+{len(b)} runs)")
 
 
 def main() -> int:
