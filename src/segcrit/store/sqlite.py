@@ -99,7 +99,7 @@ TURN_MAX_WAIT_SECS = 1.0
 TURN_SECS = 0.025
 TURN_EVENTS = 200  # events a processor child claims for a turn taken while ingest waits
 # How long ingest must keep the processor child waiting before it asks for a turn: rare turns keep
-# what they cost ingest small (about one 5-10 ms pause of the writer per interval).
+# what they cost ingest small (one pause of the writer of up to TURN_SECS per interval).
 TURN_AFTER_SECS = 0.25
 # targets.acked: what Criteo holds of an identifier as far as we know. UNKNOWN while a call that
 # may change it is in flight or after its answer was lost (SPEC §1, Uncertain calls): such a row is
@@ -612,10 +612,11 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         Three multi-row statements per INGEST_PIECE_MAX messages of the whole group (often three
         for all of it), rather than a few per request or per message: every statement hands the
         GIL over and back, and under load the writer waits for the event loop's thread at each
-        handover (up to its switch interval, 5 ms). For the same reason the dedupe reads which
-        messageIds were seen before (usually none: a row returned is a handover) and inserts the
-        others, rather than `INSERT ... RETURNING` the new ones (a handover for every message).
-        Nothing else writes `seen` meanwhile: the transaction holds the write lock.
+        handover (up to the switch interval, `segcrit.cli.tune_runtime`). For the same reason the
+        dedupe reads which messageIds were seen before (usually none: a row returned is a
+        handover) and inserts the others, rather than `INSERT ... RETURNING` the new ones (a
+        handover for every message). Nothing else writes `seen` meanwhile: the transaction holds
+        the write lock.
         """
         seen_rows = first_seen(requests)
         by_source: dict[str, list[str]] = {}
