@@ -18,7 +18,6 @@ bounded by max_request_bytes.
 
 from __future__ import annotations
 
-import re
 import zlib
 from typing import Any, Final
 
@@ -30,9 +29,11 @@ MAX_JSON_DEPTH: Final = 32
 _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 _ESCAPED_BACKSLASH: Final = b"\\\\"
 _ESCAPED_QUOTE: Final = b'\\"'
-# Everything but quotes and brackets is deleted before the depth count (bytes.translate is C).
+# Everything but quotes and brackets is deleted before the depth count, and brackets become "("
+# and ")" (one C pass of bytes.translate), so that one bytes.replace peels every innermost pair.
 _NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b'"[]{}')
-_INNERMOST_PAIR: Final = re.compile(rb"[\[{][\]}]")
+_BRACKETS_AS_PARENS: Final = bytes.maketrans(b"[{]}", b"(())")
+_INNERMOST_PAIR: Final = b"()"
 
 
 class RequestError(Exception):
@@ -144,18 +145,20 @@ def json_depth_ok(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
 
     Runs before parsing, with C-speed byte operations only (about 0.1 ms for 100 KB): drop escaped
     quotes, keep only quotes and brackets, drop string contents, then peel innermost bracket pairs
-    once per level. Invalid JSON may pass; the parser rejects it next.
+    once per level (`bytes.replace` does not look again at what a replacement joins, so one call
+    peels exactly one level). Invalid JSON may pass; the parser rejects it next.
     """
     if b"\\" in body:
         body = body.replace(_ESCAPED_BACKSLASH, b"").replace(_ESCAPED_QUOTE, b"")
     # Dropping two adjacent quotes keeps every other byte's inside/outside-a-string parity, so
     # this removes every string without brackets in one C pass; then, with escaped quotes gone,
     # every other piece between the remaining quotes is a string's content.
-    structure = body.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    structure = body.translate(_BRACKETS_AS_PARENS, _NOT_STRUCTURE).replace(b'""', b"")
     if b'"' in structure:
         structure = b"".join(structure.split(b'"')[::2])
     for _ in range(max_depth):
-        structure, peeled = _INNERMOST_PAIR.subn(b"", structure)
-        if not structure or not peeled:
+        peeled = structure.replace(_INNERMOST_PAIR, b"")
+        if len(peeled) == len(structure):
             break
-    return not _INNERMOST_PAIR.search(structure)
+        structure = peeled
+    return _INNERMOST_PAIR not in structure
