@@ -104,16 +104,20 @@ def test_the_processor_child_works_off_the_backlog_while_ingest_never_lets_up(tm
             assert burst.error is None, burst.error
             first = _inbox_head(path)
             child.start()
-            processed = 0
+            processed = looks = waiting = 0
             while processed < WANTED_PROCESSED and time.monotonic() < deadline:
                 assert burst.error is None, burst.error
-                assert store.ingest_waiting(), "the burst let up: the test would prove nothing"
+                looks += 1
+                waiting += store.ingest_waiting()
                 processed = _inbox_head(path) - first
                 time.sleep(0.05)
             acked_meanwhile = burst.acked
         assert processed >= WANTED_PROCESSED, (
             f"processed {processed} events in {DEADLINE_SECS} s while ingest stored {acked_meanwhile}"
         )
+        # Between two groups the writer's queue may be empty for a moment (the senders queue the
+        # next requests once their acks are in); most of the time it must have had work waiting.
+        assert waiting >= 0.8 * looks, f"ingest waited at {waiting} of {looks} looks: the burst let up"
     finally:
         child.stop(10)
         store.close()
