@@ -317,7 +317,8 @@ def _hints_of(serialised: bytes | None, phone_keys: bool | None = None) -> _Hint
 
 def _may_hold_phone_key(serialised: bytes) -> bool:
     """False when no object key can be phone-named (a hint for `is_phone_key`, never narrower)."""
-    return bool(_phone_key_ends(_key_text(serialised)))
+    key_text = _key_text(serialised)
+    return any(pattern.search(key_text) for pattern in _PHONE_KEY_ENDS)
 
 
 def _key_text(text: bytes) -> bytes:

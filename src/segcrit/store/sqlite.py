@@ -561,9 +561,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         if turn is None or self._remote_ingest is not None or turn.value != TURN_WANTED:
             return
         turn.value = TURN_GIVEN
-        deadline = time.monotonic() + TURN_MAX_WAIT_SECS
-        while turn.value == TURN_GIVEN and time.monotonic() < deadline:
-            time.sleep(REMOTE_INGEST_POLL_SECS)
+        _wait_while(lambda: turn.value == TURN_GIVEN, TURN_MAX_WAIT_SECS, REMOTE_INGEST_POLL_SECS)
 
     def _take_turn(self) -> bool:
         """The processor child, before its transaction: let ingest go first, and when it still
@@ -575,9 +573,9 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         if turn is None or not self.ingest_waiting():
             return False
         turn.value = TURN_WANTED
-        deadline = time.monotonic() + TURN_MAX_WAIT_SECS
-        while turn.value == TURN_WANTED and self.ingest_waiting() and time.monotonic() < deadline:
-            time.sleep(REMOTE_INGEST_POLL_SECS)
+        _wait_while(
+            lambda: turn.value == TURN_WANTED and self.ingest_waiting(), TURN_MAX_WAIT_SECS, REMOTE_INGEST_POLL_SECS
+        )
         return True
 
     def _end_turn(self) -> None:
@@ -597,9 +595,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         if self._remote_ingest is not None:
             # Ingest is another process's: no condition to wait on, so look at its flag often (a
             # group commit takes a few milliseconds).
-            deadline = time.monotonic() + timeout
-            while self.ingest_waiting() and time.monotonic() < deadline:
-                time.sleep(GIVE_WAY_POLL_SECS)
+            _wait_while(self.ingest_waiting, timeout, GIVE_WAY_POLL_SECS)
             return
         with self._ingest_idle:
             self._ingest_idle.wait_for(lambda: not self.ingest_waiting(), timeout)
@@ -1142,6 +1138,14 @@ _SCHEMA_MIGRATIONS = (
     "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
 )
 _PIECE_MAX = 256
+
+
+def _wait_while(condition: Callable[[], bool], timeout: float, every: float) -> None:
+    """Look at `condition` every `every` seconds until it is false or `timeout` has passed (a value
+    another process changes in shared memory has nothing to wait on)."""
+    deadline = time.monotonic() + timeout
+    while condition() and time.monotonic() < deadline:
+        time.sleep(every)
 
 
 def _max_rows_per_insert(columns: int, wanted: int) -> int:
