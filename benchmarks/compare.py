@@ -66,6 +66,10 @@ BENCHMARKS: dict[str, Benchmark] = {
             Figure("ingest us CPU/event", r"\((\d+) us per event\)", higher_is_better=False),
             # What the processor got done while ingest was saturated (SQLite: its turns on the lock).
             Figure("ingest processed meanwhile/s", r"processed meanwhile: ([\d,]+) events/s"),
+            # The same bodies through parse, prepare and rows on one thread, without the server.
+            Figure(
+                "ingest pipeline us/event", r"^RESULT ingest_pipeline_us_per_event=([\d.]+)", higher_is_better=False
+            ),
         ),
         same_script=True,
     ),

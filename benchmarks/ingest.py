@@ -25,7 +25,11 @@ Reported: accepted events/s (events of 200 answers completed inside the window),
 latency, the CPU the servers and the clients used and what other processes used meanwhile (the
 machine is shared: read a run with much "other" load with care), for segcrit the processing rate
 and backlog, and segcrit/bare. Targets (SPEC §9): segcrit/bare >= 0.3 and p99 ack <= 100 ms.
-The last lines are `RESULT name=value` (benchmarks/compare.py reads them).
+Then, once the servers have stopped, what segcrit's own work on a body costs without a server
+(`pipeline_alone`: parse, prepare and rows on one thread, µs per event) and the segcrit/bare it
+would allow: a figure that moves with the code, not with the server's threads and the machine's
+other load, and tells a slow pipeline from a slow server. The last lines are `RESULT name=value`
+(benchmarks/compare.py reads them).
 
 `--py-spy FILE` samples `segcrit serve` with py-spy during the measured window (raw collapsed
 stacks, one line per stack, for a flame graph or a grep). Bounded: every wait has a deadline, and
@@ -53,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +77,8 @@ STOP_DEADLINE_SECS = 15.0
 REQUEST_TIMEOUT_SECS = 30.0
 TEMPLATES_PER_CLIENT = 128
 MID_MARKER = "__MID__"
+PIPELINE_BATCHES = 20  # bodies timed by `pipeline_alone`
+PIPELINE_REPEATS = 15  # it reports the best pass (the machine is shared)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 CONFIG = """\
@@ -222,6 +229,14 @@ def build_templates(client_index: int, events_per_batch: int, population: int) -
     return templates
 
 
+def fill_template(parts: list[bytes], message_ids: Iterable[bytes]) -> bytes:
+    """A template's body with these messageIds in its places (one between each two parts)."""
+    out = [parts[0]]
+    for message_id, part in zip(message_ids, parts[1:], strict=True):
+        out += (message_id, part)
+    return b"".join(out)
+
+
 def client_main(index: int, url: str, concurrency: int, args: dict[str, Any], t0: float, t1: float, out: Any) -> None:
     """One load process: `concurrency` requests in flight until t1 (monotonic; t0 starts the window)."""
     result = ClientResult()
@@ -302,11 +317,9 @@ async def _client(
     def next_body() -> bytes:
         n = next(counter)
         parts = templates[n % len(templates)]
-        out = [parts[0]]
-        for i, part in enumerate(parts[1:]):
-            out.append(b"ajs-next-%02x%06x%016x%08x" % (index, salt, n, i))
-            out.append(part)
-        return b"".join(out)
+        return fill_template(
+            parts, (b"ajs-next-%02x%06x%016x%08x" % (index, salt, n, i) for i in range(len(parts) - 1))
+        )
 
     async def worker(slot: int) -> None:
         connection = Connection(host, port, head)
@@ -542,6 +555,69 @@ def report(name: str, r: dict[str, Any]) -> None:
         )
 
 
+def pipeline_alone(events_per_batch: int, population: int) -> dict[str, float]:
+    """µs per event of what segcrit does to a body on its event loop, in this process on one thread,
+    with no HTTP and no store: parse (`parse_json`), prepare (`prepare_messages`, the Tracking API's
+    rules) and serialise the rows. Against it, the parse that the bare server does (`orjson.loads`)
+    on the same bodies. Best of PIPELINE_REPEATS passes over PIPELINE_BATCHES bodies. Their ratio
+    bounds what segcrit/bare can reach while this work runs on one thread, whatever the server
+    around it does. Imports the segcrit on PYTHONPATH (compare.py: REF's or HEAD's)."""
+    from segcrit import cli
+    from segcrit.sources.limits import parse_json
+    from segcrit.sources.validate import TRACKING_TYPES, MessageRules, prepare_messages
+
+    # The server's collector settings (older code named the function tune_gc).
+    tune = getattr(cli, "tune_runtime", None) or getattr(cli, "tune_gc", None)
+    if tune is not None:
+        tune()
+    rules = MessageRules(types=TRACKING_TYPES, max_message_bytes=32_768)
+    templates = build_templates(0, events_per_batch, population)[:PIPELINE_BATCHES]
+    bodies = [
+        fill_template(parts, (b"pipeline-%d-%d" % (n, i) for i in range(len(parts) - 1)))
+        for n, parts in enumerate(templates)
+    ]
+    events = len(bodies) * events_per_batch
+
+    def best(stage: Any) -> float:
+        times = []
+        for _ in range(PIPELINE_REPEATS):
+            start = time.perf_counter()
+            for body in bodies:
+                stage(body)
+            times.append(time.perf_counter() - start)
+        return min(times) / events * 1e6
+
+    def prepare(body: bytes) -> Any:
+        parsed = parse_json(body)
+        return prepare_messages(parsed["batch"], rules, received_at=time.time(), sent_at=None)
+
+    def rows(body: bytes) -> Any:
+        return [(str(m.get("messageId") or ""), orjson.dumps(m)) for m in prepare(body).messages]
+
+    bare = best(orjson.loads)
+    parse = best(parse_json)
+    prepared = best(prepare)
+    total = best(rows)
+    return {"bare": bare, "parse": parse, "prepare": prepared - parse, "rows": total - prepared, "total": total}
+
+
+def report_pipeline(pipeline: dict[str, float], bare_events_per_sec: float | None) -> None:
+    print(
+        f"pipeline alone (one thread, no HTTP, no store): parse {pipeline['parse']:.1f} + prepare "
+        f"{pipeline['prepare']:.1f} + rows {pipeline['rows']:.1f} = {pipeline['total']:.1f} us/event; "
+        f"the bare server's parse {pipeline['bare']:.1f} us/event"
+    )
+    if bare_events_per_sec:
+        # The bare server spends 1e6 / bare_events_per_sec µs per event; segcrit at least that
+        # minus the bare parse, plus its own pipeline, while the pipeline holds the one thread.
+        bare_us = 1e6 / bare_events_per_sec
+        bound = bare_us / (bare_us - pipeline["bare"] + pipeline["total"])
+        print(
+            f"         so with this work on one thread, segcrit/bare is at most {bound:.2f} "
+            f"(the bare server's {bare_us:.1f} us/event, its parse replaced by the pipeline)"
+        )
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median events/s (the figures of one run stay together)."""
     return sorted(runs, key=lambda r: r["events_per_sec"])[(len(runs) - 1) // 2]
@@ -610,6 +686,8 @@ def main() -> int:
             shutil.rmtree(folder, ignore_errors=True)
 
     results = {name: median_run(r) for name, r in runs.items() if r}
+    # After the servers stopped: the machine is as quiet as this benchmark can make it.
+    pipeline = pipeline_alone(args.events_per_batch, args.population) if "segcrit" in results else None
     # segcrit first: compare.py (and older readers) take the first "p99" of the output as segcrit's.
     for name in ("segcrit", "bare"):
         if name in results:
@@ -621,6 +699,8 @@ def main() -> int:
     if "segcrit" in results and "bare" in results and results["bare"]["events_per_sec"]:
         ratio = results["segcrit"]["events_per_sec"] / results["bare"]["events_per_sec"]
         print(f"segcrit/bare throughput: {ratio:.2f}")
+    if pipeline is not None:
+        report_pipeline(pipeline, results["bare"]["events_per_sec"] if "bare" in results else None)
     ok = True
     if "segcrit" in results:
         r = results["segcrit"]
@@ -642,6 +722,8 @@ def main() -> int:
         print(f"RESULT ingest_{name}_client_cpu_pct={r['client_cpu'] * 100:.0f}")
     if ratio is not None:
         print(f"RESULT ingest_ratio_to_bare={ratio:.3f}")
+    if pipeline is not None:
+        print(f"RESULT ingest_pipeline_us_per_event={pipeline['total']:.1f}")
     return 1 if args.check and not ok else 0
 
 
