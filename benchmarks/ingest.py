@@ -28,7 +28,10 @@ and backlog, and segcrit/bare. Targets (SPEC §9): segcrit/bare >= 0.3 and p99 a
 Then, once the servers have stopped, what segcrit's own work on a body costs without a server
 (`pipeline_alone`: parse, prepare and rows on one thread, µs per event) and the segcrit/bare it
 would allow: a figure that moves with the code, not with the server's threads and the machine's
-other load, and tells a slow pipeline from a slow server. The last lines are `RESULT name=value`
+other load, and tells a slow pipeline from a slow server. With `--sustained`, last, the highest
+offered rate (`--rate`) that one node sustains: every request acknowledged, p99 ack within the
+target, and processing keeping up (it processed 95 % of what was accepted), found by bisection
+below the saturated rate, one fresh server per paced run. The last lines are `RESULT name=value`
 (benchmarks/compare.py reads them).
 
 `--py-spy FILE` samples `segcrit serve` with py-spy during the measured window (raw collapsed
@@ -79,6 +82,9 @@ TEMPLATES_PER_CLIENT = 128
 MID_MARKER = "__MID__"
 PIPELINE_BATCHES = 20  # bodies timed by `pipeline_alone`
 PIPELINE_REPEATS = 15  # it reports the best pass (the machine is shared)
+SUSTAINED_STEPS = 6  # paced runs of the --sustained search (a bisection: 1/64 of the range)
+KEEP_UP_SHARE = 0.95  # processing keeps up: it processed this share of what was accepted
+SUSTAINED_DEFAULT_HIGH = 40_000.0  # --sustained without a saturated segcrit run to start from
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 CONFIG = """\
@@ -618,6 +624,48 @@ def report_pipeline(pipeline: dict[str, float], bare_events_per_sec: float | Non
         )
 
 
+def sustains(r: dict[str, Any], rate: float) -> str | None:
+    """Why a paced run at `rate` offered events/s is not sustained, or None when it is: every
+    request acknowledged with 200, the offered rate accepted, processing keeping up with it, and p99
+    ack within the target."""
+    accepted = r["events_per_sec"]
+    if r["errors"] or set(r["statuses"]) - {200}:
+        return "answers other than 200"
+    if accepted < KEEP_UP_SHARE * rate:
+        return f"accepted {accepted:,.0f} events/s"
+    processed = r.get("processed_per_sec") or 0.0
+    if processed < KEEP_UP_SHARE * accepted:
+        return f"processed {processed:,.0f} events/s"
+    if r["p99"] > TARGET_P99_MS:
+        return f"p99 {r['p99']:.1f} ms"
+    return None
+
+
+def find_sustained(args: argparse.Namespace, folder: Path, procs: list[Proc], high: float) -> float:
+    """The highest offered rate (events/s, within `high` / 2**SUSTAINED_STEPS) that `sustains`, by
+    bisection between 0 and `high`: a fresh server for each paced run of `--sustained-seconds`."""
+    low = 0.0
+    for step in range(SUSTAINED_STEPS):
+        rate = round((low + high) / 2, -2) or 100.0
+        paced = argparse.Namespace(**{**vars(args), "rate": rate, "seconds": args.sustained_seconds, "py_spy": None})
+        r = bench_segcrit(paced, folder / f"sustained-{step}", procs)
+        for p in procs:
+            p.stop()
+        procs.clear()
+        why = sustains(r, rate)
+        processed = r.get("processed_per_sec") or 0.0
+        print(
+            f"  offered {rate:>9,.0f} events/s: accepted {r['events_per_sec']:,.0f}, processed {processed:,.0f}, "
+            f"p99 ack {r['p99']:.1f} ms: " + ("sustained" if why is None else f"not sustained ({why})"),
+            flush=True,
+        )
+        if why is None:
+            low = rate
+        else:
+            high = rate
+    return low
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median events/s (the figures of one run stay together)."""
     return sorted(runs, key=lambda r: r["events_per_sec"])[(len(runs) - 1) // 2]
@@ -637,6 +685,12 @@ def main() -> int:
     parser.add_argument("--population", type=int, default=200_000, help="distinct people in the events")
     parser.add_argument("--criteo", choices=["emulator", "closed"], default="emulator")
     parser.add_argument("--only", choices=["both", "segcrit", "bare"], default="both")
+    parser.add_argument(
+        "--sustained",
+        action="store_true",
+        help="then find the highest offered rate that is acknowledged with p99 <= 100 ms while processing keeps up",
+    )
+    parser.add_argument("--sustained-seconds", type=float, default=10, help="measured seconds per --sustained run")
     parser.add_argument("--py-spy", metavar="FILE", help="profile segcrit serve into FILE (py-spy raw format)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (database, logs)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -653,6 +707,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="segcrit-bench-"))
     procs: list[Proc] = []
     runs: dict[str, list[dict[str, Any]]] = {"segcrit": [], "bare": []}
+    sustained: float | None = None
     benches = {"segcrit": bench_segcrit, "bare": bench_bare}
     targets = ["bare", "segcrit"] if args.only == "both" else [args.only]
     print(
@@ -671,6 +726,11 @@ def main() -> int:
                 for p in procs:
                     p.stop()
                 procs.clear()
+        if args.sustained:
+            # Up to the saturated rate measured above (at most what was accepted), else 40,000.
+            high = max((r["events_per_sec"] for r in runs["segcrit"]), default=SUSTAINED_DEFAULT_HIGH)
+            print(f"sustained rate: bisection between 0 and {high:,.0f} events/s offered", flush=True)
+            sustained = find_sustained(args, folder, procs, high)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -701,6 +761,14 @@ def main() -> int:
         print(f"segcrit/bare throughput: {ratio:.2f}")
     if pipeline is not None:
         report_pipeline(pipeline, results["bare"]["events_per_sec"] if "bare" in results else None)
+    if sustained is not None:
+        share = ""
+        if "bare" in results and results["bare"]["events_per_sec"]:
+            share = f" = {sustained / results['bare']['events_per_sec']:.2f} of the bare server's events/s"
+        print(
+            f"sustained: up to {sustained:,.0f} events/s offered, acknowledged with p99 <= {TARGET_P99_MS:g} ms "
+            f"while processing keeps up{share}"
+        )
     ok = True
     if "segcrit" in results:
         r = results["segcrit"]
@@ -724,6 +792,8 @@ def main() -> int:
         print(f"RESULT ingest_ratio_to_bare={ratio:.3f}")
     if pipeline is not None:
         print(f"RESULT ingest_pipeline_us_per_event={pipeline['total']:.1f}")
+    if sustained is not None:
+        print(f"RESULT ingest_sustained_events_per_sec={sustained:.0f}")
     return 1 if args.check and not ok else 0
 
 
