@@ -121,3 +121,35 @@ def test_the_processor_child_works_off_the_backlog_while_ingest_never_lets_up(tm
     finally:
         child.stop(10)
         store.close()
+
+
+def test_after_a_chunk_gives_way_the_next_claims_about_what_it_applied(tmp_path: Path) -> None:
+    """Every event a chunk claims is decoded and its identifiers read before the first is applied:
+    a chunk that gives way to ingest after a few events leaves the rest prepared for nothing. So the
+    next chunk claims about what the last one applied, and the claim grows back once chunks apply
+    all they claim (`next_chunk_events`). Nothing left by a chunk is lost: the next ones take it."""
+    store = SqliteStore(str(tmp_path / "segcrit.db"))
+    try:
+        sent = [_message(request, i) for request in range(2) for i in range(MESSAGES_PER_REQUEST)]
+        store.accept_sync("web", sent, 1_700_000_000.0)
+        claims: list[int] = []
+        applied: list[str] = []
+
+        def chunk(apply: int | None) -> None:
+            with store.claim_chunk(500) as claimed:
+                events = claimed.events[:apply]
+                claims.append(len(claimed.events))
+                applied.extend(event.message["messageId"] for event in events)
+                claimed.done(events)
+
+        chunk(40)  # gave way to ingest after 40 of the 400
+        chunk(None)  # applied all it claimed: 50 (40 and a quarter)
+        chunk(None)  # then twice as many
+        chunk(10)  # twice as many again, but it gave way after 10
+        chunk(None)  # at least 20
+
+        assert claims == [400, 50, 100, 200, 20]
+        assert store.backlog() == len(sent) - len(applied)
+        assert applied == [message["messageId"] for message in sent[: len(applied)]]
+    finally:
+        store.close()
