@@ -624,6 +624,13 @@ def report_pipeline(pipeline: dict[str, float], bare_events_per_sec: float | Non
         )
 
 
+def stop_all(procs: list[Proc]) -> None:
+    """Stop what a run started (a process already stopped is left as it is) and forget it."""
+    for p in procs:
+        p.stop()
+    procs.clear()
+
+
 def sustains(r: dict[str, Any], rate: float) -> str | None:
     """Why a paced run at `rate` offered events/s is not sustained, or None when it is: every
     request acknowledged with 200, the offered rate accepted, processing keeping up with it, and p99
@@ -649,9 +656,7 @@ def find_sustained(args: argparse.Namespace, folder: Path, procs: list[Proc], hi
         rate = round((low + high) / 2, -2) or 100.0
         paced = argparse.Namespace(**{**vars(args), "rate": rate, "seconds": args.sustained_seconds, "py_spy": None})
         r = bench_segcrit(paced, folder / f"sustained-{step}", procs)
-        for p in procs:
-            p.stop()
-        procs.clear()
+        stop_all(procs)
         why = sustains(r, rate)
         processed = r.get("processed_per_sec") or 0.0
         print(
@@ -723,9 +728,7 @@ def main() -> int:
             # Alternate which goes first, so that a drift in the machine's load favours neither.
             for name in targets if round_no % 2 == 0 else targets[::-1]:
                 runs[name].append(benches[name](args, folder / f"{name}-{round_no}", procs))
-                for p in procs:
-                    p.stop()
-                procs.clear()
+                stop_all(procs)
         if args.sustained:
             # Up to the saturated rate measured above (at most what was accepted), else 40,000.
             high = max((r["events_per_sec"] for r in runs["segcrit"]), default=SUSTAINED_DEFAULT_HIGH)

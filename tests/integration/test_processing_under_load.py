@@ -127,7 +127,7 @@ def test_after_a_chunk_gives_way_the_next_claims_about_what_it_applied(tmp_path:
     """Every event a chunk claims is decoded and its identifiers read before the first is applied:
     a chunk that gives way to ingest after a few events leaves the rest prepared for nothing. So the
     next chunk claims about what the last one applied, and the claim grows back once chunks apply
-    all they claim (`next_chunk_events`). Nothing left by a chunk is lost: the next ones take it."""
+    all they claim (`_next_chunk_events`). Nothing left by a chunk is lost: the next ones take it."""
     store = SqliteStore(str(tmp_path / "segcrit.db"))
     try:
         sent = [_message(request, i) for request in range(2) for i in range(MESSAGES_PER_REQUEST)]

@@ -698,7 +698,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
                     chunk = SqliteChunk(conn, events, self.ingest_waiting, give_way_after)
                     yield chunk
                     chunk.flush_seen()
-                self._chunk_events = next_chunk_events(self._chunk_events, chunk.applied, len(events))
+                self._chunk_events = _next_chunk_events(self._chunk_events, chunk.applied, len(events))
             finally:
                 if turn:
                     self._end_turn()
@@ -1609,7 +1609,7 @@ class SqliteChunk(SqliteTx):
         self.quarantine_event(event, error, now)
 
 
-def next_chunk_events(current: int | None, applied: int, claimed: int) -> int | None:
+def _next_chunk_events(current: int | None, applied: int, claimed: int) -> int | None:
     """What the next chunk claims at most (None: what the processor asks) after one that claimed
     `claimed` events and applied `applied` (CHUNK_AFTER_GIVE_WAY)."""
     if applied < claimed:
