@@ -14,7 +14,7 @@ import hmac
 import io
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,9 @@ class _CurrentStore:
     def __init__(self) -> None:
         self.store: SqliteStore | None = None
 
-    async def accept(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
+    def submit(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> Awaitable[AcceptResult]:
         assert self.store is not None
-        return await self.store.accept(source, messages, received_at)
+        return self.store.submit(source, messages, received_at)
 
     def backlog(self) -> int:
         assert self.store is not None

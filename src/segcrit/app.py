@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -32,8 +32,11 @@ class WakingSink:
         self.store = store
         self.runtime = runtime
 
-    async def accept(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
-        result = await self.store.accept(source, messages, received_at)
+    def submit(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> Awaitable[AcceptResult]:
+        return self._waking(self.store.submit(source, messages, received_at))
+
+    async def _waking(self, pending: Awaitable[AcceptResult]) -> AcceptResult:
+        result = await pending
         if self.runtime is not None and result.stored:
             self.runtime.wake()
         return result

@@ -6,15 +6,19 @@ keeps what ingest handed it); the SQLite store has its own tests.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
 import gzip
 import hashlib
 import hmac
 import json
+import threading
 import time
 import tracemalloc
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +74,9 @@ class RecordingSink:
         self._seen |= keys
         return AcceptResult(stored=len(stored) - duplicates, duplicates=duplicates)
 
+    def submit(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> Awaitable[AcceptResult]:
+        return self.accept(source, messages, received_at)
+
     def backlog(self) -> int:
         return self.backlog_size
 
@@ -107,8 +114,8 @@ class _SinkHolder:
     def __init__(self) -> None:
         self.sink = RecordingSink()
 
-    async def accept(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
-        return await self.sink.accept(source, messages, received_at)
+    def submit(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> Awaitable[AcceptResult]:
+        return self.sink.submit(source, messages, received_at)
 
     def backlog(self) -> int:
         return self.sink.backlog()
@@ -490,6 +497,52 @@ def test_no_success_unless_the_sink_committed(ingest: Ingest) -> None:
     response = ingest.http.post("/v1/batch", content=batch_body(track()), headers=basic(WEB_KEY))
     assert_error(response, 503, "store_unavailable")
     assert "Retry-After" in response.headers
+
+
+class HeldSink:
+    """A sink that serialises what it is handed, as the stores do, and commits when the test says."""
+
+    def __init__(self) -> None:
+        self.submitted = threading.Event()
+        self.rows: list[bytes] = []
+        self._commit: Callable[[], None] | None = None
+
+    def submit(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> Awaitable[AcceptResult]:
+        self.rows = [orjson.dumps(message) for message in messages]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AcceptResult] = loop.create_future()
+        result = AcceptResult(stored=len(self.rows), duplicates=0)
+        self._commit = lambda: loop.call_soon_threadsafe(future.set_result, result)
+        self.submitted.set()
+        return future
+
+    def commit(self) -> None:
+        assert self._commit is not None
+        self._commit()
+
+    def backlog(self) -> int:
+        return 0
+
+
+def test_a_request_is_let_go_of_while_its_commit_is_awaited(server: _Running) -> None:
+    """Sixteen requests of 100 events in flight, each holding its parsed body until its commit,
+    cost a third more CPU per event than the same freed right after use (benchmarks/compare.py)."""
+    sink = HeldSink()
+    server.holder.sink = sink  # type: ignore[assignment]
+    body = batch_body(*(track(n, messageId=f"held-{n}") for n in range(20)))
+    with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=server.base_url, timeout=10) as http:
+        answer = pool.submit(http.post, "/v1/batch", content=body, headers=basic(WEB_KEY))
+        assert sink.submitted.wait(10)
+        held = {
+            item["messageId"]
+            for item in gc.get_objects()
+            if type(item) is dict and str(item.get("messageId", "")).startswith("held-")
+        }
+        sink.commit()
+        assert answer.result(10).status_code == 200
+    assert len(sink.rows) == 20
+    # Only the last five, kept for the admin's debugger (segcrit.admin.activity).
+    assert held <= {f"held-{n}" for n in range(15, 20)}
 
 
 def test_duplicates_are_acknowledged_and_counted(ingest: Ingest) -> None:

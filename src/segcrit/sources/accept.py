@@ -1,8 +1,8 @@
 """The end every ingest request shares: hand prepared messages to the sink, count, answer.
 
 Answers are JSON. Success is `200 {"success": true}` (plus `"rejected": [{"index", "reason"}]`
-when some messages of a batch were left out) and is only sent after `sink.accept` returned,
-i.e. after the durable commit. Errors carry `error` and `message` (the same text) and `code`:
+when some messages of a batch were left out) and is only sent once what `sink.submit` returned
+has resolved, i.e. after the durable commit. Errors carry `error` and `message` (the same text) and `code`:
 the Segment Python client reports `code`/`message` from an error body. A broken limit is named
 in `limit`. No answer ever echoes a write key, a signature or message content.
 """
@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from segcrit.admin.activity import MESSAGES_PER_REQUEST
 from segcrit.clock import Clock
+from segcrit.domain import AcceptResult
 from segcrit.errors import StoreError
 from segcrit.metrics import Metrics
 from segcrit.sources.limits import RequestError
@@ -35,6 +37,10 @@ UNKNOWN_SOURCE: Final = "<unknown>"  # a metrics label no configured source name
 EVERY_METHOD: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 _SUCCESS: Final = orjson.dumps({"success": True})
+
+# What a source makes of a request's body: the answer, or (once messages went to the store) what
+# resolves to it after their commit (`commit`, `answered`).
+Answer = Response | Awaitable[Response]
 
 
 def json_response(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
@@ -95,7 +101,7 @@ def reject(metrics: Metrics, source: str, reason: str, response: Response) -> Re
     return response
 
 
-async def commit(
+def commit(
     source: str,
     prepared: Prepared,
     received_at: float,
@@ -104,32 +110,64 @@ async def commit(
     metrics: Metrics,
     single: bool,
     items: Sequence[Any] = (),
-) -> Response:
-    """Store the accepted messages, then answer (400 for a rejected single message). `items`: the
-    messages as sent, for the admin's debugger to show the refused ones."""
+) -> Answer:
+    """Hand the accepted messages to the store, and the answer to give once they are stored (400
+    for a rejected single message). `items`: the messages as sent, for the admin's debugger to
+    show the refused ones. Nothing of the request outlives this call but what the answer needs
+    (`IngestSink.submit`): the caller awaits the commit without holding the request either."""
     for rejection in prepared.rejected:
         metrics.events_rejected.labels(source=source, reason=_reason_label(rejection["reason"])).inc()
         index = rejection["index"]
         metrics.activity.refused(source, rejection["reason"], items[index] if index < len(items) else None)
     if single and prepared.rejected:
         return error_response(400, "invalid_message", prepared.rejected[0]["reason"])
-    if prepared.messages:
-        try:
-            result = await sink.accept(source, prepared.messages, received_at)
-        except StoreError:
-            # Nothing of the request was stored; the store logged the real error. The client
-            # retries a 5xx with the same messageIds; dedupe makes that harmless.
-            return _store_unavailable(metrics, source)
-        except Exception:
-            log.exception("ingest commit failed", extra={"source": source})
-            return _store_unavailable(metrics, source)
-        metrics.events_received.labels(source=source).inc(len(prepared.messages))
-        metrics.activity.accepted(source, prepared.messages)
-        if result.duplicates:
-            metrics.events_duplicate.labels(source=source).inc(result.duplicates)
-    if not prepared.rejected:
+    if not prepared.messages:
+        return _success(prepared.rejected)
+    try:
+        pending = sink.submit(source, prepared.messages, received_at)
+    except Exception as error:
+        return _store_failed(metrics, source, error)
+    recent = prepared.messages[-MESSAGES_PER_REQUEST:]
+    return _acknowledge(pending, source, len(prepared.messages), recent, prepared.rejected, metrics)
+
+
+async def answered(outcome: Answer) -> Response:
+    """The answer itself, or the one awaited."""
+    return outcome if isinstance(outcome, Response) else await outcome
+
+
+async def _acknowledge(
+    pending: Awaitable[AcceptResult],
+    source: str,
+    count: int,
+    recent: Sequence[Any],
+    rejected: list[dict[str, Any]],
+    metrics: Metrics,
+) -> Response:
+    """The answer once the commit is done: `count` messages handed over, the last of them `recent`."""
+    try:
+        result = await pending
+    except Exception as error:
+        return _store_failed(metrics, source, error)
+    metrics.events_received.labels(source=source).inc(count)
+    metrics.activity.accepted(source, recent)
+    if result.duplicates:
+        metrics.events_duplicate.labels(source=source).inc(result.duplicates)
+    return _success(rejected)
+
+
+def _success(rejected: list[dict[str, Any]]) -> Response:
+    if not rejected:
         return Response(_SUCCESS, media_type="application/json")
-    return json_response(200, {"success": True, "rejected": prepared.rejected})
+    return json_response(200, {"success": True, "rejected": rejected})
+
+
+def _store_failed(metrics: Metrics, source: str, error: Exception) -> Response:
+    """503: nothing of the request was stored. The client retries a 5xx with the same messageIds;
+    dedupe makes that harmless."""
+    if not isinstance(error, StoreError):  # the store logged the real error of a StoreError
+        log.error("ingest commit failed", exc_info=error, extra={"source": source})
+    return _store_unavailable(metrics, source)
 
 
 def _store_unavailable(metrics: Metrics, source: str) -> Response:
@@ -176,9 +214,7 @@ class Receiver:
     def _bad_body(self, source: str, message: str) -> Response:
         return reject(self._metrics, source, "invalid_body", error_response(400, "invalid_body", message))
 
-    async def _commit(
+    def _commit(
         self, source: str, prepared: Prepared, received_at: float, *, single: bool, items: Sequence[Any] = ()
-    ) -> Response:
-        return await commit(
-            source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single, items=items
-        )
+    ) -> Answer:
+        return commit(source, prepared, received_at, sink=self._sink, metrics=self._metrics, single=single, items=items)

@@ -33,7 +33,9 @@ from segcrit.metrics import Metrics
 from segcrit.sources.accept import (
     EVERY_METHOD,
     UNKNOWN_SOURCE,
+    Answer,
     Receiver,
+    answered,
     backlog_response,
     error_response,
     method_not_allowed,
@@ -118,11 +120,20 @@ class TrackingApi(Receiver):
             return busy
 
         try:
-            body = parse_json(await read_body(request, self._max_request_bytes))
+            raw = await read_body(request, self._max_request_bytes)
         except RequestError as error:
             return reject(self._metrics, source or UNKNOWN_SOURCE, error.code, request_error_response(error))
         except Disconnected:
             return error_response(400, "disconnected", "client disconnected")
+        # The body's objects live only inside this call: the commit is awaited without them.
+        return await answered(self._take(raw, source, kind, received_at))
+
+    def _take(self, raw: bytes, source: str | None, kind: str | None, received_at: float) -> Answer:
+        """Parse, check and prepare the body, and hand its messages to the store."""
+        try:
+            body = parse_json(raw)
+        except RequestError as error:
+            return reject(self._metrics, source or UNKNOWN_SOURCE, error.code, request_error_response(error))
         if not isinstance(body, dict):
             return self._bad_body(source or UNKNOWN_SOURCE, "body must be a JSON object")
 
@@ -137,7 +148,7 @@ class TrackingApi(Receiver):
             # Segment infers the type from the path of a single-message call.
             message["type"] = kind
             prepared = prepare_messages([message], self._rules, received_at=received_at)
-            return await self._commit(source, prepared, received_at, single=True, items=[message])
+            return self._commit(source, prepared, received_at, single=True, items=[message])
 
         items = body.get("batch")
         context = body.get("context")
@@ -156,7 +167,7 @@ class TrackingApi(Receiver):
         prepared = prepare_messages(
             items, self._rules, received_at=received_at, context=context, integrations=integrations, sent_at=sent_at
         )
-        return await self._commit(source, prepared, received_at, single=False, items=items)
+        return self._commit(source, prepared, received_at, single=False, items=items)
 
     def _source_for(self, key: str | None) -> str | None:
         """The source whose write key this is; every key is compared, in constant time each."""

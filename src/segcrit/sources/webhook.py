@@ -37,7 +37,9 @@ from segcrit.metrics import Metrics
 from segcrit.sources.accept import (
     EVERY_METHOD,
     UNKNOWN_SOURCE,
+    Answer,
     Receiver,
+    answered,
     backlog_response,
     bearer_ok,
     error_response,
@@ -140,26 +142,33 @@ class WebhookReceiver(Receiver):
 
         try:
             raw = await read_body(request, self._max_request_bytes)
-            if not signature_ok(secret, raw, signature):
-                return self._unauthorized(name)
-            body = parse_json(raw)
         except RequestError as error:
             return reject(self._metrics, name, error.code, request_error_response(error))
         except Disconnected:
             return error_response(400, "disconnected", "client disconnected")
+        if not signature_ok(secret, raw, signature):
+            return self._unauthorized(name)
+        # The body's objects live only inside this call: the commit is awaited without them.
+        return await answered(self._take(raw, name, token is not None, received_at))
 
+    def _take(self, raw: bytes, name: str, bearer: bool, received_at: float) -> Answer:
+        """Parse, check and prepare the signed body, and hand its messages to the store."""
+        try:
+            body = parse_json(raw)
+        except RequestError as error:
+            return reject(self._metrics, name, error.code, request_error_response(error))
         if isinstance(body, dict):
             prepared = prepare_messages([body], self._rules, received_at=received_at)
-            return await self._commit(name, prepared, received_at, single=True, items=[body])
+            return self._commit(name, prepared, received_at, single=True, items=[body])
         if not isinstance(body, list):
             return self._bad_body(name, "body must be a JSON object or array")
         if len(body) > self._max_batch:
             return self._too_many(name)
-        if token is None:
-            prepared = self._prepare_signed_deletes_only(body, received_at)
-        else:
+        if bearer:
             prepared = prepare_messages(body, self._rules, received_at=received_at)
-        return await self._commit(name, prepared, received_at, single=False, items=body)
+        else:
+            prepared = self._prepare_signed_deletes_only(body, received_at)
+        return self._commit(name, prepared, received_at, single=False, items=body)
 
     def _prepare_signed_deletes_only(self, items: list[Any], received_at: float) -> Prepared:
         """prepare_messages, with every `delete` past element 0 rejected instead (SPEC §3.2)."""

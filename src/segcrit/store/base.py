@@ -40,7 +40,7 @@ What every implementation promises:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -91,9 +91,13 @@ LAST_SEEN_SLACK_SECS = 60.0
 class IngestSink(Protocol):
     """Where the HTTP sources hand validated, sanitised messages."""
 
-    async def accept(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
+    def submit(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> Awaitable[AcceptResult]:
         """Store the messages whose (source, messageId) was not seen within the dedupe window (a
-        message without messageId always), in order; return only after the durable commit."""
+        message without messageId always), in order: what it returns resolves after the durable
+        commit. The messages are serialised before it returns, so that the caller can let go of
+        them (and of the request they came from) while the commit is awaited: a request's objects
+        freed right after their last use cost a fraction of the same freed once the other requests
+        in flight have taken their place in the CPU's caches."""
         ...
 
     def backlog(self) -> int:
@@ -102,6 +106,10 @@ class IngestSink(Protocol):
 
 
 class IngestStore(IngestSink, Protocol):
+    async def accept(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
+        """`submit`, awaited."""
+        ...
+
     def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
         """`accept` for callers without an event loop (`segcrit import`)."""
         ...

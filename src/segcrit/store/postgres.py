@@ -318,6 +318,11 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
     # ------------------------------------------------------------------ ingest
 
     async def accept(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
+        return await self.submit(source, messages, received_at)
+
+    def submit(
+        self, source: str, messages: Sequence[dict[str, Any]], received_at: float
+    ) -> asyncio.Future[AcceptResult]:
         if self._closed:
             raise StoreError("store is closed")
         if self._writer is None:
@@ -325,7 +330,7 @@ class PostgresStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, E
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AcceptResult] = loop.create_future()
         self._writer_queue.put(_AcceptRequest(source, inbox_rows(messages), received_at, loop, future))
-        return await future
+        return future
 
     def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
         rows = inbox_rows(messages)

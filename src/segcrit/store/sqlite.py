@@ -458,6 +458,11 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
     # ------------------------------------------------------------------ ingest
 
     async def accept(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
+        return await self.submit(source, messages, received_at)
+
+    def submit(
+        self, source: str, messages: Sequence[dict[str, Any]], received_at: float
+    ) -> asyncio.Future[AcceptResult]:
         if self._closed:
             raise StoreError("store is closed")
         if self._writer is None:
@@ -466,7 +471,7 @@ class SqliteStore(CommerceStoreMixin, CohortStoreMixin, RetentionStoreMixin, Enr
         future: asyncio.Future[AcceptResult] = loop.create_future()
         # Serialised here, so that the writer thread holds the write lock for SQL only.
         self._writer_queue.put(_AcceptRequest(source, inbox_rows(messages), received_at, loop, future))
-        return await future
+        return future
 
     def accept_sync(self, source: str, messages: Sequence[dict[str, Any]], received_at: float) -> AcceptResult:
         """The same as `accept` for callers without an event loop (import, tests)."""
