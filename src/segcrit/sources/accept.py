@@ -2,9 +2,9 @@
 
 Answers are JSON. Success is `200 {"success": true}` (plus `"rejected": [{"index", "reason"}]`
 when some messages of a batch were left out) and is only sent once what `sink.submit` returned
-has resolved, i.e. after the durable commit. Errors carry `error` and `message` (the same text) and `code`:
-the Segment Python client reports `code`/`message` from an error body. A broken limit is named
-in `limit`. No answer ever echoes a write key, a signature or message content.
+has resolved, i.e. after the durable commit. Errors carry `error` and `message` (the same text)
+and `code`: the Segment Python client reports `code`/`message` from an error body. A broken limit
+is named in `limit`. No answer ever echoes a write key, a signature or message content.
 """
 
 from __future__ import annotations
